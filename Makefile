@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Each one sets itself up on a fresh
+# machine (a .venv in the checkout; torch installed first, CPU build by default).
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[train,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m HermesSegmentLib.demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_inference.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
