@@ -1,0 +1,64 @@
+"""Import the released Hermes-R training checkpoint (``.pth``) as a model package.
+
+The checkpoint is read with ``torch.load(weights_only=True)``: only tensors and plain
+containers are accepted, so a file whose pickle would run code is refused before anything in
+it runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import HermesError
+from .manifest import hermes_r_manifest
+from .package import check_tensors, save, sha256_file
+
+PREFERRED_STATE_KEYS = ("ema_model_state_dict", "model_state_dict")
+
+
+def read_upstream_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
+    """(state dict, which key it came from). EMA weights are preferred when present."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise HermesError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "disallowed object"
+        raise HermesError(
+            f"{path.name} needs arbitrary Python objects to load ({first[:160]}); refusing to unpickle it — "
+            "re-save it with tensors only, e.g. torch.save({'model_state_dict': model.state_dict()}, ...)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise HermesError(f"{path.name} is not a readable PyTorch checkpoint ({str(error).splitlines()[0][:160]})") from None
+    if not isinstance(checkpoint, Mapping):
+        raise HermesError(f"{path.name} is not an upstream Hermes checkpoint (expected a dict with 'model_state_dict')")
+    for key in PREFERRED_STATE_KEYS:
+        state = checkpoint.get(key)
+        if isinstance(state, Mapping) and state:
+            return _strip_wrapper_prefix(dict(state)), key
+    if checkpoint and all(hasattr(v, "shape") for v in checkpoint.values()):
+        return _strip_wrapper_prefix(dict(checkpoint)), "(bare state dict)"
+    raise HermesError(
+        f"{path.name} has no 'model_state_dict' or 'ema_model_state_dict' (keys: {', '.join(map(str, list(checkpoint)[:6]))})"
+    )
+
+
+def _strip_wrapper_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """Weights saved from a DDP- or EMA-wrapped model carry a 'module.' prefix on every name."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def import_upstream(checkpoint: str | Path, out: str | Path) -> Path:
+    """Convert upstream's Hermes-R checkpoint into a package with the full Hermes-R manifest."""
+    checkpoint = Path(checkpoint)
+    state, source_key = read_upstream_checkpoint(checkpoint)
+    manifest = hermes_r_manifest(checkpoint_sha256=sha256_file(checkpoint), weights=source_key)
+    check_tensors({k: tuple(v.shape) for k, v in state.items()}, manifest, checkpoint.name)
+    return save(out, state, manifest)
