@@ -1,0 +1,330 @@
+"""The MRML side of HermesSegment: volume nodes in, segmentation nodes out (no Qt).
+
+This file runs inside Slicer and under ``slicer-core`` (Slicer's MRML libraries on PyPI), so the
+console API and the tests share it with the module's GUI::
+
+    from HermesSegmentLib import HermesSegmentLogic
+    seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "spleen"])
+
+Geometry: Slicer works in RAS, ITK (and the Hermes model) in LPS. A volume node's IJK->RAS matrix
+is turned into an ITK image whose origin and direction are the same points and axes in LPS (x and
+y negated), and masks come back on the input's own voxel grid, so no resampling happens here.
+
+Ownership: every segment this module creates carries the tag :data:`TARGET_TAG` (the target key).
+A re-run replaces exactly those segments for the targets asked for; segments without the tag
+(the user's own) are never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .errors import HermesError
+
+logger = logging.getLogger(__name__)
+
+#: Segment tag holding the target key of a segment created by HermesSegment.
+TARGET_TAG = "HermesSegment.target"
+#: Segment tag holding the model that produced the segment.
+MODEL_TAG = "HermesSegment.model"
+#: Volume attribute that Slicer's DICOM plugins set on loaded series.
+DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+_DICOM_MODALITY = {"CT": "CT", "PT": "PET", "MR": "MR"}
+
+
+class TargetMaskLike(Protocol):
+    """What :meth:`HermesSegmentLogic.import_result` reads from each ``outputs.TargetMask``."""
+
+    target: str
+    name: str
+    color: Sequence[float]
+    terminology: str
+    offset_zyx: Sequence[int]
+    array: np.ndarray
+
+
+Segmenter = Callable[..., Any]
+"""``pipeline.segment_image``-compatible callable: ``(image, *, modality, targets, ...) -> result``."""
+
+
+def ijk_to_ras_array(volumeNode: slicer.vtkMRMLVolumeNode) -> np.ndarray:
+    """The volume's IJK->RAS matrix as a 4x4 numpy array (local coordinates, no parent transform)."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_to_sitk(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
+    """A SimpleITK image with the voxels and the exact geometry of a scalar volume node.
+
+    The array is indexed [k, j, i] as in ``slicer.util.arrayFromVolume``; origin and direction are
+    the node's IJK->RAS matrix expressed in LPS. A parent transform is not applied: results are
+    placed under the same transform (see :meth:`HermesSegmentLogic.import_result`).
+    """
+    if volumeNode is None or volumeNode.GetImageData() is None:
+        raise HermesError("the input volume has no image data; load a volume and select it as input")
+    if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise HermesError(
+            f"'{volumeNode.GetName()}' has several components per voxel (colour or vector image); "
+            "convert it to a scalar volume first"
+        )
+    image = sitk.GetImageFromArray(np.array(slicer.util.arrayFromVolume(volumeNode), copy=True))
+    lps = _RAS_TO_LPS @ ijk_to_ras_array(volumeNode)[:3, :]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in lps[:, 3]])
+    image.SetDirection([float(d) for d in (lps[:, :3] / spacing).ravel()])
+    return image
+
+
+def mask_to_oriented_image(
+    array: np.ndarray, offset_zyx: Sequence[int], ijk_to_ras: vtk.vtkMatrix4x4
+) -> slicer.vtkOrientedImageData:
+    """A binary labelmap (uint8, value 1) covering a crop of the reference grid.
+
+    ``array`` is [z, y, x] = [k, j, i] and starts at voxel ``offset_zyx`` of the grid whose
+    IJK->RAS matrix is ``ijk_to_ras``; the labelmap keeps that grid (no resampling).
+    """
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetImageToWorldMatrix(ijk_to_ras)
+    if array.size == 0 or not array.any():
+        return labelmap  # empty extent: an empty segment
+    k0, j0, i0 = (int(v) for v in offset_zyx)
+    nk, nj, ni = array.shape
+    labelmap.SetExtent(i0, i0 + ni - 1, j0, j0 + nj - 1, k0, k0 + nk - 1)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    voxels[:] = np.ascontiguousarray(array, dtype=np.uint8).ravel()
+    labelmap.Modified()
+    return labelmap
+
+
+def color_01(color: Sequence[float]) -> tuple[float, float, float]:
+    """Colour as three 0-1 floats; 0-255 integer colours (as in manifests) are scaled."""
+    rgb = [float(c) for c in color[:3]]
+    if any(c > 1.0 for c in rgb):
+        rgb = [c / 255.0 for c in rgb]
+    return rgb[0], rgb[1], rgb[2]
+
+
+def modality_from_dicom(dicom_modality: str, series_description: str = "") -> str | None:
+    """Map the DICOM Modality tag (0008,0060) and series description to a Hermes modality key."""
+    modality = _DICOM_MODALITY.get(dicom_modality.strip().upper())
+    if modality != "MR":
+        return modality
+    description = series_description.lower()
+    if "cine" in description:
+        return "cine-MR"
+    if "t1" in description:
+        return "MR-T1"
+    if "t2" in description:
+        return "MR-T2"
+    return "MR"
+
+
+def modality_from_intensity(array: np.ndarray) -> str | None:
+    """Guess CT from Hounsfield-like intensities (air near -1000); ``None`` when unsure."""
+    if array.size == 0:
+        return None
+    low, high = np.percentile(array[:: max(1, array.size // 200_000)], [1, 99])
+    if low < -500 and high > -200:
+        return "CT"
+    return None
+
+
+class HermesSegmentLogic:
+    """Blocking segmentation of volume nodes into segmentation nodes (the console API).
+
+    ``segmenter`` defaults to :func:`HermesSegmentLib.pipeline.segment_image`; tests inject a
+    stand-in with the same signature.
+    """
+
+    def __init__(self, segmenter: Segmenter | None = None) -> None:
+        self._segmenter = segmenter
+
+    # ---------------------------------------------------------------- running the model
+    def segment(
+        self,
+        volumeNode: slicer.vtkMRMLScalarVolumeNode,
+        modality: str,
+        targets: Sequence[str] | str,
+        model: Any = "demo",
+        segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
+        device: str = "auto",
+        overlap: float = 0.5,
+        fast: bool = False,
+        postprocess: Any = None,
+        progress: Callable[[str, float, str], None] | None = None,
+        cancel: Any = None,
+    ) -> slicer.vtkMRMLSegmentationNode:
+        """Segment ``targets`` in ``volumeNode`` and return the (new or updated) segmentation node.
+
+        Blocks until done. ``model`` is a catalog name, a package path or a loaded model;
+        ``progress(stage, fraction, message)`` and ``cancel`` (a ``CancelToken``) are passed to
+        the pipeline. Raises :class:`HermesError` for user mistakes.
+        """
+        segmenter = self._segmenter
+        if segmenter is None:
+            from .pipeline import segment_image as segmenter
+        result = segmenter(
+            volume_to_sitk(volumeNode),
+            modality=modality,
+            targets=targets,
+            model=model,
+            device=device,
+            overlap=overlap,
+            fast=fast,
+            postprocess=postprocess,
+            progress=progress,
+            cancel=cancel,
+        )
+        model_name = model if isinstance(model, str) else getattr(model, "name", str(model))
+        return self.import_result(result, volumeNode, segmentationNode, model_name=str(model_name))
+
+    def import_file(
+        self,
+        path: str | Path,
+        volumeNode: slicer.vtkMRMLScalarVolumeNode,
+        segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
+        model_name: str = "",
+    ) -> slicer.vtkMRMLSegmentationNode:
+        """Import a ``.seg.nrrd`` written by ``hermes-segment segment`` (the background run)."""
+        from .outputs import read_seg_nrrd
+
+        return self.import_result(read_seg_nrrd(path), volumeNode, segmentationNode, model_name)
+
+    # ---------------------------------------------------------------- results into the scene
+    def import_result(
+        self,
+        result: Any,
+        volumeNode: slicer.vtkMRMLScalarVolumeNode,
+        segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
+        model_name: str = "",
+    ) -> slicer.vtkMRMLSegmentationNode:
+        """Write one segment per target of ``result`` (a ``SegmentationResult`` or a list of masks).
+
+        Segments previously created by this module for the same targets are replaced in place
+        (same ID and position); every other segment is left untouched.
+        """
+        masks: Iterable[TargetMaskLike] = getattr(result, "masks", result)
+        scene = volumeNode.GetScene()
+        if segmentationNode is None:
+            segmentationNode = scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volumeNode.GetName()} Hermes")
+            )
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijk_to_ras)
+
+        segmentation = segmentationNode.GetSegmentation()
+        owned = self.owned_segments(segmentationNode)
+        wasModifying = segmentationNode.StartModify()
+        try:
+            for mask in masks:
+                segment = slicer.vtkSegment()
+                segment.SetName(mask.name)
+                segment.SetNameAutoGenerated(False)
+                segment.SetColor(*color_01(mask.color))
+                segment.SetColorAutoGenerated(False)
+                segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), mask.terminology)
+                segment.SetTag(TARGET_TAG, mask.target)
+                if model_name:
+                    segment.SetTag(MODEL_TAG, model_name)
+                segment.AddRepresentation(
+                    slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+                    mask_to_oriented_image(np.asarray(mask.array), mask.offset_zyx, ijk_to_ras),
+                )
+                old_id = owned.get(mask.target)
+                if old_id is None:
+                    segmentation.AddSegment(segment, segmentation.GenerateUniqueSegmentID(mask.target))
+                    continue
+                index = segmentation.GetSegmentIndex(old_id)
+                after = segmentation.GetNthSegmentID(index + 1) if index + 1 < segmentation.GetNumberOfSegments() else ""
+                segmentation.RemoveSegment(old_id)
+                segmentation.AddSegment(segment, old_id, after)
+        finally:
+            segmentationNode.EndModify(wasModifying)
+
+        if not segmentationNode.CreateClosedSurfaceRepresentation():
+            logger.info("no closed-surface converter available; the result shows in 2D views only")
+        self._place_in_study(segmentationNode, volumeNode)
+        return segmentationNode
+
+    @staticmethod
+    def owned_segments(segmentationNode: slicer.vtkMRMLSegmentationNode) -> dict[str, str]:
+        """``{target key: segment ID}`` for the segments this module created in the node."""
+        segmentation = segmentationNode.GetSegmentation()
+        owned: dict[str, str] = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(index)
+            found, value = _get_tag(segmentation.GetSegment(segment_id), TARGET_TAG)
+            if found:
+                owned[value] = segment_id
+        return owned
+
+    @staticmethod
+    def _place_in_study(
+        segmentationNode: slicer.vtkMRMLSegmentationNode, volumeNode: slicer.vtkMRMLScalarVolumeNode
+    ) -> None:
+        """Put the segmentation under the input volume's parent (its study) in the subject hierarchy."""
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+        volume_item = sh.GetItemByDataNode(volumeNode)
+        if not volume_item:
+            return
+        parent = sh.GetItemParent(volume_item)
+        item = sh.GetItemByDataNode(segmentationNode)
+        if item:
+            sh.SetItemParent(item, parent)
+        else:
+            sh.CreateItem(parent, segmentationNode)
+
+    # ---------------------------------------------------------------- helpers for the widget
+    @staticmethod
+    def guess_modality(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> str | None:
+        """Modality key from the DICOM Modality tag when the volume came from DICOM, else intensities."""
+        uids = (volumeNode.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if uids and database is not None:
+            path = database.fileForInstance(uids[0])
+            if path:
+                return modality_from_dicom(
+                    database.fileValue(path, "0008,0060"), database.fileValue(path, "0008,103E")
+                )
+        if volumeNode.GetImageData() is None:
+            return None
+        return modality_from_intensity(slicer.util.arrayFromVolume(volumeNode))
+
+    @staticmethod
+    def available_models() -> list[Any]:
+        """The model catalog entries (bundled demo model, imported and user models)."""
+        from . import models
+
+        return list(models.catalog_entries())
+
+    @staticmethod
+    def targets_for(model: Any, modality: str) -> list[str]:
+        """Target keys that ``model`` offers for ``modality`` (the keys of ``defaults[modality]``)."""
+        from . import models
+
+        manifest = models.read_manifest(model)
+        return list(manifest.get("defaults", {}).get(modality, {}))
+
+
+def _get_tag(segment: slicer.vtkSegment, name: str) -> tuple[bool, str]:
+    """``(found, value)`` of a segment tag (the C++ API fills a string by reference)."""
+    value = vtk.reference("")
+    found = segment.GetTag(name, value)
+    return bool(found), str(value)
