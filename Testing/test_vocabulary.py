@@ -1,0 +1,261 @@
+"""Tests for the target vocabulary (HermesSegmentLib/vocabulary.py and its data files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "HermesSegment"))
+
+from HermesSegmentLib import vocabulary as v  # noqa: E402
+from HermesSegmentLib.errors import HermesError  # noqa: E402
+
+MODALITY_SLOTS = {"CT": 0, "PET": 1, "MR-T1": 2, "MR-T2": 3, "cine-MR": 4, "MR": 5}
+DEMO_TARGETS = [
+    "liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta", "vertebrae",
+    "lung_left", "lung_right", "heart", "urinary_bladder", "liver_tumor", "fdg_avid_lesion",
+]
+
+
+def _reference_tasks_file() -> Path | None:
+    for base in (REPO.parent / "shared" / "reference", REPO / ".." / "shared" / "reference", REPO / "shared" / "reference"):
+        path = base / "hermes_r_tasks.tsv"
+        if path.is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def vocab() -> v.Vocabulary:
+    return v.load_vocabulary()
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return json.loads(v.VOCABULARY_FILE.read_text(encoding="utf-8"))
+
+
+def test_json_loads_and_is_cached(raw, vocab):
+    assert raw["version"] == 1
+    assert {"modalities", "regions", "targets"} <= set(raw)
+    assert v.load_vocabulary() is vocab
+    assert v.DATA_DIR == Path(v.__file__).parent / "data"
+
+
+def test_modalities_and_slots(vocab):
+    assert {k: m.slot for k, m in vocab.modalities.items()} == MODALITY_SLOTS
+    assert vocab.modalities["CT"].dicom_modalities == ("CT",)
+    assert vocab.modalities["PET"].dicom_modalities == ("PT",)
+    for key in ("MR-T1", "MR-T2", "cine-MR", "MR"):
+        assert vocab.modalities[key].dicom_modalities == ("MR",)
+    for m in vocab.modalities.values():
+        assert all(a == a.lower() for a in m.aliases)
+    assert vocab.modality_by_slot(4).key == "cine-MR"
+
+
+@pytest.mark.parametrize(
+    "typed, key",
+    [("t1", "MR-T1"), ("pet", "PET"), ("PET", "PET"), ("ct", "CT"), ("MR T1", "MR-T1"), ("mr-t1", "MR-T1"),
+     ("mr_t2", "MR-T2"), ("T2", "MR-T2"), ("cine", "cine-MR"), ("cinemr", "cine-MR"), ("Cine MR", "cine-MR"),
+     ("mri", "MR"), ("MR", "MR"), ("MR, sequence unspecified", "MR"), ("cine-MR", "cine-MR")],
+)
+def test_modality_aliases(typed, key):
+    assert v.modality(typed).key == key
+
+
+def test_unknown_modality_is_one_line_naming_keys():
+    with pytest.raises(HermesError) as info:
+        v.modality("xray")
+    message = str(info.value)
+    assert "\n" not in message and "'xray'" in message
+    for key in MODALITY_SLOTS:
+        assert key in message
+
+
+def test_target_fields_are_valid(vocab, raw):
+    keys = [t["key"] for t in raw["targets"]]
+    assert len(keys) == len(set(keys)), "duplicate target keys"
+    region_keys = [r["key"] for r in raw["regions"]]
+    assert len(region_keys) == len(set(region_keys))
+    for t in vocab.targets.values():
+        assert t.region in vocab.regions, t.key
+        assert len(t.color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in t.color), t.key
+        for code in (t.category, t.type) + tuple(c for c in (t.modifier, t.anatomic_region) if c):
+            assert len(code) == 3 and all(part.strip() for part in code), t.key
+            assert code[0] == "SCT" and code[1].isdigit(), (t.key, code)
+        assert t.name and t.name[0].isupper(), t.key
+        assert t.terminology == {
+            "category": list(t.category), "type": list(t.type),
+            "modifier": list(t.modifier) if t.modifier else None,
+        }
+
+
+def test_categories_and_laterality(vocab):
+    anatomical = ("SCT", "123037004", "Anatomical Structure")
+    altered = ("SCT", "49755003", "Morphologically Altered Structure")
+    for t in vocab.targets.values():
+        if t.region == "lesions":
+            assert t.category == altered, t.key
+        else:
+            assert t.category == anatomical, t.key
+        if t.key.endswith("_left"):
+            assert t.modifier == ("SCT", "7771000", "Left"), t.key
+        elif t.key.endswith("_right"):
+            assert t.modifier == ("SCT", "24028007", "Right"), t.key
+        else:
+            assert t.modifier is None, t.key
+    assert vocab.targets["liver"].type == ("SCT", "10200004", "Liver")
+    assert vocab.targets["liver"].color == (221, 130, 101)
+    assert vocab.targets["kidney_left"].type == vocab.targets["kidney"].type == ("SCT", "64033007", "Kidney")
+
+
+def test_demo_targets_exist(vocab):
+    for key in DEMO_TARGETS:
+        assert key in vocab.targets, key
+
+
+def test_names_do_not_collide_between_targets(vocab):
+    seen: dict = {}
+    for t in vocab.targets.values():
+        for spelled in (t.key, t.name, *t.synonyms):
+            norm = v.normalize_name(spelled)
+            assert seen.setdefault(norm, t.key) == t.key, f"{spelled!r} used by {seen[norm]} and {t.key}"
+
+
+@pytest.mark.parametrize(
+    "typed, key",
+    [("liver", "liver"), ("Liver", "liver"), ("Left kidney", "kidney_left"), ("left_kidney", "kidney_left"),
+     ("KIDNEY-LEFT", "kidney_left"), ("kidney left", "kidney_left"), ("Kidneys", "kidney"), ("IVC", "inferior_vena_cava"),
+     ("grey matter", "gray_matter"), ("CSF", "cerebrospinal_fluid"), ("liver tumour", "liver_tumor"),
+     ("spine", "vertebrae"), ("portal vein and splenic vein", "portal_and_splenic_vein"), ("Urinary bladder", "urinary_bladder")],
+)
+def test_target_lookup(typed, key):
+    assert v.target(typed).key == key
+
+
+def test_unknown_target_is_one_line_with_suggestions():
+    with pytest.raises(HermesError) as info:
+        v.target("livr")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("unknown target 'livr'; did you mean: liver")
+    with pytest.raises(HermesError) as info:
+        v.target("qqqqqq\nzzz")
+    assert "\n" not in str(info.value) and "did you mean: " in str(info.value)
+    with pytest.raises(HermesError):
+        v.target(None)  # type: ignore[arg-type]
+
+
+def test_suggest():
+    assert v.suggest("kidny_left", ["kidney_left", "liver", "spleen"])[0] == "kidney_left"
+    assert v.suggest("zzzz", ["liver", "spleen"], n=1) != []
+    assert v.suggest("x", []) == []
+    assert v.suggest("Left Kidny", {"left kidney": "kidney_left", "kidney left": "kidney_left"}) == ["kidney_left"]
+
+
+def test_terminology_entry_format():
+    liver = ("SCT", "10200004", "Liver")
+    anatomical = ("SCT", "123037004", "Anatomical Structure")
+    expected = (
+        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^"
+        "~Anatomic codes - DICOM master list~^^~^^"
+    )
+    assert v.terminology_entry(anatomical, liver) == expected
+    assert v.terminology_entry(list(anatomical), list(liver), None) == expected
+    assert v.target("liver").terminology_entry() == expected
+    assert v.target("kidney_right").terminology_entry() == (
+        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~SCT^24028007^Right"
+        "~Anatomic codes - DICOM master list~^^~^^"
+    )
+    assert v.target("liver_tumor").terminology_entry() == (
+        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
+        "~Anatomic codes - DICOM master list~SCT^10200004^Liver~^^"
+    )
+    parsed = v.parse_terminology_entry(v.target("kidney_right").terminology_entry())
+    assert parsed["type"] == ("SCT", "64033007", "Kidney") and parsed["modifier"] == ("SCT", "24028007", "Right")
+    assert parsed["anatomic_region"] is None
+    with pytest.raises(ValueError):
+        v.terminology_entry(anatomical, ("SCT", "1", "a~b"))
+
+
+@pytest.mark.slicer
+def test_terminology_entry_round_trips_through_slicer(vocab):
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkSlicerTerminologiesModuleLogic"):
+        pytest.skip("slicer-core without the Terminologies logic")
+    logic = slicer.vtkSlicerTerminologiesModuleLogic
+    for t in vocab.targets.values():
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(t.terminology_entry(), entry), t.key
+        assert logic.SerializeTerminologyEntry(entry) == t.terminology_entry(), t.key
+
+
+def test_tasks_table(vocab):
+    tasks = v.hermes_r_tasks()
+    assert [t.index for t in tasks] == list(range(71))
+    for task in tasks:
+        assert task.target in vocab.targets, task.index
+        assert set(task.modalities) <= set(vocab.modalities), task.index
+        assert set(task.default_for) <= set(task.modalities), task.index
+    first = v.TASKS_FILE.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("#")
+    by_index = {t.index: t for t in tasks}
+    assert by_index[4].modalities == ("CT", "MR")
+    assert by_index[38].modalities == ("MR-T1", "MR-T2")
+    assert by_index[64].modalities == ("cine-MR",)
+    assert by_index[67].modalities == ("MR-T1",)
+    assert by_index[70].modalities == ("PET",)
+
+
+def test_tasks_match_reference():
+    path = _reference_tasks_file()
+    if path is None:
+        pytest.skip("shared/reference/hermes_r_tasks.tsv not present")
+    rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines(), delimiter="\t") if r and not r[0].startswith("#")]
+    reference = {int(r[0]): r[1] for r in rows}
+    ours = {t.index: t.dataset for t in v.hermes_r_tasks()}
+    assert sorted(reference) == sorted(ours)
+    for index, dataset in ours.items():
+        assert reference[index].split()[0].startswith(dataset), (index, dataset, reference[index])
+    # the reference's 'amos_mr' note covers exactly the tasks we train with MR
+    mr = {t.index for t in v.hermes_r_tasks() if "MR" in t.modalities}
+    assert mr == set(range(4, 17))
+
+
+def test_duplicated_targets_share_one_key():
+    tasks = {t.index: t for t in v.hermes_r_tasks()}
+    assert {tasks[i].target for i in (0, 9, 24, 38)} == {"liver"}
+    assert {tasks[i].target for i in (4, 19, 41)} == {"spleen"}
+    assert {tasks[i].target for i in (37, 61)} == {"spinal_cord"}
+    assert {tasks[i].target for i in (8, 23, 35)} == {"esophagus"}
+
+
+def test_exactly_one_default_per_modality_and_target():
+    seen: dict = {}
+    for task in v.hermes_r_tasks():
+        for key in task.default_for:
+            assert (key, task.target) not in seen, (key, task.target, seen.get((key, task.target)), task.index)
+            seen[(key, task.target)] = task.index
+    # every (modality, target) a task is trained for has a default
+    for task in v.hermes_r_tasks():
+        for key in task.modalities:
+            assert (key, task.target) in seen, (key, task.target)
+    defaults = v.hermes_r_defaults()
+    assert defaults["CT"]["liver"] == 9 and defaults["CT"]["liver_tumor"] == 1
+    assert defaults["CT"]["kidney"] == 2 and defaults["CT"]["kidney_tumor"] == 3
+    assert defaults["CT"]["portal_and_splenic_vein"] == 28
+    assert defaults["CT"]["spinal_cord"] == 37 and 61 not in defaults["CT"].values()
+    assert defaults["CT"]["lung_left"] == 32 and defaults["CT"]["mandible_right"] == 63
+    assert defaults["MR"]["liver"] == 9
+    assert defaults["MR-T1"]["liver"] == defaults["MR-T2"]["liver"] == 38
+    assert defaults["MR-T1"]["gray_matter"] == 67
+    assert defaults["cine-MR"] == {"left_ventricle": 64, "left_ventricular_myocardium": 65, "right_ventricle": 66}
+    assert defaults["PET"] == {"fdg_avid_lesion": 70}
