@@ -1,0 +1,244 @@
+"""Run the segmentation engine in a separate process, off Slicer's GUI thread.
+
+The widget starts ``PythonSlicer -m HermesSegmentLib.cli segment ... --progress-json`` through
+:class:`BackgroundRun`, then polls :meth:`BackgroundRun.poll` from a ``qt.QTimer`` (this file
+imports no Qt). Reader threads turn the child's stdout into :class:`ProgressEvent` objects (one
+JSON object per line: ``{"stage": ..., "fraction": ..., "message": ...}``) and log lines; stderr
+is kept so that a failure reaches the user as one readable line (the CLI prints ``error: ...``).
+
+:meth:`BackgroundRun.cancel` ends the whole process tree: the child is started in a new session
+(POSIX) or a new process group (Windows), and the group is killed (``taskkill /T`` on Windows), so
+worker processes of the engine die with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Union
+
+#: Folder holding ``HermesSegmentLib``: put on the child's PYTHONPATH so ``-m`` finds it.
+MODULE_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report of the engine: stage name, overall fraction done (0-1), message."""
+
+    stage: str
+    fraction: float
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line of text the child printed (``stream`` is ``"stdout"`` or ``"stderr"``)."""
+
+    stream: str
+    text: str
+
+
+Event = Union[ProgressEvent, LogLine]
+
+
+def segment_command(
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    modality: str,
+    targets: Sequence[str],
+    model: str = "demo",
+    device: str = "auto",
+    overlap: float = 0.5,
+    fast: bool = False,
+    extra_args: Sequence[str] = (),
+    python: str | None = None,
+) -> list[str]:
+    """The command line of ``hermes-segment segment`` for one image, with JSON progress on stdout.
+
+    ``python`` defaults to ``sys.executable`` (``PythonSlicer`` inside Slicer).
+    """
+    command = [
+        python or sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(input_path),
+        "--out", str(output_dir), "--modality", modality, "--targets", ",".join(targets),
+        "--model", model, "--device", device, "--overlap", str(overlap), "--progress-json",
+    ]
+    if fast:
+        command.append("--fast")
+    return command + list(extra_args)
+
+
+def parse_progress(line: str) -> ProgressEvent | None:
+    """A :class:`ProgressEvent` from one JSON stdout line, or ``None`` if the line is not one."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+        return ProgressEvent(str(record["stage"]), float(record["fraction"]), str(record.get("message", "")))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def error_line(stderr_lines: Sequence[str], returncode: int | None) -> str:
+    """The one line to show the user for a failed run.
+
+    Prefers the CLI's ``error: ...`` line; else the last non-empty stderr line (e.g. the final
+    line of a traceback); else the exit status.
+    """
+    for line in reversed(stderr_lines):
+        if line.startswith("error:"):
+            return line[len("error:") :].strip()
+    for line in reversed(stderr_lines):
+        if line.strip():
+            return line.strip()
+    return f"the segmentation process stopped with exit status {returncode}"
+
+
+class BackgroundRun:
+    """One child process, its output streamed to a queue; poll it, wait for it or cancel it."""
+
+    def __init__(
+        self, command: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+    ) -> None:
+        self.command = list(command)
+        self._env = dict(os.environ if env is None else env)
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(MODULE_DIR), self._env.get("PYTHONPATH", "")) if p
+        )
+        self._env.setdefault("PYTHONUNBUFFERED", "1")
+        self._cwd = cwd
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._process: subprocess.Popen[str] | None = None
+        self.stderr_lines: list[str] = []
+        self.cancelled = False
+        self.started_at = 0.0
+        self.last_progress: ProgressEvent | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> BackgroundRun:
+        """Start the child in its own process group/session; returns ``self``."""
+        kwargs: dict = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True
+        self._process = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", env=self._env, cwd=self._cwd, **kwargs,
+        )
+        self.started_at = time.monotonic()
+        for stream, name in ((self._process.stdout, "stdout"), (self._process.stderr, "stderr")):
+            thread = threading.Thread(target=self._read, args=(stream, name), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """Process ID of the child (``None`` before :meth:`start`)."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """True while the child is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once the child has ended, else ``None``."""
+        return None if self._process is None else self._process.poll()
+
+    @property
+    def finished(self) -> bool:
+        """True when the child has ended and all of its output has been read."""
+        return self.returncode is not None and not any(t.is_alive() for t in self._threads)
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the run ended normally with exit status 0."""
+        return self.finished and self.returncode == 0 and not self.cancelled
+
+    def error(self) -> str | None:
+        """One readable line explaining a failure; ``None`` while running or after success."""
+        if not self.finished or self.succeeded:
+            return None
+        if self.cancelled:
+            return "cancelled by the user"
+        return error_line(self.stderr_lines, self.returncode)
+
+    # ------------------------------------------------------------------ output
+    def _read(self, stream: IO[str], name: str) -> None:
+        for raw in stream:
+            line = raw.rstrip("\r\n")
+            event = parse_progress(line) if name == "stdout" else None
+            if event is None and name == "stderr":
+                self.stderr_lines.append(line)
+            self._events.put(event if event is not None else LogLine(name, line))
+        stream.close()
+
+    def poll(self) -> list[Event]:
+        """Everything the child reported since the last call (never blocks)."""
+        events: list[Event] = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, ProgressEvent):
+                self.last_progress = event
+            events.append(event)
+        return events
+
+    def seconds_left(self) -> float | None:
+        """Estimate of the time left from the last progress fraction, ``None`` if not known yet."""
+        if self.last_progress is None or not 0.0 < self.last_progress.fraction < 1.0:
+            return None
+        elapsed = time.monotonic() - self.started_at
+        return elapsed * (1.0 - self.last_progress.fraction) / self.last_progress.fraction
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the child ends and its output is read; returns the exit status."""
+        assert self._process is not None, "start() first"
+        returncode = self._process.wait(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+        return returncode
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, grace_seconds: float = 3.0) -> None:
+        """Kill the child and every process it started; safe to call at any time."""
+        if not self.running:
+            return
+        self.cancelled = True
+        assert self._process is not None
+        if sys.platform == "win32":
+            subprocess.run(
+                ["taskkill", "/F", "/T", "/PID", str(self._process.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+            )
+        else:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self._process.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+            self._signal_group(signal.SIGKILL)  # also reaches grandchildren that ignored SIGTERM
+        self._process.wait()
+
+    def _signal_group(self, sig: int) -> None:
+        assert self._process is not None
+        try:
+            os.killpg(self._process.pid, sig)  # the child leads its own session (start_new_session)
+        except ProcessLookupError:
+            pass
