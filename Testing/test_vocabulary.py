@@ -48,12 +48,13 @@ def test_json_loads_and_is_cached(raw, vocab):
 
 
 def test_modalities_and_slots(vocab):
-    assert {k: m.slot for k, m in vocab.modalities.items()} == MODALITY_SLOTS
-    assert vocab.modalities["CT"].dicom_modalities == ("CT",)
-    assert vocab.modalities["PET"].dicom_modalities == ("PT",)
+    assert {m.key: m.slot for m in vocab.modalities} == MODALITY_SLOTS
+    assert vocab.modality_keys == tuple(MODALITY_SLOTS)
+    assert v.modality("CT").dicom_modalities == ("CT",)
+    assert v.modality("PET").dicom_modalities == ("PT",)
     for key in ("MR-T1", "MR-T2", "cine-MR", "MR"):
-        assert vocab.modalities[key].dicom_modalities == ("MR",)
-    for m in vocab.modalities.values():
+        assert v.modality(key).dicom_modalities == ("MR",)
+    for m in vocab.modalities:
         assert all(a == a.lower() for a in m.aliases)
     assert vocab.modality_by_slot(4).key == "cine-MR"
 
@@ -83,7 +84,8 @@ def test_target_fields_are_valid(vocab, raw):
     region_keys = [r["key"] for r in raw["regions"]]
     assert len(region_keys) == len(set(region_keys))
     for t in vocab.targets.values():
-        assert t.region in vocab.regions, t.key
+        assert t.region in vocab.region_keys, t.key
+        assert vocab.region(t.region).label
         assert len(t.color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in t.color), t.key
         for code in (t.category, t.type) + tuple(c for c in (t.modifier, t.anatomic_region) if c):
             assert len(code) == 3 and all(part.strip() for part in code), t.key
@@ -203,7 +205,7 @@ def test_tasks_table(vocab):
     assert [t.index for t in tasks] == list(range(71))
     for task in tasks:
         assert task.target in vocab.targets, task.index
-        assert set(task.modalities) <= set(vocab.modalities), task.index
+        assert set(task.modalities) <= set(vocab.modality_keys), task.index
         assert set(task.default_for) <= set(task.modalities), task.index
     first = v.TASKS_FILE.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("#")

@@ -285,7 +285,11 @@ def suggest(
 
 
 class Vocabulary:
-    """The loaded vocabulary: ``modalities``, ``regions`` and ``targets`` as dicts by key (file order)."""
+    """The loaded vocabulary.
+
+    ``modalities`` and ``regions`` are tuples in file order (modalities in slot order);
+    ``targets`` is a dict by target key (file order). ``modality_keys``/``region_keys`` list the keys.
+    """
 
     def __init__(
         self,
@@ -295,11 +299,13 @@ class Vocabulary:
         targets: Mapping[str, Target],
     ) -> None:
         self.version = version
-        self.modalities = dict(modalities)
-        self.regions = dict(regions)
-        self.targets = dict(targets)
+        self._modalities = dict(modalities)
+        self._regions = dict(regions)
+        self.modalities: Tuple[Modality, ...] = tuple(sorted(self._modalities.values(), key=lambda m: m.slot))
+        self.regions: Tuple[Region, ...] = tuple(self._regions.values())
+        self.targets: dict = dict(targets)
         self._modality_index: dict = {}
-        for m in self.modalities.values():
+        for m in self.modalities:
             for spelled in (m.key, m.label, *m.aliases):
                 norm = _fold_modality(spelled)
                 other = self._modality_index.setdefault(norm, m.key)
@@ -322,13 +328,13 @@ class Vocabulary:
         if isinstance(name, Modality):
             return name
         if not isinstance(name, str):
-            raise HermesError(f"modality must be a string, not {type(name).__name__}; valid modalities: {', '.join(self.modalities)}")
+            raise HermesError(f"modality must be a string, not {type(name).__name__}; valid modalities: {', '.join(self.modality_keys)}")
         key = self._modality_index.get(_fold_modality(name))
         if key is None:
             raise HermesError(
-                f"unknown modality {_quote(name)}; valid modalities: {', '.join(self.modalities)}"
+                f"unknown modality {_quote(name)}; valid modalities: {', '.join(self.modality_keys)}"
             )
-        return self.modalities[key]
+        return self._modalities[key]
 
     def target(self, name: str) -> Target:
         """Resolve a target key, display name or synonym (case/space/underscore/hyphen-insensitive).
@@ -347,16 +353,32 @@ class Vocabulary:
 
     def targets_in_region(self, region: str) -> list:
         """The targets of one region (by region key), in file order."""
-        if region not in self.regions:
-            raise HermesError(f"unknown region {_quote(region)}; valid regions: {', '.join(self.regions)}")
+        if region not in self._regions:
+            raise HermesError(f"unknown region {_quote(region)}; valid regions: {', '.join(self.region_keys)}")
         return [t for t in self.targets.values() if t.region == region]
 
     def modality_by_slot(self, slot: int) -> Modality:
         """The modality whose Hermes-R slot is *slot*."""
-        for m in self.modalities.values():
+        for m in self.modalities:
             if m.slot == slot:
                 return m
-        raise HermesError(f"no modality has slot {slot}; slots are {sorted(m.slot for m in self.modalities.values())}")
+        raise HermesError(f"no modality has slot {slot}; slots are {[m.slot for m in self.modalities]}")
+
+    @property
+    def modality_keys(self) -> Tuple[str, ...]:
+        """Modality keys in slot order: ``("CT", "PET", "MR-T1", "MR-T2", "cine-MR", "MR")``."""
+        return tuple(m.key for m in self.modalities)
+
+    @property
+    def region_keys(self) -> Tuple[str, ...]:
+        """Region keys in file order."""
+        return tuple(r.key for r in self.regions)
+
+    def region(self, key: str) -> Region:
+        """The region with this key; unknown -> :class:`HermesError`."""
+        if key not in self._regions:
+            raise HermesError(f"unknown region {_quote(key)}; valid regions: {', '.join(self.region_keys)}")
+        return self._regions[key]
 
 
 def _fold_modality(name: str) -> str:
@@ -479,7 +501,7 @@ def _load_tasks() -> Tuple[HermesRTask, ...]:
         if task.target not in vocab.targets:
             raise ValueError(f"{where}: unknown target {task.target!r}")
         for key in task.modalities + task.default_for:
-            if key not in vocab.modalities:
+            if key not in vocab.modality_keys:
                 raise ValueError(f"{where}: unknown modality {key!r}")
         if not set(task.default_for) <= set(task.modalities):
             raise ValueError(f"{where}: default_for {task.default_for} is not among its modalities {task.modalities}")
