@@ -1,0 +1,65 @@
+"""postprocess.py: each cleanup operation does what it says."""
+
+import numpy as np
+
+from HermesSegmentLib.postprocess import PostprocessOptions, apply
+
+SPACING = (2.0, 1.0, 1.0)  # mm: one voxel = 2 mm^3 = 0.002 mL
+
+
+def two_blobs() -> np.ndarray:
+    mask = np.zeros((20, 30, 30), dtype=bool)
+    mask[2:12, 2:12, 2:12] = True      # 1000 voxels = 2.0 mL
+    mask[14:16, 20:23, 20:23] = True   # 18 voxels = 0.036 mL
+    return mask
+
+
+def test_no_options_is_identity_copy():
+    mask = two_blobs()
+    out = apply(mask, SPACING, PostprocessOptions())
+    np.testing.assert_array_equal(out, mask)
+    assert out is not mask
+
+
+def test_keep_largest_uses_26_connectivity():
+    mask = two_blobs()
+    out = apply(mask, SPACING, PostprocessOptions(keep_largest=True))
+    assert out.sum() == 1000 and out[5, 5, 5] and not out[15, 21, 21]
+    # A corner-touching voxel is part of the largest component (26-connectivity).
+    mask[12, 12, 12] = True
+    out = apply(mask, SPACING, PostprocessOptions(keep_largest=True))
+    assert out[12, 12, 12] and out.sum() == 1001
+
+
+def test_remove_small_islands_by_volume():
+    mask = two_blobs()
+    out = apply(mask, SPACING, PostprocessOptions(min_island_ml=0.05))
+    assert out.sum() == 1000
+    out = apply(mask, SPACING, PostprocessOptions(min_island_ml=0.03))
+    assert out.sum() == 1018
+    out = apply(mask, SPACING, PostprocessOptions(min_island_ml=5.0))
+    assert not out.any()
+
+
+def test_fill_holes_in_3d_only():
+    mask = np.zeros((12, 12, 12), dtype=bool)
+    mask[2:10, 2:10, 2:10] = True
+    mask[4:6, 4:6, 4:6] = False      # enclosed cavity: filled
+    mask[5:7, 5:7, 7:10] = False     # tunnel open to the outside along x: kept open
+    out = apply(mask, SPACING, PostprocessOptions(fill_holes=True))
+    assert out[4:6, 4:6, 4:6].all()
+    assert not out[5:7, 5:7, 8:10].any()
+
+
+def test_fill_holes_when_mask_touches_the_volume_border():
+    mask = np.zeros((6, 6, 6), dtype=bool)
+    mask[:, :, :] = True
+    mask[2:4, 2:4, 2:4] = False
+    out = apply(mask, SPACING, PostprocessOptions(fill_holes=True))
+    assert out.all()
+
+
+def test_empty_mask_stays_empty():
+    mask = np.zeros((5, 5, 5), dtype=bool)
+    out = apply(mask, SPACING, PostprocessOptions(True, True, 1.0))
+    assert not out.any()
