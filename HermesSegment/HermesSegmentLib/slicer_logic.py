@@ -159,7 +159,7 @@ class HermesSegmentLogic:
         volumeNode: slicer.vtkMRMLScalarVolumeNode,
         modality: str,
         targets: Sequence[str] | str,
-        model: Any = "demo",
+        model: Any = "hermes-demo",
         segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
         device: str = "auto",
         overlap: float = 0.5,
@@ -309,18 +309,31 @@ class HermesSegmentLogic:
 
     @staticmethod
     def available_models() -> list[Any]:
-        """The model catalog entries (bundled demo model, imported and user models)."""
+        """The model catalog: ``models.ModelListing`` for bundled, downloadable and user models."""
         from . import models
 
-        return list(models.catalog_entries())
+        return models.list_models()
 
     @staticmethod
-    def targets_for(model: Any, modality: str) -> list[str]:
-        """Target keys that ``model`` offers for ``modality`` (the keys of ``defaults[modality]``)."""
+    def targets_for(model: str | Path, modality: str) -> list[str]:
+        """Target keys that ``model`` offers for ``modality`` (keys of ``defaults[modality]``, task order)."""
         from . import models
 
-        manifest = models.read_manifest(model)
-        return list(manifest.get("defaults", {}).get(modality, {}))
+        defaults = models.read_manifest(models.resolve(model)).get("defaults", {}).get(modality, {})
+        return sorted(defaults, key=defaults.__getitem__)
+
+    @staticmethod
+    def target_groups(target_keys: Iterable[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+        """``[(region label, [(target key, display name), ...]), ...]`` for the grouped checklist."""
+        from .vocabulary import load_vocabulary
+
+        vocabulary = load_vocabulary()
+        groups: dict[str, list[tuple[str, str]]] = {region.label: [] for region in vocabulary.regions}
+        for key in target_keys:
+            target = vocabulary.targets.get(key)
+            label = vocabulary.region(target.region).label if target else "Other"
+            groups.setdefault(label, []).append((key, target.name if target else key))
+        return [(label, items) for label, items in groups.items() if items]
 
 
 def _get_tag(segment: slicer.vtkSegment, name: str) -> tuple[bool, str]:
