@@ -1,0 +1,414 @@
+"""Writing results: Slicer .seg.nrrd, NIfTI label maps, probability maps, summary.csv.
+
+Every file is written to a temporary name in its destination folder (``.partial-<id>-<name>``)
+and moved into place with ``os.replace``; if anything fails, the temporary files are removed and
+no partial output exists under the final name. Files that belong together (a label map and its
+JSON sidecar) are all written before any is moved into place.
+
+``.seg.nrrd`` layout (what Slicer's segmentation storage node writes and reads): the voxels lie
+on the reference (input) grid, ``space: left-posterior-superior``, ``space directions`` =
+direction x spacing (oblique kept, written with 17 significant digits), one label value per
+segment. Segments that do not overlap share a layer; a segment that overlaps one already in every
+layer opens a new layer, and then the file is 4D with a leading ``list`` axis of layers
+(``kinds: list domain domain domain``), as Slicer writes it. The file is written slab by slab
+(one z slice of all layers at a time), so memory stays at the masks' bounding boxes plus one
+slice, whatever the number of targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Literal, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import HermesError
+
+PathLike = Union[str, Path]
+SUMMARY_COLUMNS = ("case", "target", "voxels", "volume_ml", "seconds")
+
+
+@dataclass
+class TargetMask:
+    """One target's binary mask on the input grid, stored as its bounding-box crop.
+
+    ``key``: vocabulary target key (e.g. "liver"); ``name``: display name; ``color``: (r, g, b)
+    0-255; ``terminology``: Slicer TerminologyEntry string ("context~cat~type~modifier~..."), or
+    "" when unknown; ``offset_zyx``: index of ``array[0, 0, 0]`` in the input grid;
+    ``array``: bool [z, y, x] crop (shape (0, 0, 0) when the target was not found).
+    """
+
+    key: str
+    name: str
+    color: Tuple[int, int, int]
+    terminology: str
+    offset_zyx: Tuple[int, int, int]
+    array: np.ndarray
+
+    @property
+    def voxels(self) -> int:
+        return int(np.count_nonzero(self.array))
+
+    def volume_ml(self, spacing: Sequence[float]) -> float:
+        """Volume in mL for a voxel ``spacing`` in mm (any axis order)."""
+        return self.voxels * float(np.prod(spacing)) / 1000.0
+
+    def full(self, shape: Sequence[int]) -> np.ndarray:
+        """The mask on the whole grid ``shape`` ([z, y, x]) as bool."""
+        out = np.zeros(tuple(shape), dtype=bool)
+        out[self.slices] = self.array
+        return out
+
+    @property
+    def slices(self) -> Tuple[slice, slice, slice]:
+        """Where ``array`` lies in the full grid."""
+        return tuple(slice(o, o + n) for o, n in zip(self.offset_zyx, self.array.shape))
+
+    def tight_box(self) -> Tuple[Tuple[int, int], ...] | None:
+        """Inclusive ((z0, z1), (y0, y1), (x0, x1)) full-grid box of the True voxels, or None."""
+        box = []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            hits = np.flatnonzero(self.array.any(axis=other)) if self.array.size else []
+            if len(hits) == 0:
+                return None
+            box.append((self.offset_zyx[axis] + int(hits[0]), self.offset_zyx[axis] + int(hits[-1])))
+        return tuple(box)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def _atomic(paths: Sequence[PathLike]) -> Iterator[List[Path]]:
+    """Yield temporary paths (same folder, same file name ending) for ``paths``; on success move
+    them all into place, on failure remove them and re-raise."""
+    finals = [Path(p) for p in paths]
+    token = uuid.uuid4().hex[:8]
+    temps = [p.parent / f".partial-{token}-{p.name}" for p in finals]
+    try:
+        yield temps
+        for temp, final in zip(temps, finals):
+            os.replace(temp, final)
+    except BaseException:
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        raise
+
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetOrigin(reference.GetOrigin())
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+    return image
+
+
+def _check_masks(masks: Sequence[TargetMask], reference: sitk.Image) -> Tuple[int, int, int]:
+    shape = tuple(reference.GetSize()[::-1])
+    for m in masks:
+        if any(o < 0 or o + n > s for o, n, s in zip(m.offset_zyx, m.array.shape, shape)) and m.array.size:
+            raise ValueError(f"mask {m.key!r} (offset {m.offset_zyx}, shape {m.array.shape}) "
+                             f"lies outside the reference grid {shape}")
+    return shape
+
+
+# --------------------------------------------------------------------------------------------
+# Slicer .seg.nrrd
+
+
+def write_seg_nrrd(path: PathLike, masks: Sequence[TargetMask], reference: sitk.Image) -> None:
+    """Write ``masks`` as a Slicer segmentation on ``reference``'s grid (see module docstring).
+
+    Segment i gets ID = target key (made unique), Name, Color, Extent, Layer, LabelValue and
+    Tags "TerminologyEntry:<terminology>|".
+    """
+    shape = _check_masks(masks, reference)
+    layers, labels = _assign_layers(masks)
+    n_layers = max(layers, default=0) + 1
+    dtype = np.dtype("<u1") if max(labels, default=0) <= 255 else np.dtype("<u2")
+    header = _seg_header(masks, reference, shape, layers, labels, n_layers, dtype)
+    with _atomic([path]) as (temp,):
+        with open(temp, "wb") as f:
+            f.write(header.encode("utf-8"))
+            gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip stream, as NRRD wants
+            for z in range(shape[0]):
+                f.write(gzip.compress(_seg_slab(z, masks, layers, labels, shape, n_layers, dtype)))
+            f.write(gzip.flush())
+
+
+def _assign_layers(masks: Sequence[TargetMask]) -> Tuple[List[int], List[int]]:
+    """Greedy: each mask goes to the first layer it does not overlap; label values count up
+    from 1 within each layer."""
+    layer_members: List[List[int]] = []
+    layers, labels = [], []
+    for i, mask in enumerate(masks):
+        for layer, members in enumerate(layer_members):
+            if not any(_overlap(mask, masks[j]) for j in members):
+                break
+        else:
+            layer, members = len(layer_members), []
+            layer_members.append(members)
+        members.append(i)
+        layers.append(layer)
+        labels.append(len(members))
+    return layers, labels
+
+
+def _overlap(a: TargetMask, b: TargetMask) -> bool:
+    lo = [max(oa, ob) for oa, ob in zip(a.offset_zyx, b.offset_zyx)]
+    hi = [min(oa + na, ob + nb) for oa, na, ob, nb in
+          zip(a.offset_zyx, a.array.shape, b.offset_zyx, b.array.shape)]
+    if any(h <= l for l, h in zip(lo, hi)):
+        return False
+    sa = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, a.offset_zyx))
+    sb = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, b.offset_zyx))
+    return bool(np.logical_and(a.array[sa], b.array[sb]).any())
+
+
+def _seg_slab(z, masks, layers, labels, shape, n_layers, dtype) -> bytes:
+    """Bytes of slice z: [y, x, layer] in C order, i.e. layer fastest, then x, then y."""
+    slab = np.zeros((shape[1], shape[2], n_layers), dtype=dtype)
+    for mask, layer, label in zip(masks, layers, labels):
+        oz, oy, ox = mask.offset_zyx
+        if oz <= z < oz + mask.array.shape[0]:
+            part = mask.array[z - oz]
+            region = slab[oy:oy + part.shape[0], ox:ox + part.shape[1], layer]
+            region[part] = label
+    return slab.tobytes()
+
+
+def _nrrd_value(value: str) -> str:
+    """NRRD key/value escaping: backslash and newline."""
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _vec(values: Iterable[float]) -> str:
+    return "(" + ",".join(f"{float(v):.17g}" for v in values) + ")"
+
+
+def _seg_header(masks, reference, shape, layers, labels, n_layers, dtype) -> str:
+    spacing = np.asarray(reference.GetSpacing())
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    columns = direction * spacing  # column i = physical step of index axis i (LPS)
+    axes = " ".join(_vec(columns[:, i]) for i in range(3))
+    sizes = " ".join(str(n) for n in shape[::-1])
+    lines = ["NRRD0004",
+             "# Complete NRRD file format specification at:",
+             "# http://teem.sourceforge.net/nrrd/format.html",
+             f"type: {'unsigned char' if dtype.itemsize == 1 else 'unsigned short'}"]
+    if n_layers > 1:
+        lines += ["dimension: 4", "space: left-posterior-superior", f"sizes: {n_layers} {sizes}",
+                  f"space directions: none {axes}", "kinds: list domain domain domain"]
+    else:
+        lines += ["dimension: 3", "space: left-posterior-superior", f"sizes: {sizes}",
+                  f"space directions: {axes}", "kinds: domain domain domain"]
+    if dtype.itemsize > 1:
+        lines.append("endian: little")
+    lines += ["encoding: gzip", f"space origin: {_vec(reference.GetOrigin())}"]
+
+    # Slicer's "Reference image geometry": IJK-to-RAS matrix row by row, then the extent.
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ columns
+    ijk_to_ras[:3, 3] = np.asarray(reference.GetOrigin()) * [-1.0, -1.0, 1.0]
+    extent = [v for n in shape[::-1] for v in (0, n - 1)]
+    geometry = "".join(f"{v:.17g};" for v in ijk_to_ras.ravel()) + "".join(f"{v};" for v in extent)
+    fields: Dict[str, str] = {
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ConversionParameters": (
+            f"Reference image geometry|{geometry}|Image geometry description string determining "
+            "the geometry of the labelmap that is created in course of conversion.&"),
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    used_ids: set = set()
+    for i, (mask, layer, label) in enumerate(zip(masks, layers, labels)):
+        segment_id = mask.key
+        while segment_id in used_ids:
+            segment_id += "_"
+        used_ids.add(segment_id)
+        box = mask.tight_box()
+        extent_str = ("0 -1 0 -1 0 -1" if box is None else
+                      " ".join(f"{box[a][0]} {box[a][1]}" for a in (2, 1, 0)))
+        tags = f"TerminologyEntry:{mask.terminology}|" if mask.terminology else ""
+        fields.update({
+            f"Segment{i}_Color": " ".join(f"{c / 255:.6g}" for c in mask.color),
+            f"Segment{i}_ColorAutoGenerated": "0",
+            f"Segment{i}_Extent": extent_str,
+            f"Segment{i}_ID": segment_id,
+            f"Segment{i}_LabelValue": str(label),
+            f"Segment{i}_Layer": str(layer),
+            f"Segment{i}_Name": mask.name,
+            f"Segment{i}_NameAutoGenerated": "0",
+            f"Segment{i}_Tags": tags,
+        })
+    lines += [f"{k}:={_nrrd_value(v)}" for k, v in fields.items()]
+    return "\n".join(lines) + "\n\n"
+
+
+def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
+    """Read a .seg.nrrd (ours, or Slicer's) into masks and a reference geometry image.
+
+    The reference is a zero UInt8 image on the stored grid (for our files: the input grid).
+    ``TargetMask.key`` is the segment ID.
+    """
+    from .imaging import reference_geometry
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise HermesError(f"{path}: cannot read the segmentation file (missing or corrupt); "
+                          "check the path or segment again") from None
+    meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    voxels = sitk.GetArrayViewFromImage(image)  # [z, y, x] or [z, y, x, layer]
+    if voxels.ndim == 3:
+        voxels = voxels[..., np.newaxis]
+    offset = [int(v) for v in meta.get("Segmentation_ReferenceImageExtentOffset", "0 0 0").split()]
+    masks = []
+    i = 0
+    while f"Segment{i}_ID" in meta:
+        field = lambda name, default="": meta.get(f"Segment{i}_{name}", default)  # noqa: E731
+        layer = int(field("Layer", "0"))
+        label = int(field("LabelValue", "1"))
+        extent = [int(v) for v in field("Extent", "0 -1 0 -1 0 -1").split()]
+        lo = [extent[2 * a] - offset[a] for a in (2, 1, 0)]      # zyx, file index
+        hi = [extent[2 * a + 1] - offset[a] + 1 for a in (2, 1, 0)]
+        if all(h > l for l, h in zip(lo, hi)):
+            crop = voxels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], layer] == label
+        else:
+            crop, lo = np.zeros((0, 0, 0), dtype=bool), [0, 0, 0]
+        color = tuple(int(round(float(c) * 255)) for c in field("Color", "0.5 0.5 0.5").split())
+        terminology = next((t.split(":", 1)[1] for t in field("Tags").split("|")
+                            if t.startswith("TerminologyEntry:")), "")
+        masks.append(TargetMask(key=field("ID"), name=field("Name", field("ID")), color=color,
+                                terminology=terminology, offset_zyx=tuple(lo), array=crop))
+        i += 1
+    if voxels.shape[-1] > 1:
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    return masks, reference_geometry(image)
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    raise HermesError(f"{path}: a NIfTI output needs a .nii or .nii.gz name; rename it")
+
+
+def write_label_map_nifti(
+    path: PathLike,
+    masks: Sequence[TargetMask],
+    reference: sitk.Image,
+    *,
+    overlap_policy: Literal["priority", "per_target"] = "priority",
+) -> List[Path]:
+    """Write a NIfTI label map (and its JSON sidecar) on ``reference``'s grid; return the paths.
+
+    ``"priority"``: one file, labels 1..N in the order of ``masks`` (uint8, uint16 above 255);
+    where targets overlap the LATER target wins -- list small structures last. The sidecar
+    ``<stem>.json`` maps label value -> key, name, color, terminology, and records for each
+    target how many of its voxels a later target hid (``hidden_voxels``).
+    ``"per_target"``: one uint8 0/1 file per target, ``<stem>_<key>.nii.gz``, nothing hidden,
+    plus the same sidecar (label value 1 in every file).
+    """
+    path = Path(path)
+    stem = _nifti_stem(path)
+    shape = _check_masks(masks, reference)
+    sidecar = path.with_name(stem + ".json")
+    entries = [{"value": i + 1, "key": m.key, "name": m.name, "color": list(m.color),
+                "terminology": m.terminology} for i, m in enumerate(masks)]
+    if overlap_policy == "priority":
+        dtype = np.uint8 if len(masks) <= 255 else np.uint16
+        labels = np.zeros(shape, dtype=dtype)
+        hidden = np.zeros(len(masks) + 1, dtype=np.int64)
+        for value, mask in enumerate(masks, start=1):
+            region = labels[mask.slices]
+            hidden += np.bincount(region[mask.array], minlength=len(masks) + 1)
+            region[mask.array] = value
+        for entry in entries:
+            entry["hidden_voxels"] = int(hidden[entry["value"]])
+        finals = [path, sidecar]
+        with _atomic(finals) as (temp, temp_json):
+            _write_image(_on_grid(labels, reference), temp)
+            temp_json.write_text(json.dumps({"overlap_policy": "priority: later target wins",
+                                             "labels": entries}, indent=2))
+        return finals
+    if overlap_policy != "per_target":
+        raise ValueError(f"unknown overlap_policy {overlap_policy!r}")
+    files = [path.with_name(f"{stem}_{m.key}.nii.gz") for m in masks]
+    for entry, file in zip(entries, files):
+        entry.update(value=1, file=file.name)
+    with _atomic(files + [sidecar]) as temps:
+        for mask, temp in zip(masks, temps):
+            _write_image(_on_grid(mask.full(shape).view(np.uint8), reference), temp)
+        temps[-1].write_text(json.dumps({"overlap_policy": "per_target: one file per target",
+                                         "labels": entries}, indent=2))
+    return files + [sidecar]
+
+
+def write_probability_maps(
+    stem: PathLike,
+    maps: Iterable[Tuple[str, np.ndarray]],
+    reference: sitk.Image,
+) -> List[Path]:
+    """Write ``<stem>_<key>_prob.nii.gz`` for each (key, probability) on ``reference``'s grid.
+
+    ``probability``: [z, y, x] float in [0, 1] (stored as uint8 round(255 p)) or uint8 0..255.
+    ``maps`` may be a generator so that only one full-size map is in memory at a time.
+    """
+    stem = Path(stem)
+    written = []
+    for key, probability in maps:
+        if probability.dtype != np.uint8:
+            probability = np.rint(np.clip(probability, 0.0, 1.0) * 255).astype(np.uint8)
+        final = stem.with_name(f"{stem.name}_{key}_prob.nii.gz")
+        with _atomic([final]) as (temp,):
+            _write_image(_on_grid(probability, reference), temp)
+        written.append(final)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# summary.csv
+
+
+def append_summary_csv(path: PathLike, rows: Iterable[Mapping[str, object]]) -> None:
+    """Append rows (keys: case, target, voxels, volume_ml, seconds) to a CSV; header if new.
+
+    Atomic: the old content plus the new rows go to a temporary file that replaces the old one.
+    Not safe against two processes appending at once (batch shards: one summary per shard).
+    """
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if old and old.splitlines()[0].split(",") != list(SUMMARY_COLUMNS):
+        raise HermesError(f"{path}: existing file has other columns than {','.join(SUMMARY_COLUMNS)}; "
+                          "move it away or choose another output folder")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="raise",
+                            lineterminator="\n")
+    if not old:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    with _atomic([path]) as (temp,):
+        temp.write_text(old + buffer.getvalue(), encoding="utf-8")
