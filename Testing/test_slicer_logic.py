@@ -19,6 +19,7 @@ vtk = pytest.importorskip("vtk")
 sitk = pytest.importorskip("SimpleITK")
 from vtk.util import numpy_support  # noqa: E402
 
+from HermesSegmentLib.outputs import TargetMask, write_seg_nrrd  # noqa: E402
 from HermesSegmentLib.slicer_logic import (  # noqa: E402
     MODEL_TAG,
     TARGET_TAG,
@@ -43,20 +44,10 @@ LIVER_TERM = (
 
 
 @dataclass
-class FakeMask:
-    """The fields of ``outputs.TargetMask`` that the logic reads."""
-
-    target: str
-    name: str
-    color: tuple[int, int, int]
-    terminology: str
-    offset_zyx: tuple[int, int, int]
-    array: np.ndarray
-
-
-@dataclass
 class FakeResult:
-    masks: list[FakeMask]
+    """The part of ``pipeline.SegmentationResult`` that the logic reads."""
+
+    masks: list[TargetMask]
 
 
 def sphere_segmenter(image: sitk.Image, *, modality: str, targets, **kwargs) -> FakeResult:
@@ -73,7 +64,7 @@ def sphere_segmenter(image: sitk.Image, *, modality: str, targets, **kwargs) -> 
     crop = inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     targets = [targets] if isinstance(targets, str) else list(targets)
     masks = [
-        FakeMask(t, t.title(), (221, 130, 101), LIVER_TERM if t == "liver" else f"~SCT^0^{t}", tuple(lo), crop)
+        TargetMask(t, t.title(), (221, 130, 101), LIVER_TERM if t == "liver" else f"~SCT^0^{t}", tuple(lo), crop)
         for t in targets
     ]
     return FakeResult(masks)
@@ -258,6 +249,21 @@ def test_saves_as_seg_nrrd_and_reads_back(scene, tmp_path):
     np.testing.assert_allclose(centroid, expected_centroid, atol=1e-4)
 
 
+def test_background_result_file_imports_in_place(scene, tmp_path):
+    """The widget's path: input written from volume_to_sitk, engine writes .seg.nrrd, logic imports it."""
+    volume = make_volume(scene, "oblique")
+    image = volume_to_sitk(volume)
+    path = tmp_path / "input.seg.nrrd"
+    write_seg_nrrd(path, sphere_segmenter(image, modality="CT", targets=["liver"]).masks, image)
+    seg_node = HermesSegmentLogic().import_file(path, volume, model_name="hermes-demo")
+    liver_id = HermesSegmentLogic.owned_segments(seg_node)["liver"]
+    liver = seg_node.GetSegmentation().GetSegment(liver_id)
+    assert liver.GetName() == "Liver"
+    assert liver.GetTag("TerminologyEntry", value := vtk.reference("")) and str(value) == LIVER_TERM
+    centroid, _count = segment_centroid_ras(seg_node, liver_id)
+    np.testing.assert_allclose(centroid, CENTER_RAS, atol=0.3)
+
+
 def test_importable_from_package_without_qt():
     import sys
 
@@ -287,10 +293,10 @@ def test_real_pipeline_with_demo_model(scene):
     image, _labelmap, _info = generate_case(0, "CT")
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
     _itk_into_volume(image, node)
-    targets = HermesSegmentLogic.targets_for("demo", "CT")
+    targets = HermesSegmentLogic.targets_for("hermes-demo", "CT")
     events = []
     seg_node = HermesSegmentLogic().segment(
-        node, "CT", targets, model="demo", device="cpu", progress=lambda *e: events.append(e)
+        node, "CT", targets, model="hermes-demo", device="cpu", progress=lambda *e: events.append(e)
     )
     assert set(HermesSegmentLogic.owned_segments(seg_node)) == set(targets)
     assert events and events[-1][1] == pytest.approx(1.0)
