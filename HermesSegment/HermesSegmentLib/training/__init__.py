@@ -1,0 +1,1 @@
+"""Training on partially labelled multi-modality datasets: ingestion, sampling, losses, trainer, phantoms."""
