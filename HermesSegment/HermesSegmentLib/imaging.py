@@ -289,8 +289,8 @@ def to_model_space(
     ``modality``: picks the body threshold (CT: -500 HU; others: 5% of the way from the 1st to
     the 99th percentile); guessed from the image when None.
     Memory, measured on an int16 512 x 512 x 300 CT at 0.8 x 0.8 x 2.5 mm -> 1.5 mm: peak RSS
-    +0.47 GB over the input (float32 cast and its anti-aliased copy, then the float32
-    model-space volume), 13 s on two shared CPU cores.
+    +0.48 GB over the input (the float32 copy anti-aliased in place, its SimpleITK image,
+    then the float32 model-space volume), 3.6 s on two shared CPU cores.
     """
     _check_normalization(normalization)
     spacing_xyz = np.asarray(spacing_zyx, dtype=float)[::-1]
@@ -365,20 +365,23 @@ def _antialias(image: sitk.Image, spacing_xyz: np.ndarray) -> sitk.Image:
 
     The model spacing seen along input axis i is sum_k |d_ki| * s_k (exact for axis-aligned
     inputs, a fair estimate for oblique ones); sigma = (factor - 1) / 2 input voxels, the rule
-    scikit-image uses for anti-aliasing.
+    scikit-image uses for anti-aliasing. scipy filters the float32 copy in place: 3x faster
+    than ITK's recursive Gaussian here and one volume-sized buffer fewer.
     """
+    from scipy import ndimage
+
     direction = np.abs(np.asarray(image.GetDirection()).reshape(3, 3))
     in_spacing = np.asarray(image.GetSpacing())
     factors = (direction.T @ spacing_xyz) / in_spacing
     if factors.max() <= _ANTIALIAS_FACTOR:
         return image
-    smoothed = sitk.Cast(image, sitk.sitkFloat32)
-    for axis, factor in enumerate(factors):
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32)  # [z, y, x]
+    for axis_xyz, factor in enumerate(factors):
         if factor > _ANTIALIAS_FACTOR:
-            gaussian = sitk.RecursiveGaussianImageFilter()
-            gaussian.SetDirection(axis)
-            gaussian.SetSigma(float((factor - 1) / 2 * in_spacing[axis]))  # mm
-            smoothed = gaussian.Execute(smoothed)
+            ndimage.gaussian_filter1d(array, (factor - 1) / 2, axis=2 - axis_xyz, output=array,
+                                      mode="nearest", truncate=3.0)
+    smoothed = sitk.GetImageFromArray(array)
+    smoothed.CopyInformation(image)
     return smoothed
 
 
