@@ -122,6 +122,9 @@ def test_linear_probabilities_beat_nearest_labels():
     linear_u8 = full_mask(imaging.probabilities_to_mask(quantised, model, reference), shape)
     labels = (prob >= 0.5).astype(np.uint8)
     nearest = imaging.from_model_space(labels, model, reference, interpolation="nearest") > 0
+    np.testing.assert_array_equal(
+        imaging.from_model_space(labels.astype(bool), model, reference, interpolation="nearest"),
+        nearest)
 
     d_linear, d_u8, d_nearest = dice(linear, truth), dice(linear_u8, truth), dice(nearest, truth)
     print(f"Dice vs analytic sphere: linear {d_linear:.4f}, linear uint8 {d_u8:.4f}, "

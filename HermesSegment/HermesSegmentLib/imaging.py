@@ -485,12 +485,16 @@ def from_model_space(
 ) -> np.ndarray:
     """Resample a model-space array (shape of ``model.array``) onto the input grid.
 
-    Returns an array of ``values``' dtype, [z, y, x] of ``reference``; 0 outside the crop.
+    Returns an array of ``values``' dtype (bool included), [z, y, x] of ``reference``; 0 outside
+    the crop.
     Full-volume sized: for masks prefer :func:`probabilities_to_mask` (bounded by the target).
     """
     interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
-    resampled = sitk.Resample(model.crop_image(values), reference, sitk.Transform(), interpolator, 0.0)
-    return sitk.GetArrayFromImage(resampled)
+    # SimpleITK has no bool pixel type: labels travel as uint8 and come back as bool.
+    numeric = values.view(np.uint8) if values.dtype == bool else values
+    resampled = sitk.Resample(model.crop_image(numeric), reference, sitk.Transform(), interpolator, 0.0)
+    out = sitk.GetArrayFromImage(resampled)
+    return out.astype(bool) if values.dtype == bool else out
 
 
 def probabilities_to_mask(
