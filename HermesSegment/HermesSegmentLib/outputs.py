@@ -282,7 +282,8 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
     masks = []
     i = 0
     while f"Segment{i}_ID" in meta:
-        field = lambda name, default="": meta.get(f"Segment{i}_{name}", default)  # noqa: E731
+        fields = {k[len(f"Segment{i}_"):]: v for k, v in meta.items() if k.startswith(f"Segment{i}_")}
+        field = fields.get
         layer = int(field("Layer", "0"))
         label = int(field("LabelValue", "1"))
         extent = [int(v) for v in field("Extent", "0 -1 0 -1 0 -1").split()]
@@ -293,7 +294,7 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
         else:
             crop, lo = np.zeros((0, 0, 0), dtype=bool), [0, 0, 0]
         color = tuple(int(round(float(c) * 255)) for c in field("Color", "0.5 0.5 0.5").split())
-        terminology = next((t.split(":", 1)[1] for t in field("Tags").split("|")
+        terminology = next((t.split(":", 1)[1] for t in field("Tags", "").split("|")
                             if t.startswith("TerminologyEntry:")), "")
         masks.append(TargetMask(key=field("ID"), name=field("Name", field("ID")), color=color,
                                 terminology=terminology, offset_zyx=tuple(lo), array=crop))
