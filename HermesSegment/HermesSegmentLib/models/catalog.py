@@ -33,7 +33,7 @@ DEFAULT_MODEL = "hermes-demo"
 class ModelListing:
     name: str
     title: str
-    source: str  # "bundled", "user" or "download"
+    source: str  # "bundled", "user" or "catalog"
     path: Path | None  # None until a downloadable model is downloaded
     url: str | None = None
     sha256: str | None = None
@@ -86,7 +86,7 @@ def list_models(catalog_path: str | Path | None = None) -> list[ModelListing]:
         else:
             local = user_models_dir() / f"{entry['name']}.safetensors"
             listings.append(
-                ModelListing(entry["name"], entry["title"], "download", local if local.is_file() else None,
+                ModelListing(entry["name"], entry["title"], "catalog", local if local.is_file() else None,
                              entry.get("url"), entry.get("sha256"), entry.get("how_to_get"))
             )
     known = {m.name for m in listings}

@@ -82,15 +82,25 @@ def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
 def task_entry(index: int, target_key: str, dataset: str, modalities: list[str]) -> dict[str, Any]:
     """A manifest task entry, with name, terminology and colour taken from the vocabulary."""
     target = vocabulary.target(target_key)
+    terminology = dict(target.terminology)
+    if target.anatomic_region:
+        terminology["anatomic_region"] = list(target.anatomic_region)
+    if target.anatomic_region_modifier:
+        terminology["anatomic_region_modifier"] = list(target.anatomic_region_modifier)
     return {
         "index": index,
         "target": target.key,
         "name": target.name,
         "dataset": dataset,
         "modalities": list(modalities),
-        "terminology": dict(target.terminology),
+        "terminology": terminology,
         "color": list(target.color),
     }
+
+
+def task_terminology_entry(task: Mapping[str, Any]) -> str:
+    """Slicer's TerminologyEntry string for a manifest task entry."""
+    return vocabulary.terminology_entry(**task["terminology"])
 
 
 def modality_entries(keys: list[str]) -> list[dict[str, Any]]:
