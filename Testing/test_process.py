@@ -126,7 +126,10 @@ def test_parsing_helpers():
     assert error_line(["x", "error: bad input; do Y", "tail"], 2) == "bad input; do Y"
     assert error_line(["Traceback", "RuntimeError: CUDA out of memory", ""], 1) == "RuntimeError: CUDA out of memory"
     assert "exit status 9" in error_line([], 9)
-    command = segment_command("in.nrrd", "out", modality="CT", targets=["liver", "spleen"], fast=True, python="py")
+    command = segment_command(
+        "in.nrrd", "out", modality="CT", targets=["liver", "spleen"], fast=True, min_island_ml=0.5, python="py"
+    )
     assert command[:4] == ["py", "-m", "HermesSegmentLib.cli", "segment"]
     assert command[command.index("--targets") + 1] == "liver,spleen"
-    assert "--progress-json" in command and "--fast" in command
+    assert "--progress-json" in command and "--fast" in command and "--keep-largest" not in command
+    assert command[command.index("--min-island-ml") + 1] == "0.5"

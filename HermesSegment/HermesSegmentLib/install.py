@@ -63,6 +63,20 @@ def torch_missing() -> bool:
     return importlib.util.find_spec("torch") is None
 
 
+def describe_devices() -> str:
+    """One line on the compute devices torch sees (GPU name and memory), for the Advanced section."""
+    if torch_missing():
+        return "PyTorch is not installed yet; it is installed on the first Segment."
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+        return "; ".join(f"GPU {i}: {g.name}, {g.total_memory / 2**30:.1f} GiB" for i, g in enumerate(gpus))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "Apple GPU (MPS) found."
+    return "No GPU found: segmentation runs on the CPU (slower)."
+
+
 def ensure_dependencies(ask: Callable[[str], bool]) -> bool:
     """Make sure torch and the packages of ``requirements.txt`` are installed.
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import IO, Any, Union
 
 #: Folder holding ``HermesSegmentLib``: put on the child's PYTHONPATH so ``-m`` finds it.
 MODULE_DIR = Path(__file__).resolve().parent.parent
@@ -60,12 +60,15 @@ def segment_command(
     device: str = "auto",
     overlap: float = 0.5,
     fast: bool = False,
-    extra_args: Sequence[str] = (),
+    keep_largest: bool = False,
+    fill_holes: bool = False,
+    min_island_ml: float | None = None,
     python: str | None = None,
 ) -> list[str]:
     """The command line of ``hermes-segment segment`` for one image, with JSON progress on stdout.
 
-    ``python`` defaults to ``sys.executable`` (``PythonSlicer`` inside Slicer).
+    The result is ``<output_dir>/<input stem>.seg.nrrd``. ``python`` defaults to
+    ``sys.executable`` (``PythonSlicer`` inside Slicer).
     """
     command = [
         python or sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(input_path),
@@ -74,7 +77,27 @@ def segment_command(
     ]
     if fast:
         command.append("--fast")
-    return command + list(extra_args)
+    if keep_largest:
+        command.append("--keep-largest")
+    if fill_holes:
+        command.append("--fill-holes")
+    if min_island_ml:
+        command += ["--min-island-ml", str(min_island_ml)]
+    return command
+
+
+def start_segmentation(image: Any, run_dir: Path, **options: Any) -> tuple[BackgroundRun, Path]:
+    """Write ``image`` (SimpleITK) to ``run_dir/input.nrrd`` and start the engine on it.
+
+    ``options`` are those of :func:`segment_command`. Returns the started run and the path the
+    result will have (``run_dir/input.seg.nrrd``).
+    """
+    import SimpleITK as sitk
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    input_path = run_dir / "input.nrrd"
+    sitk.WriteImage(image, str(input_path), True)
+    return BackgroundRun(segment_command(input_path, run_dir, **options)).start(), run_dir / "input.seg.nrrd"
 
 
 def parse_progress(line: str) -> ProgressEvent | None:
@@ -200,12 +223,23 @@ class BackgroundRun:
             events.append(event)
         return events
 
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start`."""
+        return time.monotonic() - self.started_at
+
     def seconds_left(self) -> float | None:
         """Estimate of the time left from the last progress fraction, ``None`` if not known yet."""
         if self.last_progress is None or not 0.0 < self.last_progress.fraction < 1.0:
             return None
-        elapsed = time.monotonic() - self.started_at
-        return elapsed * (1.0 - self.last_progress.fraction) / self.last_progress.fraction
+        return self.elapsed() * (1.0 - self.last_progress.fraction) / self.last_progress.fraction
+
+    def status_line(self) -> str:
+        """``"stage: message (about N s left)"`` from the last progress event."""
+        if self.last_progress is None:
+            return "Starting..."
+        left = self.seconds_left()
+        eta = f" (about {left:.0f} s left)" if left is not None else ""
+        return f"{self.last_progress.stage}: {self.last_progress.message}{eta}"
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the child ends and its output is read; returns the exit status."""
