@@ -1,8 +1,5 @@
-"""HermesSegment: universal medical image segmentation (Hermes) in 3D Slicer.
-
-Thin module file (Module, parameter node, Widget, Logic, Test); the rest is ``HermesSegmentLib``,
-imported inside functions so that loading the module never needs torch, numpy or SimpleITK.
-"""
+"""HermesSegment (Hermes universal segmentation): thin Module, parameter node, Widget, Logic, Test;
+the rest is ``HermesSegmentLib``, imported inside functions (loading never needs torch/numpy/SimpleITK)."""
 
 import json
 from pathlib import Path
@@ -17,15 +14,14 @@ from slicer.util import VTKObservationMixin
 
 PRESETS = {"Balanced": (0.5, False), "Fast": (0.25, True), "Best quality": (0.75, False)}
 DEVICES = {"Automatic": "auto", "GPU": "cuda", "CPU": "cpu"}
-HOMEPAGE = "https://github.com/HermesSegment/SlicerHermesSegment"
 
-HELP = f"""Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
+HELP = """Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
 input volume, its modality and the targets, then click <b>Segment</b>. A re-run replaces only the
 segments this module created; your own segments are never modified.<br><br>
 Python console (blocking, returns the segmentation node):<pre>
 from HermesSegmentLib import HermesSegmentLogic
 seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "spleen"], model="hermes-demo")</pre>
-The bundled demo model is trained on synthetic phantoms: not for clinical use. <a href="{HOMEPAGE}">Documentation</a>."""
+The bundled demo model is trained on synthetic phantoms: not for clinical use. <a href="https://github.com/HermesSegment/SlicerHermesSegment">Documentation</a>."""
 
 
 class HermesSegment(ScriptedLoadableModule):
@@ -67,7 +63,6 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self._parameterNode = self._guiTag = self._run = self._resultPath = None
         self._timer = qt.QTimer()
-        self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onPoll)
 
     def setup(self):
@@ -90,7 +85,8 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.selectAllButton.connect("clicked()", lambda: self.checkAll(qt.Qt.Checked))
         self.ui.selectNoneButton.connect("clicked()", lambda: self.checkAll(qt.Qt.Unchecked))
         self.ui.addModelFileButton.connect("clicked()", self.onAddModelFile)
-        self.ui.downloadModelButton.connect("clicked()", self.onDownloadModel)
+        self.ui.downloadModelButton.connect("clicked()", lambda: self._modelAction(
+            "Could not download the model.", lambda models: models.download(self.ui.modelComboBox.currentData)))
         self.ui.openCacheFolderButton.connect("clicked()", self.onOpenCacheFolder)
         self.ui.removeModelButton.connect("clicked()", self.onRemoveModel)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
@@ -102,6 +98,7 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.cancel()
         self.removeObservers()
+        self._timer.stop()
 
     def enter(self):
         self.initializeParameterNode()
@@ -114,7 +111,6 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         self.cancel()  # closing the scene cancels a run
         self.exit()
-        self._parameterNode = None
 
     def initializeParameterNode(self):
         self.exit()
@@ -123,7 +119,6 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
         self._guiTag = self._parameterNode.connectGui(self.ui)
 
-    # ------------------------------------------------------------------ inputs, models, targets
     def onInputChanged(self, node):
         guess = self.logic.guess_modality(node) if node else None
         if guess:
@@ -173,13 +168,12 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [item.data(0, qt.Qt.UserRole) for item in self.targetItems() if item.checkState(0) == qt.Qt.Checked]
 
     def checkAll(self, state):
-        for item in self.targetItems():
-            if not item.isHidden():
-                item.setCheckState(0, state)
+        for item in (item for item in self.targetItems() if not item.isHidden()):
+            item.setCheckState(0, state)
 
     def onSearch(self, text):
         for item in self.targetItems():
-            item.setHidden(text.lower() not in item.text(0).lower())
+            item.setHidden(text.lower() not in item.text(0).lower() and text.lower() not in item.data(0, qt.Qt.UserRole))
 
     def onTargetsChanged(self, *_args):
         selected = self.selectedTargets()
@@ -190,10 +184,6 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = qt.QFileDialog.getOpenFileName(self.parent, "Add model package", "", "Hermes model (*.safetensors)")
         if path:
             self._modelAction("Could not add the model.", lambda models: models.add(path))
-
-    def onDownloadModel(self):
-        name = self.ui.modelComboBox.currentData
-        self._modelAction("Could not download the model.", lambda models: models.download(name))
 
     def onRemoveModel(self):
         name = self.ui.modelComboBox.currentData
@@ -216,21 +206,19 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from HermesSegmentLib.install import describe_devices
             self.ui.deviceLabel.text = describe_devices()
 
-    # ------------------------------------------------------------------ running
     def onSegmentButton(self):
+        """Start a background run, or cancel the one in progress."""
         if self._run:
-            self.cancel()
-            return
-        with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
-            self.start()
-
-    def start(self):
+            return self.cancel()
         from HermesSegmentLib import install, process
         volume, targets = self._parameterNode.inputVolume, self.selectedTargets()
         if not volume or not targets:
-            raise ValueError("Select an input volume and at least one target.")
-        if not install.ensure_dependencies(slicer.util.confirmYesNoDisplay):
-            return
+            return slicer.util.errorDisplay("Select an input volume and at least one target.")
+        with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
+            if install.ensure_dependencies(slicer.util.confirmYesNoDisplay):
+                self._startRun(process, volume, targets)
+
+    def _startRun(self, process, volume, targets):
         overlap, fast = PRESETS[self.ui.presetComboBox.currentText]
         p = self._parameterNode
         self._run, self._resultPath = process.start_segmentation(
@@ -242,7 +230,7 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         self.ui.segmentButton.text = "Cancel"
         self.ui.statusLabel.text = self._run.status_line()
-        self._timer.start()
+        self._timer.start(200)
 
     def cancel(self):
         if self._run:
@@ -299,17 +287,12 @@ class HermesSegmentTest(ScriptedLoadableModuleTest):
 
     def test_segment_phantom(self):
         from HermesSegmentLib import sample_data
-        self.delayDisplay("Loading the phantom sample")
-        volume = sample_data.load_phantom()
-        logic = HermesSegmentLogic()
+        volume, logic = sample_data.load_phantom(), HermesSegmentLogic()
         targets = logic.targets_for("hermes-demo", "CT")
-        self.assertTrue(targets)
         self.delayDisplay(f"Segmenting {len(targets)} targets with the demo model")
         segmentation = logic.segment(volume, "CT", targets, model="hermes-demo")
         owned = logic.owned_segments(segmentation)
         self.assertEqual(set(owned), set(targets))
         for key, segmentId in owned.items():
-            segment = segmentation.GetSegmentation().GetSegment(segmentId)
-            self.assertTrue(segment.GetTag("TerminologyEntry", vtk.reference("")), key)
+            self.assertTrue(segmentation.GetSegmentation().GetSegment(segmentId).GetTag("TerminologyEntry", vtk.reference("")))
             self.assertTrue(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).any(), key)
-        self.delayDisplay("Test passed")
