@@ -153,11 +153,7 @@ PSEUDO_DATASETS: tuple[tuple[int, str, str, str, tuple[str, ...]], ...] = (
 
 def _rotation(rng: np.random.Generator, max_deg: Sequence[float]) -> np.ndarray:
     """A random rotation (3x3) with angles about x, y, z uniform in +-max_deg (degrees)."""
-    ax, ay, az = (math.radians(rng.uniform(-m, m)) for m in max_deg)
-    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
-    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
-    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    return _rotation_fixed([rng.uniform(-m, m) for m in max_deg])
 
 
 @dataclass(frozen=True)
@@ -320,15 +316,18 @@ def _coarse_noise(rng: np.random.Generator, shape: Sequence[int], spacing_zyx: S
 
 
 def _paint_blob(cv: _Canvas, blob: _Blob, tissue: str, label: str | None,
-                shell: tuple[float, str] | None = None, where_label0: bool = False) -> None:
-    """Paints a blob; ``shell=(r, tissue2)`` paints the part with radius > r as tissue2 (same label)."""
+                shell: tuple[float, str] | None = None, in_body: bool = False) -> None:
+    """Paints a blob; ``shell=(r, tissue2)`` paints the part with radius > r as tissue2 (same label).
+
+    ``in_body`` clips it to the body outline (muscles and bones near the skin must not bulge out).
+    """
     reg = cv.region(*blob.bbox())
     if reg is None:
         return
     sl, q = reg
     r = blob.radius(*q)
     inside = r < 1.0
-    where = (cv.label[sl] == 0) & (cv.tissue[sl] != _T["air"]) if where_label0 else None
+    where = ~np.isin(cv.tissue[sl], [_T["air"], _T["table"], _T["skin"]]) if in_body else None
     cv.paint(sl, inside, tissue, label, where)
     if shell is not None:
         cv.paint(sl, inside & (r > shell[0]), shell[1], label, where)
@@ -383,18 +382,16 @@ def _render_anatomy(cv: _Canvas, rng: np.random.Generator, modality: str) -> Non
     spine_y = 55.0 * rng.uniform(0.9, 1.1)
     # Muscles around the spine.
     for side in (-1, 1):
-        _paint_blob(cv, _Blob.make(rng, (side * 38, spine_y + 55, 0), (28, 22, 320), wobble=0.03),
-                    "muscle", None)
+        _paint_blob(cv, _Blob.make(rng, (side * 38, spine_y + 42, 0), (28, 20, 320), wobble=0.03),
+                    "muscle", None, in_body=True)
         _paint_blob(cv, _Blob.make(rng, (side * 42, spine_y - 5, -80), (20, 20, 110), (0, side * 8, 0),
-                                   wobble=0.05), "muscle", None)
-    # Pelvis: iliac wings and sacrum (unlabelled bone).
+                                   wobble=0.05), "muscle", None, in_body=True)
+    # Pelvis: iliac wings (cortex with marrow inside) and sacrum (unlabelled bone).
     for side in (-1, 1):
-        _paint_blob(cv, _Blob.make(rng, (side * 105, 35, -185), (45, 20, 60), (0, 0, side * 35),
-                                   wobble=0.04), "cortical_bone", None, shell=None)
-        _paint_blob(cv, _Blob.make(rng, (side * 105, 35, -185), (38, 13, 52), (0, 0, side * 35),
-                                   jitter_mm=0, size_var=0, rot_var_deg=0, wobble=0), "marrow", None)
+        wing = _Blob.make(rng, (side * 105, 35, -185), (45, 20, 60), (0, 0, side * 35), wobble=0.04)
+        _paint_blob(cv, wing, "marrow", None, shell=(0.8, "cortical_bone"), in_body=True)
     _paint_blob(cv, _Blob.make(rng, (0, spine_y + 20, -195), (45, 22, 55), (-20, 0, 0), wobble=0.04),
-                "marrow", None, shell=(0.8, "cortical_bone"))
+                "marrow", None, shell=(0.8, "cortical_bone"), in_body=True)
 
     # Lungs, then the organs that indent them.
     for side, key in ((-1, "lung_right"), (1, "lung_left")):
