@@ -1,0 +1,208 @@
+"""Static checks of the Slicer extension: what Slicer's build and the Qt GUI need but slicer-core cannot run.
+
+- every ``self.ui.<name>`` the module uses exists in the ``.ui``; its custom widgets are Slicer/CTK classes;
+- every ``.py`` and resource under ``HermesSegment/`` is listed in the module ``CMakeLists.txt`` (and
+  every listed file exists), since unlisted files are silently left out of the extension package;
+- the module file imports nothing outside the standard library at file scope except Slicer's own
+  ``slicer``/``qt``/``ctk``/``vtk``, parses, and stays under 300 lines;
+- the extension ``CMakeLists.txt``, ``.s4ext`` and ExtensionsIndex JSON carry what Slicer's index needs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "HermesSegment"
+MODULE_FILE = MODULE_DIR / "HermesSegment.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "HermesSegment.ui"
+SLICER_IMPORTS = {"slicer", "qt", "ctk", "vtk"}
+S4EXT_FIELDS = (
+    "scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+    "category", "iconurl", "status", "description", "screenshoturls", "enabled",
+)
+
+
+def _ui_tree() -> ET.ElementTree:
+    return ET.parse(UI_FILE)
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+def _packaged_files() -> set[str]:
+    """Files under HermesSegment/ that belong in the package (no caches, build metadata, dotfiles)."""
+    files = set()
+    for path in MODULE_DIR.rglob("*"):
+        parts = path.relative_to(MODULE_DIR).parts
+        if path.is_file() and not any(p == "__pycache__" or p.endswith(".egg-info") or p.startswith(".") for p in parts):
+            if path.suffix != ".pyc" and path.name != "CMakeLists.txt":
+                files.add(path.relative_to(MODULE_DIR).as_posix())
+    return files
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} is not set"
+    name = re.search(r"set\(MODULE_NAME\s+(\S+)\)", text).group(1)
+    return [entry.replace("${MODULE_NAME}", name) for entry in match.group(1).split()]
+
+
+def test_widget_object_names_exist_in_ui():
+    names = {w.get("name") for w in _ui_tree().iter("widget")}
+    used = {
+        node.attr
+        for node in ast.walk(_module_tree())
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+    assert used, "the widget uses no self.ui.<name>?"
+    assert used <= names, f"used by the widget but missing in the .ui: {sorted(used - names)}"
+
+
+def test_ui_custom_widgets_are_slicer_or_ctk_classes():
+    tree = _ui_tree()
+    custom = {c.findtext("class"): c for c in tree.iter("customwidget")}
+    for name, element in custom.items():
+        assert re.match(r"(qMRML|qSlicer|ctk)\w+$", name), f"{name} is not a Slicer/CTK widget"
+        assert element.findtext("header") == f"{name}.h"
+    for widget in tree.iter("widget"):
+        cls = widget.get("class")
+        assert cls.startswith("Q") or cls in custom, f"{cls} ({widget.get('name')}) is neither Qt nor declared"
+    assert tree.getroot().find("widget").get("class") == "qMRMLWidget"
+
+
+def test_ui_sections_and_key_widgets():
+    widgets = {w.get("name"): w for w in _ui_tree().iter("widget")}
+    sections = [w.findtext("property/string") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"]
+    assert sections == ["Inputs", "Targets", "Model", "Advanced", "Output"]
+    output = widgets["outputSegmentationSelector"]
+    props = {p.get("name"): p for p in output.findall("property")}
+    assert props["nodeTypes"].findtext("stringlist/string") == "vtkMRMLSegmentationNode"
+    assert props["noneEnabled"].findtext("bool") == "true"
+    assert props["noneDisplay"].findtext("string") == "Create new segmentation"
+    assert widgets["inputVolumeSelector"].find("property[@name='nodeTypes']").findtext("stringlist/string") == (
+        "vtkMRMLScalarVolumeNode"
+    )
+
+
+def test_ui_parameter_bindings_match_parameter_node():
+    bound = {
+        p.findtext("string")
+        for w in _ui_tree().iter("widget")
+        for p in w.findall("property")
+        if p.get("name") == "SlicerParameterName"
+    }
+    node_class = next(
+        n for n in _module_tree().body if isinstance(n, ast.ClassDef) and n.name == "HermesSegmentParameterNode"
+    )
+    fields = {n.target.id for n in node_class.body if isinstance(n, ast.AnnAssign)}
+    assert bound == fields
+
+
+def test_every_script_and_resource_is_listed_in_cmake():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    listed = set(scripts) | set(resources)
+    assert all(s.endswith(".py") for s in scripts) and not any(r.endswith(".py") for r in resources)
+    assert len(listed) == len(scripts) + len(resources), "a file is listed twice"
+    present = _packaged_files()
+    assert not present - listed, f"not listed in HermesSegment/CMakeLists.txt: {sorted(present - listed)}"
+    assert not listed - present, f"listed but missing: {sorted(listed - present)}"
+    assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest" in text
+
+
+def test_module_file_is_thin_and_imports_only_stdlib_and_slicer_at_file_scope():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 300
+    allowed = set(sys.stdlib_module_names) | SLICER_IMPORTS
+    for node in _module_tree().body:  # file scope only; imports inside functions are the point
+        if isinstance(node, ast.Import):
+            roots = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            roots = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        for root in roots:
+            assert root in allowed, f"file-scope import of '{root}' in HermesSegment.py (line {node.lineno})"
+    classes = {n.name for n in _module_tree().body if isinstance(n, ast.ClassDef)}
+    assert {"HermesSegment", "HermesSegmentWidget", "HermesSegmentLogic", "HermesSegmentTest"} <= classes
+
+
+@pytest.mark.parametrize("name", ["slicer_logic", "process", "install", "sample_data"])
+def test_lib_modules_never_import_qt(name):
+    tree = ast.parse((MODULE_DIR / "HermesSegmentLib" / f"{name}.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        assert not any(m.split(".")[0] in {"qt", "ctk", "PythonQt"} for m in modules), f"{name}.py imports Qt"
+
+
+def test_extension_cmakelists():
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    for needle in (
+        "cmake_minimum_required(", "project(HermesSegment)", 'set(EXTENSION_CATEGORY "Segmentation")',
+        'set(EXTENSION_DEPENDS "PyTorch")', "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+        "add_subdirectory(HermesSegment)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ):
+        assert needle in text, needle
+    for variable in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', text), variable
+
+
+def _s4ext() -> dict[str, str]:
+    fields = {}
+    for line in (REPO / "HermesSegment.s4ext").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            fields[key] = value.strip()
+    return fields
+
+
+def test_s4ext_has_the_fields_slicers_index_needs():
+    fields = _s4ext()
+    missing = [f for f in S4EXT_FIELDS if not fields.get(f)]
+    assert not missing, f"missing or empty in HermesSegment.s4ext: {missing}"
+    assert fields["scm"] == "git" and fields["depends"] == "PyTorch" and fields["category"] == "Segmentation"
+    assert fields["enabled"] in {"0", "1"}
+    assert fields["iconurl"].endswith("Resources/Icons/HermesSegment.png")
+
+
+def test_extensions_index_json_matches_s4ext():
+    entry = json.loads((REPO / "HermesSegment.json").read_text(encoding="utf-8"))
+    fields = _s4ext()
+    assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
+    assert entry["category"] == fields["category"]
+    assert entry["scm_url"] == fields["scmurl"] and entry["scm_revision"] == fields["scmrevision"]
+    assert entry["build_dependencies"] == fields["depends"].split()
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
+                          "scm_revision", "scm_type", "scm_url", "tier"}  # the schema forbids other keys
+
+
+@pytest.mark.parametrize("path", ["HermesSegment/Resources/Icons/HermesSegment.png", "Resources/Icons/HermesSegment.png"])
+def test_icons_are_128_png(path):
+    data = (REPO / path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+def test_requirements_leave_torch_to_the_pytorch_extension():
+    lines = [
+        line.split("#")[0].strip()
+        for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    ]
+    names = {re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower() for line in lines if line}
+    assert names and "torch" not in names
