@@ -316,3 +316,16 @@ def _itk_into_volume(image: sitk.Image, node) -> None:
     node.SetIJKToRASMatrix(_matrix(ijk_to_ras))
     slicer.util.arrayFromVolume(node)[:] = array
     slicer.util.arrayFromVolumeModified(node)
+
+
+@pytest.mark.slow
+def test_sample_phantom_is_generated_once_and_loads_as_a_volume(scene, tmp_path):
+    from HermesSegmentLib import sample_data
+
+    path = sample_data.phantom_file(tmp_path)
+    written = path.stat().st_mtime_ns
+    assert sample_data.phantom_file(tmp_path) == path and path.stat().st_mtime_ns == written  # cached
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", sample_data.SAMPLE_NAME)
+    _itk_into_volume(sitk.ReadImage(str(path)), node)
+    assert HermesSegmentLogic.guess_modality(node) == "CT"
+    assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left

@@ -44,7 +44,7 @@ def phantom_file(folder: Path | None = None, seed: int = PHANTOM_SEED, modality:
 
     from .training.phantoms import generate_case
 
-    image, _labelmap, _info = generate_case(seed, modality)
+    image, _labelmap, _info = generate_case(seed, modality, orientation="LPS")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".nrrd", dir=folder)
     os.close(fd)
