@@ -19,6 +19,7 @@ vtk = pytest.importorskip("vtk")
 sitk = pytest.importorskip("SimpleITK")
 from vtk.util import numpy_support  # noqa: E402
 
+from HermesSegmentLib.errors import HermesError  # noqa: E402
 from HermesSegmentLib.outputs import TargetMask, write_seg_nrrd  # noqa: E402
 from HermesSegmentLib.slicer_logic import (  # noqa: E402
     MODEL_TAG,
@@ -329,3 +330,25 @@ def test_sample_phantom_is_generated_once_and_loads_as_a_volume(scene, tmp_path)
     _itk_into_volume(sitk.ReadImage(str(path)), node)
     assert HermesSegmentLogic.guess_modality(node) == "CT"
     assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left
+
+
+def test_result_follows_the_volume_parent_transform(scene):
+    volume = make_volume(scene, "identity")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    logic = HermesSegmentLogic(segmenter=sphere_segmenter)
+    seg_node = logic.segment(volume, "CT", "liver")
+    assert seg_node.GetTransformNodeID() == transform.GetID()
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(HermesError, match="different transforms"):
+        logic.segment(volume, "CT", "liver", segmentationNode=other)
+
+
+def test_empty_mask_gives_an_empty_segment_and_no_image_is_a_clear_error(scene):
+    volume = make_volume(scene, "flipped")
+    empty = TargetMask("spleen", "Spleen", (157, 108, 162), "", (0, 0, 0), np.zeros((0, 0, 0), dtype=bool))
+    seg_node = HermesSegmentLogic().import_result([empty], volume)
+    segment_id = HermesSegmentLogic.owned_segments(seg_node)["spleen"]
+    assert segment_voxels(seg_node, segment_id)[2] == 0
+    with pytest.raises(HermesError, match="no image data"):
+        volume_to_sitk(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))

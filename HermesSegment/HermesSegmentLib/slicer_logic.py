@@ -103,7 +103,9 @@ def mask_to_oriented_image(
     labelmap = slicer.vtkOrientedImageData()
     labelmap.SetImageToWorldMatrix(ijk_to_ras)
     if array.size == 0 or not array.any():
-        return labelmap  # empty extent: an empty segment
+        labelmap.SetExtent(0, -1, 0, -1, 0, -1)  # an empty segment, still typed as a labelmap
+        labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        return labelmap
     k0, j0, i0 = (int(v) for v in offset_zyx)
     nk, nj, ni = array.shape
     labelmap.SetExtent(i0, i0 + ni - 1, j0, j0 + nj - 1, k0, k0 + nk - 1)
@@ -238,9 +240,14 @@ class HermesSegmentLogic:
             segmentationNode = scene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volumeNode.GetName()} Hermes")
             )
+            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        elif segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+            raise HermesError(
+                f"'{segmentationNode.GetName()}' and '{volumeNode.GetName()}' are under different transforms; "
+                "choose 'Create new segmentation' or harden the transforms first"
+            )
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         ijk_to_ras = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijk_to_ras)
 
