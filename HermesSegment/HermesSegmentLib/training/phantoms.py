@@ -663,19 +663,19 @@ def _to_storage(arr: np.ndarray, origin: np.ndarray, spacing: np.ndarray,
 
 def _oblique(image: sitk.Image, label: sitk.Image, rng: np.random.Generator,
              background: float) -> tuple[sitk.Image, sitk.Image]:
-    """Resamples image (linear) and label map (nearest) onto a grid tilted by 3-10 degrees."""
+    """Resamples image (linear) and label map (nearest) onto a grid tilted by up to ~8 degrees.
+
+    The tilted grid keeps the size, spacing and centre of the original one, as an oblique
+    acquisition with the same field of view would (corners outside the original are background),
+    so the voxel count stays under the cap.
+    """
     rot = _rotation(rng, (8.0, 8.0, 8.0))
     spacing = np.array(image.GetSpacing())
     size = np.array(image.GetSize())
-    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1)
-                        for k in (0, size[2] - 1)], float)
-    phys = np.array([image.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
-    local = phys @ rot  # coordinates along the tilted axes (columns of rot)
-    lo, hi = local.min(0), local.max(0)
-    new_size = np.ceil((hi - lo) / spacing).astype(int) + 1
-    ref = sitk.Image([int(n) for n in new_size], sitk.sitkUInt8)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2.0).tolist()))
+    ref = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
     ref.SetSpacing(spacing.tolist())
-    ref.SetOrigin((rot @ lo).tolist())
+    ref.SetOrigin((centre - rot @ (spacing * (size - 1) / 2.0)).tolist())
     ref.SetDirection(rot.ravel().tolist())
     img = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, background, image.GetPixelID())
     lab = sitk.Resample(label, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
