@@ -1,0 +1,121 @@
+"""`hermes-segment evaluate`: Dice, HD95 and surface Dice of predictions against ground truth.
+
+    hermes-segment evaluate PRED GT [--targets a,b] [--labels dataset.json] [--tolerance-mm 2]
+                            [--out metrics.csv]
+
+PRED and GT are each a file or a folder; folders are paired by case name (file name without
+.seg.nrrd/.nii.gz/.nii/.nrrd/.mha and without an nnU-Net channel suffix _0000). Each side is a
+.seg.nrrd, a label map with its HermesSegment JSON sidecar, or a label map whose values
+``--labels`` names (an nnU-Net dataset.json). Writes one CSV row per (case, target) and prints
+the per-target means. Conventions for empty masks and overlapping targets:
+:mod:`HermesSegmentLib.evaluation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..errors import HermesError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers the ``evaluate`` subcommand (``func=run``)."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="Dice, HD95 and surface Dice of segmentations against ground truth",
+        description="Compare predicted segmentations with ground truth, per case and target "
+                    "(MONAI metrics, in mm). Both sides must be on the same voxel grid.",
+    )
+    parser.add_argument("pred", type=Path, help="prediction file or folder")
+    parser.add_argument("gt", type=Path, help="ground-truth file or folder")
+    parser.add_argument("--targets", help="comma-separated targets (default: every target that is "
+                                          "both predicted and annotated, per case)")
+    parser.add_argument("--labels", type=Path, metavar="JSON",
+                        help="label table for label maps without a sidecar: an nnU-Net dataset.json "
+                             "(\"labels\": {name: value})")
+    parser.add_argument("--tolerance-mm", type=float, default=2.0, metavar="MM",
+                        help="surface Dice tolerance in mm (default 2.0)")
+    parser.add_argument("--out", type=Path, default=Path("metrics.csv"),
+                        help="CSV to write (default metrics.csv)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluates, writes the CSV, prints the table; returns 0. User mistakes raise HermesError."""
+    from tqdm import tqdm
+
+    from .. import evaluation
+    from ..vocabulary import suggest
+
+    if not args.tolerance_mm > 0:
+        raise HermesError(f"--tolerance-mm must be positive, got {args.tolerance_mm}")
+    labels = evaluation.read_label_table(args.labels) if args.labels else None
+    requested = None
+    if args.targets:
+        requested = list(dict.fromkeys(evaluation.target_key(t.strip())
+                                       for t in args.targets.split(",") if t.strip()))
+    pairs, no_pred, no_truth = evaluation.match_cases(args.pred, args.gt)
+    if no_pred:
+        print(f"note: {len(no_pred)} ground-truth case(s) have no prediction and are left out: "
+              f"{_listing(no_pred)}", file=sys.stderr)
+    if no_truth:
+        print(f"note: {len(no_truth)} prediction(s) have no ground truth and are left out: "
+              f"{_listing(no_truth)}", file=sys.stderr)
+
+    rows = []
+    annotated: dict = {}  # every truth target seen -> cases, for the notes and suggestions
+    unpredicted: dict = {}  # target -> cases whose prediction lacks it
+    for case, pred_file, truth_file in tqdm(pairs, desc="evaluate", unit="case", disable=len(pairs) < 2,
+                                            file=sys.stderr):
+        truth = evaluation.load_masks(truth_file, labels)
+        pred = evaluation.load_masks(pred_file, labels)
+        for key in truth.targets:
+            annotated.setdefault(key, []).append(case)
+            if key not in pred.targets and (requested is None or key in requested):
+                unpredicted.setdefault(key, []).append(case)
+        if requested is None:
+            targets = [key for key in truth.targets if key in pred.targets]
+        else:
+            targets = requested
+        rows += evaluation.evaluate_case(case, pred, truth, targets, args.tolerance_mm)
+
+    for key in requested or ():
+        if key not in annotated:
+            raise HermesError(f"target {key!r} is not annotated in the ground truth; did you mean: "
+                              f"{', '.join(suggest(key, list(annotated)))}?")
+    for key, cases in unpredicted.items():
+        what = "counted as empty predictions" if requested else "not evaluated (pass --targets to count them)"
+        print(f"note: {key} is annotated but not predicted in {len(cases)} case(s), {what}: "
+              f"{_listing(cases)}", file=sys.stderr)
+    if not rows:
+        raise HermesError("no target is both predicted and annotated; check the files or pass --targets")
+
+    out = evaluation.write_metrics_csv(args.out, rows)
+    _print_table(evaluation.summarize(rows))
+    print(f"wrote {out} ({len(rows)} rows, {len(pairs)} case(s))")
+    return 0
+
+
+def _listing(names: list, limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _print_table(summary: list) -> None:
+    """Per-target means; values left out of a mean (infinite HD95) are counted in a footnote."""
+    def cell(value: float, digits: int) -> str:
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+    width = max([len("target")] + [len(s["target"]) for s in summary])
+    print(f"{'target':<{width}}  {'cases':>5}  {'dice':>6}  {'hd95_mm':>8}  {'surface_dice':>12}")
+    for s in summary:
+        star = "*" if s["hd95_mm_left_out"] else " "
+        print(f"{s['target']:<{width}}  {s['cases']:>5}  {cell(s['dice'], 4):>6}  "
+              f"{cell(s['hd95_mm'], 2):>7}{star}  {cell(s['surface_dice'], 4):>12}")
+    left_out = sum(s["hd95_mm_left_out"] for s in summary)
+    if left_out:
+        print(f"* mean over finite values; {left_out} HD95 value(s) are infinite (one mask empty, "
+              "the other not) and left out; they are in the CSV")
