@@ -234,6 +234,10 @@ def _segment_distance(q: tuple[np.ndarray, np.ndarray, np.ndarray], a: np.ndarra
 # The render grid
 # --------------------------------------------------------------------------------------------
 
+_Slices = tuple[slice, slice, slice]  # a [z, y, x] box of the render grid
+_Coords = tuple[np.ndarray, np.ndarray, np.ndarray]  # atlas x, y, z (mm), broadcastable to the box
+
+
 class _Canvas:
     """Tissue and label arrays ([z, y, x], uint8) on an axis-aligned LPS grid, plus the atlas map.
 
@@ -249,7 +253,7 @@ class _Canvas:
         self.tissue = np.zeros(shape, np.uint8)
         self.label = np.zeros(shape, np.uint8)
 
-    def region(self, lo: np.ndarray, hi: np.ndarray):
+    def region(self, lo: np.ndarray, hi: np.ndarray) -> tuple[_Slices, _Coords] | None:
         """Index slices covering the atlas box [lo, hi] and the atlas coordinates inside it.
 
         Returns (slices [z, y, x], (qx, qy, qz)) with q components broadcastable to the slab
@@ -273,7 +277,7 @@ class _Canvas:
         slices = (slice(i0[2], i1[2]), slice(i0[1], i1[1]), slice(i0[0], i1[0]))
         return slices, q
 
-    def paint(self, slices, mask: np.ndarray, tissue: str, label: str | None,
+    def paint(self, slices: _Slices, mask: np.ndarray, tissue: str, label: str | None,
               where: np.ndarray | None = None) -> None:
         """Sets tissue (and the target label, 0 for unlabelled tissue) where mask (and where) hold."""
         if where is not None:
@@ -435,7 +439,7 @@ def _render_anatomy(cv: _Canvas, rng: np.random.Generator, modality: str) -> Non
     if modality == "PET":
         _paint_pet_lesions(cv, rng, spine_y)
     else:
-        _paint_liver_tumors(cv, rng, [liver, lobe])
+        _paint_liver_tumors(cv, rng)
 
 
 def _paint_stomach_gas(cv: _Canvas, stomach: _Blob) -> None:
@@ -498,7 +502,7 @@ def _phys_blob(cv: _Canvas, rng: np.random.Generator, p: np.ndarray, radius: flo
     return _Blob.make(rng, q, (radius,) * 3, jitter_mm=0, size_var=0.2, rot_var_deg=90, wobble=0.12)
 
 
-def _paint_liver_tumors(cv: _Canvas, rng: np.random.Generator, liver: Sequence[_Blob]) -> None:
+def _paint_liver_tumors(cv: _Canvas, rng: np.random.Generator) -> None:
     """1-3 hypo-/hyper-dense lesions of 5-18 mm radius, clipped to the liver."""
     for p in _random_points_in(cv, rng, LABELS["liver"], int(rng.integers(1, 4)), erode_vox=3):
         blob = _phys_blob(cv, rng, p, rng.uniform(5.0, 18.0))
@@ -563,7 +567,7 @@ def _ct_phase(rng: np.random.Generator) -> tuple[str, dict[str, float]]:
                             "stomach_wall": 40, "bowel": 25, "tumor": 35}
     if phase == "arterial":
         return str(phase), {"liver": 70, "spleen": 115, "kidney_cortex": 190, "kidney_medulla": 80,
-                            "artery": 210, "vein": 70, "heart_blood": 190, "myocardium": 110,
+                            "artery": 190, "vein": 70, "heart_blood": 180, "myocardium": 110,
                             "tumor": 110}
     return str(phase), {}
 
@@ -938,7 +942,7 @@ def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed:
                        "labels": {v: k for k, v in value_of.items()}, "weight": 1.0})
         written.append(folder)
     cfg_path = root / "phantom_config.yaml"
-    _atomic_write_text(yaml.safe_dump({"datasets": config}, sort_keys=False, default_flow_style=None),
+    _atomic_write_text(yaml.safe_dump({"datasets": config}, sort_keys=False, default_flow_style=None, width=1000),
                        cfg_path)
     written.append(cfg_path)
     return written
