@@ -43,7 +43,6 @@ import csv
 import io
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,7 @@ METRIC_COLUMNS = ("case", "target", "dice", "hd95_mm", "surface_dice", "pred_ml"
 
 #: File endings that hold a case (longest first, so ".seg.nrrd" wins over ".nrrd").
 CASE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+_CHANNEL = "_0000"  # nnU-Net's image channel suffix: case_0007_0000.nii.gz is case_0007
 
 # Geometry tolerances: NIfTI stores float32, so the same grid written by two tools differs in the
 # 6th-7th significant digit; a real difference (another spacing, a shifted origin) is far larger.
@@ -275,14 +275,16 @@ def _read_json(path: Path) -> dict:
 
 
 def case_name(path: PathLike) -> str:
-    """The case a file belongs to: its name without :data:`CASE_SUFFIXES` (or ``.json``) and
-    without an nnU-Net channel suffix ``_0000``."""
+    """The case a file belongs to: its name without :data:`CASE_SUFFIXES` (or ``.json``).
+
+    An nnU-Net channel suffix (``case_0007_0000``) is not removed here, because case names may
+    end in the same pattern (``case_0000``); :func:`match_cases` accepts it when pairing.
+    """
     name = Path(path).name
     for suffix in CASE_SUFFIXES + (".json",):
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"_\d{4}$", "", name)
+            return name[: -len(suffix)]
+    return name
 
 
 def load_masks(path: PathLike, labels: Optional[Mapping[str, Tuple[int, ...]]] = None) -> MaskSet:
@@ -358,6 +360,21 @@ def _load_label_map(path: Path, labels: Mapping[str, Tuple[int, ...]]) -> MaskSe
     return MaskSet(path, reference, tuple(labels), get)
 
 
+def _header_grid(path: Path) -> sitk.Image:
+    """The grid of an image file from its header alone (the voxels are read when a mask is)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise HermesError(f"{path}: cannot read the label map (missing or corrupt); check the file") from None
+    grid = sitk.Image([int(n) for n in reader.GetSize()], sitk.sitkUInt8)
+    grid.SetSpacing(reader.GetSpacing())
+    grid.SetOrigin(reader.GetOrigin())
+    grid.SetDirection(reader.GetDirection())
+    return grid
+
+
 def _load_per_target(sidecar: Path) -> MaskSet:
     """Our ``per_target`` sidecar: one 0/1 file per target, listed under "file"."""
     entries = _read_json(sidecar).get("labels")
@@ -365,8 +382,7 @@ def _load_per_target(sidecar: Path) -> MaskSet:
         raise HermesError(f"{sidecar}: not a per-target sidecar (entries with \"file\"); pass the "
                           "label map itself instead of its .json")
     files = {target_key(str(e["key"])): sidecar.with_name(str(e["file"])) for e in entries}
-    first, reference = _label_array(next(iter(files.values())))
-    del first
+    reference = _header_grid(next(iter(files.values())))
 
     def get(key: str) -> np.ndarray:
         array, grid = _label_array(files[key])
@@ -441,20 +457,27 @@ def find_cases(path: PathLike) -> Dict[str, Path]:
 def match_cases(pred: PathLike, truth: PathLike) -> Tuple[List[Tuple[str, Path, Path]], List[str], List[str]]:
     """Pair predictions with ground truth by case name.
 
-    Two files are paired whatever their names (the case is named after the truth). Returns
-    (pairs [(case, pred file, truth file)] sorted by case, truth cases without a prediction,
-    prediction cases without truth). No pair at all is a :class:`HermesError`.
+    Names match when equal, or when one is the other plus the nnU-Net channel suffix ``_0000``
+    (``case_0007_0000`` pairs with ``case_0007``). Two files are paired whatever their names.
+    Returns (pairs [(truth case name, pred file, truth file)] sorted by case, truth cases without
+    a prediction, prediction cases without truth). No pair at all is a :class:`HermesError`.
     """
     pred_cases, truth_cases = find_cases(pred), find_cases(truth)
     if Path(pred).is_file() and Path(truth).is_file():
         (truth_name, truth_file), = truth_cases.items()
         return [(truth_name, next(iter(pred_cases.values())), truth_file)], [], []
-    common = sorted(set(pred_cases) & set(truth_cases))
-    if not common:
+    pairs = {}
+    for name, file in pred_cases.items():
+        for candidate in (name, name[: -len(_CHANNEL)] if name.endswith(_CHANNEL) else None, name + _CHANNEL):
+            if candidate in truth_cases and candidate not in pairs:
+                pairs[candidate] = (name, file)
+                break
+    if not pairs:
         raise HermesError(f"no case name is in both {pred} and {truth} (e.g. {sorted(pred_cases)[0]!r} vs "
                           f"{sorted(truth_cases)[0]!r}); files are matched by name without extension and _0000")
-    return ([(c, pred_cases[c], truth_cases[c]) for c in common],
-            sorted(set(truth_cases) - set(pred_cases)), sorted(set(pred_cases) - set(truth_cases)))
+    used = {name for name, _ in pairs.values()}
+    return ([(case, pairs[case][1], truth_cases[case]) for case in sorted(pairs)],
+            sorted(set(truth_cases) - set(pairs)), sorted(set(pred_cases) - used))
 
 
 def evaluate_case(case: str, pred: MaskSet, truth: MaskSet, targets: Sequence[str],

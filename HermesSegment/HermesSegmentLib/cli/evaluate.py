@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         if key not in annotated:
             raise HermesError(f"target {key!r} is not annotated in the ground truth; did you mean: "
                               f"{', '.join(suggest(key, list(annotated)))}?")
+        if len(annotated[key]) < len(pairs):
+            print(f"note: {key} is not annotated in {len(pairs) - len(annotated[key])} of {len(pairs)} "
+                  "ground-truth case(s); those are not evaluated", file=sys.stderr)
     for key, cases in unpredicted.items():
         what = "counted as empty predictions" if requested else "not evaluated (pass --targets to count them)"
         print(f"note: {key} is annotated but not predicted in {len(cases)} case(s), {what}: "
