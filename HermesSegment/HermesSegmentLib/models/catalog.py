@@ -38,6 +38,7 @@ class ModelListing:
     url: str | None = None
     sha256: str | None = None
     how_to_get: str | None = None
+    aliases: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -82,12 +83,13 @@ def list_models(catalog_path: str | Path | None = None) -> list[ModelListing]:
     listings: list[ModelListing] = []
     for entry in load_catalog(catalog_path)["models"] if catalog_path.is_file() else []:
         if "file" in entry:
-            listings.append(ModelListing(entry["name"], entry["title"], "bundled", catalog_path.parent / entry["file"]))
+            listings.append(ModelListing(entry["name"], entry["title"], "bundled", catalog_path.parent / entry["file"],
+                                         aliases=tuple(entry.get("aliases", ()))))
         else:
             local = user_models_dir() / f"{entry['name']}.safetensors"
             listings.append(
                 ModelListing(entry["name"], entry["title"], "catalog", local if local.is_file() else None,
-                             entry.get("url"), entry.get("sha256"), entry.get("how_to_get"))
+                             entry.get("url"), entry.get("sha256"), entry.get("how_to_get"), tuple(entry.get("aliases", ())))
             )
     known = {m.name for m in listings}
     folder = user_models_dir()
@@ -104,7 +106,7 @@ def resolve(model: str | Path) -> Path:
         if not candidate.is_file():
             raise HermesError(f"model file not found: {candidate}")
         return candidate
-    listings = {m.name: m for m in list_models()}
+    listings = {name: m for m in list_models() for name in (m.name, *m.aliases)}
     listing = listings.get(str(model))
     if listing is None:
         from ..vocabulary import suggest

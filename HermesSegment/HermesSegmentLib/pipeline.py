@@ -1,0 +1,153 @@
+"""segment_image(): the one function the CLI, the Slicer logic and the tests call.
+
+image -> imaging.to_model_space -> inference.predict_volume (network) -> per target:
+imaging.probabilities_to_mask -> postprocess.apply -> outputs.TargetMask on the input grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import imaging, postprocess, vocabulary
+from .errors import HermesError
+from .inference import CancelToken, ProgressCallback, predict_volume, report, select_device
+from .models import DEFAULT_MODEL, LoadedModel, load
+from .models.manifest import task_terminology_entry
+from .outputs import TargetMask
+
+log = logging.getLogger(__name__)
+
+FAST_OVERLAP = 0.25
+
+
+@dataclass
+class SegmentationResult:
+    """Masks on the input grid, one per requested target, and what produced them.
+
+    ``reference``: a UInt8 image with the input's geometry (see imaging.reference_geometry).
+    ``seconds``: wall time per stage. ``model_space`` and ``probabilities`` (uint8, one map per
+    target in model space) are kept only when ``keep_probabilities`` was asked for.
+    """
+
+    masks: list[TargetMask]
+    reference: sitk.Image
+    modality: str
+    model_name: str
+    device: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    model_space: Optional[imaging.ModelSpaceImage] = None
+    probabilities: Optional[np.ndarray] = None
+
+    def probability_maps(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(target key, uint8 probabilities on the input grid), one target at a time."""
+        if self.probabilities is None or self.model_space is None:
+            raise HermesError("probabilities were not kept; segment again with keep_probabilities=True")
+        for mask, probabilities in zip(self.masks, self.probabilities):
+            yield mask.key, imaging.from_model_space(probabilities, self.model_space, self.reference)
+
+
+def resolve_targets(model: LoadedModel, modality: str, targets: Union[str, Sequence[str]]) -> list[str]:
+    """Target keys from user spellings; ``"all"`` means every target the model offers for the modality."""
+    offered = model.targets_for(modality)
+    if isinstance(targets, str):
+        targets = offered if targets.strip().lower() == "all" else [t for t in targets.split(",") if t.strip()]
+    if not targets:
+        raise HermesError(f"no targets given; choose from: {', '.join(offered)} (or 'all')")
+    keys: list[str] = []
+    for name in targets:
+        try:
+            key = vocabulary.target(name).key
+        except HermesError:
+            close = vocabulary.suggest(name, offered)
+            hint = f"did you mean: {', '.join(close)}?" if close else f"this model offers: {', '.join(offered)}"
+            raise HermesError(f"unknown target '{name}' for {modality}; {hint}") from None
+        model.task_index(key, modality)  # raises with suggestions when the model lacks it
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def segment_image(
+    image: sitk.Image,
+    *,
+    modality: str,
+    targets: Union[str, Sequence[str]],
+    model: Union[str, Path, LoadedModel] = DEFAULT_MODEL,
+    device: str = "auto",
+    overlap: Optional[float] = None,
+    blending: str = "gaussian",
+    batch_size: int = 2,
+    fast: bool = False,
+    crop_to_body: bool = True,
+    threshold: float = 0.5,
+    postprocess_options: Optional[postprocess.PostprocessOptions] = None,
+    keep_probabilities: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> SegmentationResult:
+    """Segment ``targets`` in ``image`` (any geometry) and return masks on the input grid.
+
+    ``modality``: CT, PET, MR-T1, MR-T2, cine-MR or MR (aliases accepted). ``overlap`` defaults to
+    0.5, or 0.25 with ``fast``. ``threshold`` applies to each target's own sigmoid, so targets may
+    overlap (a tumour inside its organ).
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    torch_device = select_device(device)
+    loaded = model if isinstance(model, LoadedModel) else load(model)
+    modality_key = vocabulary.modality(modality).key
+    entry = loaded.modality_entry(modality_key)
+    keys = resolve_targets(loaded, modality_key, targets)
+    task_indices = [loaded.task_index(k, modality_key) for k in keys]
+    if overlap is None:
+        overlap = FAST_OVERLAP if fast else 0.5
+    timings["load"] = time.perf_counter() - started
+
+    report(progress, "preprocess", 0.0, "resampling to model space")
+    mark = time.perf_counter()
+    spacing = loaded.manifest["input"]["spacing_zyx_mm"]
+    model_space = imaging.to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
+                                         crop_to_body=crop_to_body, modality=modality_key)
+    reference = imaging.reference_geometry(image)
+    timings["preprocess"] = time.perf_counter() - mark
+    report(progress, "preprocess", 1.0, f"model space {'x'.join(map(str, model_space.array.shape))} voxels")
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+
+    mark = time.perf_counter()
+    probabilities = predict_volume(
+        loaded.network, model_space.array, task_indices, entry["slot"],
+        window_zyx=loaded.manifest["input"]["window_size_zyx"], overlap=overlap, blending=blending,
+        batch_size=batch_size, device=torch_device, progress=progress, cancel=cancel,
+    )
+    timings["inference"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    options = postprocess_options or postprocess.PostprocessOptions()
+    input_spacing_zyx = image.GetSpacing()[::-1]
+    masks = []
+    for number, (key, index) in enumerate(zip(keys, task_indices)):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        report(progress, "postprocess", number / len(keys), key)
+        crop = imaging.probabilities_to_mask(probabilities[number], model_space, reference, threshold)
+        array = postprocess.apply(crop.array, input_spacing_zyx, options) if options.active else crop.array
+        task = loaded.task(index)
+        masks.append(TargetMask(key=key, name=task["name"], color=tuple(task["color"]),
+                                terminology=task_terminology_entry(task), offset_zyx=crop.offset_zyx, array=array))
+    timings["postprocess"] = time.perf_counter() - mark
+    report(progress, "postprocess", 1.0, "done")
+    timings["total"] = time.perf_counter() - started
+    return SegmentationResult(
+        masks=masks, reference=reference, modality=modality_key, model_name=loaded.name,
+        device=str(torch_device), seconds=timings,
+        model_space=model_space if keep_probabilities else None,
+        probabilities=probabilities if keep_probabilities else None,
+    )

@@ -1,0 +1,95 @@
+"""Sliding-window engine: exactness, agreement with MONAI, batching, cancellation, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from HermesSegmentLib.errors import CancelledError, HermesError
+from HermesSegmentLib.inference import CancelToken, predict_volume, select_device
+from HermesSegmentLib.network import HermesNetwork
+
+
+@pytest.fixture
+def network(tiny_config):
+    torch.manual_seed(0)
+    return HermesNetwork(tiny_config).eval()
+
+
+def _forward_probabilities(network, volume, tasks, slot):
+    with torch.inference_mode():
+        logits, _ = network(torch.from_numpy(volume)[None, None], torch.tensor([tasks]), torch.tensor([[slot]]))
+    return (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).numpy()
+
+
+def test_one_window_covering_the_volume_equals_a_whole_volume_forward(network):
+    volume = np.random.default_rng(0).normal(size=(32, 48, 32)).astype(np.float32)
+    ours = predict_volume(network, volume, [0, 2], 1, window_zyx=(32, 48, 32))
+    np.testing.assert_array_equal(ours, _forward_probabilities(network, volume, [0, 2], 1))
+
+
+@pytest.mark.parametrize("overlap,mode", [(0.5, "gaussian"), (0.25, "gaussian"), (0.5, "uniform")])
+def test_matches_monai_sliding_window_inference(network, overlap, mode):
+    from monai.inferers import sliding_window_inference
+
+    volume = np.random.default_rng(1).normal(size=(50, 40, 57)).astype(np.float32)
+    tasks = [0, 3, 1]
+    ours = predict_volume(network, volume, tasks, 2, window_zyx=(32, 32, 32), overlap=overlap, blending=mode, batch_size=3)
+
+    def predictor(x):
+        n = x.shape[0]
+        return network(x, torch.tensor([tasks]).expand(n, -1), torch.tensor([[2]]).expand(n, -1))[0]
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(volume)[None, None], (32, 32, 32), 2, predictor,
+                                          overlap=overlap, mode={"uniform": "constant"}.get(mode, mode))
+    theirs = (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).numpy()
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_batch_size_does_not_change_the_result(network):
+    volume = np.random.default_rng(2).normal(size=(40, 40, 40)).astype(np.float32)
+    one = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=1)
+    five = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=5)
+    # Batched convolutions may round differently: at most one quantisation step apart.
+    assert np.abs(one.astype(int) - five.astype(int)).max() <= 1
+
+
+def test_volume_smaller_than_the_window_is_padded(network):
+    volume = np.random.default_rng(3).normal(size=(20, 32, 10)).astype(np.float32)
+    out = predict_volume(network, volume, [0], 0, window_zyx=(32, 32, 32))
+    assert out.shape == (1, 20, 32, 10)
+
+
+def test_cancel_stops_within_one_batch_and_progress_is_reported(network):
+    volume = np.random.default_rng(4).normal(size=(48, 48, 48)).astype(np.float32)
+    token, seen = CancelToken(), []
+
+    def progress(stage, fraction, message):
+        seen.append(fraction)
+        if fraction > 0:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        predict_volume(network, volume, [0], 0, window_zyx=(32, 32, 32), batch_size=2, progress=progress, cancel=token)
+    assert seen[0] == 0.0 and 0 < seen[-1] < 1 and len(seen) == 2
+
+    seen.clear()
+    predict_volume(network, volume, [0], 0, window_zyx=(32, 32, 32), progress=lambda s, f, m: seen.append(f))
+    assert seen == sorted(seen) and seen[-1] == 1.0
+
+
+def test_device_policy():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(HermesError, match="no CUDA GPU"):
+            select_device("cuda")
+    with pytest.raises(HermesError, match="unknown device"):
+        select_device("tpu")
+
+
+def test_bad_overlap_is_a_one_line_error(network):
+    with pytest.raises(HermesError, match="overlap"):
+        predict_volume(network, np.zeros((32, 32, 32), np.float32), [0], 0, window_zyx=(32, 32, 32), overlap=1.0)
