@@ -338,14 +338,18 @@ def _paint_blob(cv: _Canvas, blob: _Blob, tissue: str, label: str | None,
 
 
 def _paint_tube(cv: _Canvas, points: np.ndarray, radius: float, tissue: str,
-                label: str | None) -> None:
-    """Paints a tube of ``radius`` mm along the atlas polyline ``points`` (N, 3)."""
+                label: str | None, within: str | None = None) -> None:
+    """Paints a tube of ``radius`` mm along the atlas polyline ``points`` (N, 3).
+
+    ``within`` restricts it to the voxels of that target (vessels inside an organ keep its label).
+    """
     for a, b in zip(points[:-1], points[1:]):
         reg = cv.region(np.minimum(a, b) - radius, np.maximum(a, b) + radius)
         if reg is None:
             continue
         sl, q = reg
-        cv.paint(sl, _segment_distance(q, a, b) < radius, tissue, label)
+        where = cv.label[sl] == LABELS[within] if within else None
+        cv.paint(sl, _segment_distance(q, a, b) < radius, tissue, label, where)
 
 
 def _render_anatomy(cv: _Canvas, rng: np.random.Generator, modality: str) -> None:
@@ -436,10 +440,25 @@ def _render_anatomy(cv: _Canvas, rng: np.random.Generator, modality: str) -> Non
     _paint_tube(cv, np.vstack([aorta, bif]), 12.0 * rng.uniform(0.85, 1.15), "artery", "aorta")
 
     _paint_spine(cv, rng, spine_y)
+    _paint_liver_vessels(cv, rng, liver.center + np.array([35.0, 5.0, -15.0]))
     if modality == "PET":
         _paint_pet_lesions(cv, rng, spine_y)
     else:
         _paint_liver_tumors(cv, rng)
+
+
+def _paint_liver_vessels(cv: _Canvas, rng: np.random.Generator, hilum: np.ndarray) -> None:
+    """Portal/hepatic vein branches (2-6 mm radius) from the hilum into the liver.
+
+    They are part of the liver target (as in liver annotations) but have blood intensity, so the
+    liver is not a flat blob: bright in portal-venous CT, dark in T2 (flow void), cool in PET.
+    """
+    for p in _random_points_in(cv, rng, LABELS["liver"], int(rng.integers(4, 8)), erode_vox=2):
+        end = cv.m_inv @ (p - cv.t)
+        mid = (hilum + end) / 2 + rng.uniform(-12, 12, 3)
+        radius = rng.uniform(2.0, 6.0)
+        _paint_tube(cv, np.array([hilum, mid]), radius, "vein", "liver", within="liver")
+        _paint_tube(cv, np.array([mid, end]), radius * 0.6, "vein", "liver", within="liver")
 
 
 def _paint_stomach_gas(cv: _Canvas, stomach: _Blob) -> None:
