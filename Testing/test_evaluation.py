@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from HermesSegmentLib import cli, evaluation, outputs
+from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.training.phantoms import target_masks
 
 SHAPE = (16, 24, 20)  # [z, y, x]
@@ -252,6 +253,14 @@ def test_user_mistakes(tmp_path, capsys, extra, expected):
     status = cli.main(["evaluate"] + args + [a.format(labels=labels) for a in extra])
     err = capsys.readouterr().err.strip()
     assert status == 2 and expected in err and "\n" not in err
+
+
+def test_an_image_is_not_a_label_map(tmp_path):
+    ct = sitk.GetImageFromArray(np.full(SHAPE, -1000, np.int16))
+    ct.CopyInformation(reference())
+    sitk.WriteImage(ct, str(tmp_path / "ct_0000.nii.gz"))
+    with pytest.raises(HermesError, match="negative values"):
+        evaluation.load_masks(tmp_path / "ct_0000.nii.gz", {"liver": (1,)})
 
 
 def test_unmatched_folders(tmp_path, capsys):

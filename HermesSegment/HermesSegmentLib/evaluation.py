@@ -185,7 +185,7 @@ def write_metrics_csv(path: PathLike, rows: Sequence[Mapping[str, object]]) -> P
     for row in rows:
         writer.writerow({k: (round(float(v), digits[k]) if k in digits else v) for k, v in row.items()})
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if not path.parent.exists():
         raise HermesError(f"{path}: the folder {path.parent} does not exist; create it or choose another --out")
     with _atomic([path]) as (temp,):
         temp.write_text(buffer.getvalue(), encoding="utf-8")
@@ -299,21 +299,13 @@ def load_masks(path: PathLike, labels: Optional[Mapping[str, Tuple[int, ...]]] =
         return _load_seg_nrrd(path)
     if name.endswith(".json"):
         return _load_per_target(path)
-    sidecar = path.with_name(_stem(path) + ".json")
+    sidecar = path.with_name(case_name(path) + ".json")
     if sidecar.exists():
         labels = read_label_table(sidecar)
     elif labels is None:
         raise HermesError(f"{path}: a label map without label names; pass --labels dataset.json "
                           "(nnU-Net style \"labels\": {name: value}) or keep its <name>.json sidecar")
     return _load_label_map(path, labels)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in CASE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _load_seg_nrrd(path: Path) -> MaskSet:
@@ -347,6 +339,9 @@ def _label_array(path: Path) -> Tuple[np.ndarray, sitk.Image]:
             raise HermesError(f"{path}: a label map must hold whole numbers (it has fractions); "
                               "is this an image or a probability map rather than labels?")
         array = rounded.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise HermesError(f"{path}: a label map cannot hold negative values; is this an image "
+                          "(e.g. CT in HU) rather than labels? pass the segmentation instead")
     return array, reference_geometry(image)
 
 
