@@ -78,7 +78,7 @@ REGIONS: dict[str, tuple[float, float]] = {
 }
 
 DEFAULT_MAX_VOXELS = 3_000_000
-_FINE_MAX_VOXELS = 8_000_000  # the supersampled render grid; bounds time and memory per case
+_FINE_MAX_VOXELS = 8_000_000  # render grid cap (also <= 8x the stored cap); bounds time and memory
 
 # Tissue classes of the render grid; intensities come from _APPEARANCE per modality.
 _TISSUES = (
@@ -772,7 +772,7 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
             sp[2] = 10.0
         n = np.maximum(np.floor(extent / sp).astype(int), 8)
     k = np.where(sp > 1.6, 3, 1) if supersample else np.ones(3, int)
-    while (n * k).prod() > _FINE_MAX_VOXELS and k.max() > 1:
+    while (n * k).prod() > min(_FINE_MAX_VOXELS, 8 * max_voxels) and k.max() > 1:
         # give up supersampling on the finest axis first: thick slices gain most from it
         k[min((a for a in range(3) if k[a] > 1), key=lambda a: sp[a])] = 1
     fine_sp = sp / k
