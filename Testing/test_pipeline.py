@@ -1,0 +1,182 @@
+"""segment_image and the `segment` / `targets` CLI, end to end with a tiny random-weight model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HermesSegmentLib import models
+from HermesSegmentLib.cli import main as cli_main
+from HermesSegmentLib.errors import CancelledError, HermesError
+from HermesSegmentLib.inference import CancelToken
+from HermesSegmentLib.pipeline import segment_image
+
+
+def ct_like(shape_xyz=(40, 36, 30), spacing=(3.0, 3.0, 4.0), direction=None, seed=0) -> sitk.Image:
+    """An ellipse of soft tissue in air with a brighter blob, int16 HU."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[: shape_xyz[2], : shape_xyz[1], : shape_xyz[0]]
+    body = ((x - shape_xyz[0] / 2) / (shape_xyz[0] / 2.5)) ** 2 + ((y - shape_xyz[1] / 2) / (shape_xyz[1] / 3)) ** 2 < 1
+    array = np.where(body, 40, -1000) + rng.normal(0, 10, body.shape)
+    array[(x - 18) ** 2 + (y - 18) ** 2 + (z - 15) ** 2 < 30] = 200
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin((-60.0, 20.0, 100.0))
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def test_segment_image_returns_masks_on_the_input_grid(tiny_package):
+    oblique = tuple(sitk.VersorTransform((0.2, 0.1, 1.0), 0.3).GetMatrix())
+    image = ct_like(direction=oblique)
+    stages = []
+    result = segment_image(image, modality="ct", targets="all", model=tiny_package, device="cpu",
+                           progress=lambda stage, fraction, message: stages.append(stage))
+    assert [m.key for m in result.masks] == ["liver", "spleen", "kidney_left"]
+    assert result.reference.GetSize() == image.GetSize() and result.reference.GetDirection() == oblique
+    for mask in result.masks:
+        assert mask.name and mask.terminology.count("~") == 6 and len(mask.color) == 3
+        assert all(o + s <= n for o, s, n in zip(mask.offset_zyx, mask.array.shape, image.GetSize()[::-1]))
+    assert {"preprocess", "inference", "postprocess"} <= set(stages)
+    assert result.seconds["total"] >= result.seconds["inference"] > 0
+
+
+def test_probabilities_are_kept_on_request(tiny_package):
+    result = segment_image(ct_like(), modality="CT", targets=["spleen"], model=tiny_package, device="cpu",
+                           keep_probabilities=True)
+    (key, probabilities), = list(result.probability_maps())
+    assert key == "spleen" and probabilities.dtype == np.uint8 and probabilities.shape == ct_like().GetSize()[::-1]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(modality="ultrasound", targets="all"), "unknown modality"),
+    (dict(modality="PET", targets="all"), "does not handle modality PET"),
+    (dict(modality="CT", targets="livr"), "did you mean: liver"),
+    (dict(modality="CT", targets="heart"), "has no target 'heart'"),
+    (dict(modality="CT", targets=""), "no targets given"),
+])
+def test_request_mistakes_are_one_line_errors(tiny_package, kwargs, message):
+    with pytest.raises(HermesError) as error:
+        segment_image(ct_like(), model=tiny_package, device="cpu", **kwargs)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cancel_raises_before_anything_is_returned(tiny_package):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        segment_image(ct_like(), modality="CT", targets="all", model=tiny_package, device="cpu", cancel=token)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+@pytest.fixture
+def cases(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sitk.WriteImage(ct_like(seed=1), str(folder / "a.nii.gz"))
+    sitk.WriteImage(ct_like(seed=2, direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)), str(folder / "b.nrrd"))
+    (folder / "broken.nii.gz").write_bytes(b"not an image at all")
+    return folder
+
+
+def test_batch_with_a_corrupt_file_finishes_the_others(cases, tmp_path, tiny_package, capsys):
+    import slicerio
+
+    out = tmp_path / "out"
+    status = cli_main(["segment", str(cases), "--modality", "CT", "--targets", "liver,spleen",
+                       "--model", str(tiny_package), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "error: broken:" in err and "1 of 3 case(s) failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd", "summary.csv"]
+    segmentation = slicerio.read_segmentation(str(out / "a.seg.nrrd"))
+    names = [s["name"] for s in segmentation["segments"]]
+    assert names == ["Liver", "Spleen"]
+    liver = segmentation["segments"][0]
+    assert "10200004" in json.dumps(liver["terminology"])
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert rows[0] == "case,target,voxels,volume_ml,seconds" and len(rows) == 5
+
+    # Done cases are skipped, --overwrite redoes them.
+    before = (out / "a.seg.nrrd").stat().st_mtime_ns
+    assert cli_main(["segment", str(cases / "a.nii.gz"), "--modality", "CT", "--targets", "liver",
+                     "--model", str(tiny_package), "--out", str(out)]) == 0
+    assert (out / "a.seg.nrrd").stat().st_mtime_ns == before
+    assert "skipped" in capsys.readouterr().err
+    assert cli_main(["segment", str(cases / "a.nii.gz"), "--modality", "CT", "--targets", "liver",
+                     "--model", str(tiny_package), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "a.seg.nrrd").stat().st_mtime_ns != before
+
+
+def test_progress_json_lines_and_nifti_output(cases, tmp_path, tiny_package, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(cases / "a.nii.gz"), "--modality", "CT", "--model", str(tiny_package),
+                     "--out", str(out), "--format", "nifti", "--progress-json", "--fast", "--keep-largest"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    fractions = [e["fraction"] for e in events if e.get("stage") == "inference"]
+    assert fractions and fractions[-1] == 1.0
+    assert (out / "a.nii.gz").is_file() and (out / "a.json").is_file()
+
+
+@pytest.mark.parametrize("writer,message", [
+    (lambda p: sitk.WriteImage(sitk.Image(20, 20, sitk.sitkInt16), str(p)), "2D"),
+    (lambda p: sitk.WriteImage(sitk.Image([8, 8, 8, 3], sitk.sitkFloat32), str(p)), "--frame"),
+    (lambda p: sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 8, 8), np.nan, np.float32)), str(p)), "NaN"),
+])
+def test_bad_images_get_one_line_errors_and_nonzero_status(tmp_path, tiny_package, capsys, writer, message):
+    path = tmp_path / "bad.nrrd"
+    writer(path)
+    status = cli_main(["segment", str(path), "--modality", "CT", "--model", str(tiny_package), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status != 0 and message in err
+    problem = [line for line in err.splitlines() if message in line]
+    assert len(problem) == 1 and problem[0].startswith("error: bad: ")
+    assert not list((tmp_path / "o").glob("*.seg.nrrd"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--modality", "XR"], "unknown modality"),
+    (["--modality", "CT", "--targets", "livr"], "did you mean"),
+    (["--modality", "CT", "--model", "nosuchmodel"], "unknown model"),
+    (["--modality", "CT", "--overlap", "1.5"], "--overlap"),
+])
+def test_request_mistakes_fail_fast_with_status_2(cases, tmp_path, tiny_package, capsys, extra, message):
+    args = ["segment", str(cases / "a.nii.gz"), "--model", str(tiny_package), "--out", str(tmp_path / "o"), *extra]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_interrupt_leaves_no_output(cases, tmp_path, tiny_package, monkeypatch, capsys):
+    from HermesSegmentLib.inference import sliding_window
+
+    calls = {"n": 0}
+    real_forward = sliding_window._forward
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(sliding_window, "_forward", interrupted)
+    big = tmp_path / "big.nii.gz"
+    sitk.WriteImage(ct_like(shape_xyz=(60, 60, 40)), str(big))
+    out = tmp_path / "out"
+    status = cli_main(["segment", str(big), "--modality", "CT", "--model", str(tiny_package),
+                       "--out", str(out), "--batch-size", "1", "--no-body-crop"])
+    assert calls["n"] == 2
+    assert status == 130
+    assert list(out.iterdir()) == []
+
+
+def test_targets_command_lists_per_modality(tiny_package, capsys):
+    assert cli_main(["targets", "--model", str(tiny_package), "--modality", "MR"]) == 0
+    out = capsys.readouterr().out
+    assert "MR (1 targets)" in out and "liver" in out and "spleen" not in out
