@@ -609,12 +609,12 @@ def _block_mean(a: np.ndarray, k: Sequence[int]) -> np.ndarray:
     return a.reshape(nz, kz, ny, ky, nx, kx).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _apply_modality(img: np.ndarray, label_tissue: np.ndarray, rng: np.random.Generator,
+def _apply_modality(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator,
                     modality: str, spacing_zyx: np.ndarray) -> np.ndarray:
     """Texture, blur, bias field and noise on the stored-resolution array (float32, [z, y, x])."""
     shape = img.shape
     if modality == "CT":
-        lung = label_tissue == _T["lung"]
+        lung = tissue == _T["lung"]
         vess = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32),
                                        sigma=1.2 / spacing_zyx)
         thr = np.quantile(vess[lung], 0.9) if lung.any() else np.inf
