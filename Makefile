@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_inference.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

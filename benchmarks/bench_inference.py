@@ -1,0 +1,203 @@
+"""Benchmark: our inference engine against MONAI's sliding_window_inference, same process.
+
+Usage: python benchmarks/bench_inference.py [--model hermes-demo] [--device cpu] [--write docs/benchmarks.md]
+
+On a generated CT-like volume of 512 x 512 x 300 voxels at 0.8 x 0.8 x 2.5 mm (a phantom torso
+filling about half of the field of view), the same network and weights run through
+  (a) segment_image: body crop + bounded-memory sliding window + per-target crop back to the input grid;
+  (b) MONAI: the same model-space volume without our crop, sliding_window_inference with the
+      same window, overlap (0.5) and Gaussian blending, sigmoid, the same mapping back;
+  (c) MONAI on our body crop (to show where the difference comes from).
+It prints time ratios against (a), peak memory above the start of each run (RSS sampled every
+10 ms), the Dice of each target's mask against (a), our time for one target vs all targets, and
+the peak RSS of the whole `hermes-segment segment` command in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+
+from HermesSegmentLib import imaging  # noqa: E402
+from HermesSegmentLib.inference import select_device  # noqa: E402
+from HermesSegmentLib.models import load  # noqa: E402
+from HermesSegmentLib.pipeline import segment_image  # noqa: E402
+from HermesSegmentLib.training.phantoms import generate_case  # noqa: E402
+
+
+class PeakRSS:
+    """Peak resident memory of this process above its value at entry, sampled in a thread."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def delta_gb(self) -> float:
+        return (self.peak - self.start) / 2**30
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def ct_volume(seed: int = 7) -> sitk.Image:
+    """A phantom CT resampled onto an exact 512 x 512 x 300 grid at 0.8 x 0.8 x 2.5 mm (LPS)."""
+    image, _, _ = generate_case(seed, "CT", spacing=(0.8, 0.8, 2.5), orientation="LPS",
+                                max_voxels=90_000_000, supersample=False)
+    size, spacing = (512, 512, 300), (0.8, 0.8, 2.5)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    origin = centre - (np.array(size) - 1) / 2 * np.array(spacing)
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), spacing,
+                         (1, 0, 0, 0, 1, 0, 0, 0, 1), -1000.0, sitk.sitkInt16)
+
+
+def dice(a, b, shape) -> float:
+    x, y = a.full(shape), b.full(shape)
+    total = x.sum() + y.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(x, y).sum() / total
+
+
+def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
+    """Path (b)/(c): same preprocessing and mapping back, MONAI's sliding window in between."""
+    from monai.inferers import sliding_window_inference
+
+    from HermesSegmentLib.outputs import TargetMask
+
+    entry = model.modality_entry(modality)
+    ms = imaging.to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
+                                normalization=entry["normalization"], crop_to_body=crop_to_body, modality=modality)
+    tasks = torch.tensor([[model.task_index(k, modality) for k in keys]], device=device)
+    slot = torch.tensor([[entry["slot"]]], device=device)
+    network = model.network.to(device).eval()
+
+    def predictor(x):
+        return network(x, tasks.expand(x.shape[0], -1), slot.expand(x.shape[0], -1))[0]
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(ms.array)[None, None].to(device),
+                                          tuple(model.manifest["input"]["window_size_zyx"]), 2, predictor,
+                                          overlap=overlap, mode="gaussian", cval=float(ms.array.min()))
+        probabilities = (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).cpu().numpy()
+    inference = time.perf_counter() - started
+    del logits
+    reference = imaging.reference_geometry(image)
+    masks = []
+    for number, key in enumerate(keys):
+        crop = imaging.probabilities_to_mask(probabilities[number], ms, reference)
+        masks.append(TargetMask(key, key, (0, 0, 0), "", crop.offset_zyx, crop.array))
+    return masks, inference
+
+
+def timed(fn):
+    with PeakRSS() as memory:
+        started = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - started
+    return value, seconds, memory.delta_gb
+
+
+def command_peak_rss_gb(path: Path, model: str, device: str) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(path), "--modality", "CT",
+                        "--model", model, "--out", out, "--device", device], check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "HermesSegment")},
+                       stderr=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="hermes-demo")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    args = parser.parse_args()
+
+    device = select_device(args.device)
+    image = ct_volume()
+    model = load(args.model)
+    keys = model.targets_for("CT")
+    shape = image.GetSize()[::-1]
+    print(f"volume {image.GetSize()} at {image.GetSpacing()} mm; model {model.name}; {len(keys)} CT targets; {device}")
+
+    def ours(targets):
+        return segment_image(image, modality="CT", targets=targets, model=model, device=str(device))
+
+    ours(keys[:1])  # warm-up: first-call allocations and kernels
+    (result, t_ours, m_ours) = timed(lambda: ours(keys))
+    (_, t_one, _) = timed(lambda: ours(keys[:1]))
+    (b, t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, False, 0.5))
+    (c, t_c, m_c) = timed(lambda: monai_masks(image, model, "CT", keys, device, True, 0.5))
+    masks_b, infer_b = b
+    masks_c, infer_c = c
+    infer_ours = result.seconds["inference"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ct.nrrd"
+        sitk.WriteImage(image, str(path))
+        cmd_rss, cmd_seconds = command_peak_rss_gb(path, args.model, str(device))
+
+    lines = [
+        f"### Inference engine vs MONAI — {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"device {device}. Command: `python benchmarks/bench_inference.py --model {args.model} --device {args.device}`.",
+        f"Volume: 512x512x300 at 0.8x0.8x2.5 mm (phantom CT); model `{model.name}` "
+        f"(window {'x'.join(map(str, model.manifest['input']['window_size_zyx']))} at "
+        f"{model.manifest['input']['spacing_zyx_mm'][0]} mm); {len(keys)} targets; overlap 0.5, Gaussian blending.",
+        "",
+        "| run | total s | inference s | time ratio vs (a) | peak RSS above start, GB |",
+        "|---|---:|---:|---:|---:|",
+        f"| (a) ours, all targets | {t_ours:.1f} | {infer_ours:.1f} | 1.00 | {m_ours:.2f} |",
+        f"| (b) MONAI sliding_window_inference | {t_b:.1f} | {infer_b:.1f} | {t_b / t_ours:.2f} | {m_b:.2f} |",
+        f"| (c) MONAI on our body crop | {t_c:.1f} | {infer_c:.1f} | {t_c / t_ours:.2f} | {m_c:.2f} |",
+        f"| (a) ours, 1 target ({keys[0]}) | {t_one:.1f} | | {t_one / t_ours:.2f} | |",
+        "",
+        f"All targets cost {t_ours / t_one:.2f}x one target. "
+        f"Whole `hermes-segment segment` command: {cmd_seconds:.1f} s, peak RSS {cmd_rss:.2f} GB.",
+        "",
+        "| target | voxels (a) | Dice (a) vs (b) | Dice (a) vs (c) |",
+        "|---|---:|---:|---:|",
+    ]
+    for mine, theirs, cropped in zip(result.masks, masks_b, masks_c):
+        lines.append(f"| {mine.key} | {mine.voxels} | {dice(mine, theirs, shape):.4f} | {dice(mine, cropped, shape):.4f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        with open(args.write, "a", encoding="utf-8") as stream:
+            stream.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
