@@ -15,12 +15,13 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from . import imaging, postprocess, vocabulary
+from . import imaging, vocabulary
 from .errors import HermesError
 from .inference import CancelToken, ProgressCallback, predict_volume, report, select_device
 from .models import DEFAULT_MODEL, LoadedModel, load
 from .models.manifest import task_terminology_entry
 from .outputs import TargetMask
+from .postprocess import PostprocessOptions, apply as apply_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def segment_image(
     fast: bool = False,
     crop_to_body: bool = True,
     threshold: float = 0.5,
-    postprocess_options: Optional[postprocess.PostprocessOptions] = None,
+    postprocess: Optional[PostprocessOptions] = None,
     keep_probabilities: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -130,7 +131,7 @@ def segment_image(
     timings["inference"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    options = postprocess_options or postprocess.PostprocessOptions()
+    options = postprocess or PostprocessOptions()
     input_spacing_zyx = image.GetSpacing()[::-1]
     masks = []
     for number, (key, index) in enumerate(zip(keys, task_indices)):
@@ -138,7 +139,7 @@ def segment_image(
             cancel.raise_if_cancelled()
         report(progress, "postprocess", number / len(keys), key)
         crop = imaging.probabilities_to_mask(probabilities[number], model_space, reference, threshold)
-        array = postprocess.apply(crop.array, input_spacing_zyx, options) if options.active else crop.array
+        array = apply_postprocess(crop.array, input_spacing_zyx, options) if options.active else crop.array
         task = loaded.task(index)
         masks.append(TargetMask(key=key, name=task["name"], color=tuple(task["color"]),
                                 terminology=task_terminology_entry(task), offset_zyx=crop.offset_zyx, array=array))

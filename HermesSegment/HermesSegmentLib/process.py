@@ -58,7 +58,7 @@ def segment_command(
     targets: Sequence[str],
     model: str = "demo",
     device: str = "auto",
-    overlap: float = 0.5,
+    overlap: float | None = None,
     fast: bool = False,
     keep_largest: bool = False,
     fill_holes: bool = False,
@@ -73,8 +73,10 @@ def segment_command(
     command = [
         python or sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(input_path),
         "--out", str(output_dir), "--modality", modality, "--targets", ",".join(targets),
-        "--model", model, "--device", device, "--overlap", str(overlap), "--progress-json",
+        "--model", model, "--device", device, "--progress-json",
     ]
+    if overlap is not None:
+        command += ["--overlap", str(overlap)]
     if fast:
         command.append("--fast")
     if keep_largest:

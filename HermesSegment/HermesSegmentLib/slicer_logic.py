@@ -168,7 +168,7 @@ class HermesSegmentLogic:
         model: Any = "hermes-demo",
         segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
         device: str = "auto",
-        overlap: float = 0.5,
+        overlap: float | None = None,
         fast: bool = False,
         postprocess: Any = None,
         progress: Callable[[str, float, str], None] | None = None,

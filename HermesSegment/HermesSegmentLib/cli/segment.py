@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             result = segment_image(
                 image, modality=modality, targets=targets, model=model, device=str(device), overlap=args.overlap,
                 blending=args.blending, batch_size=args.batch_size, fast=args.fast, crop_to_body=not args.no_body_crop,
-                threshold=args.threshold, postprocess_options=options, keep_probabilities=args.probabilities,
+                threshold=args.threshold, postprocess=options, keep_probabilities=args.probabilities,
                 progress=progress,
             )
             del image
