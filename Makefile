@@ -3,6 +3,7 @@
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
+DEMO_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m HermesSegmentLib.demo --out demo-output
+	$(PY) -m HermesSegmentLib.demo --out demo-output $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
