@@ -1,0 +1,62 @@
+"""`hermes-segment train`: train or fine-tune a Hermes model on nnU-Net/MSD datasets.
+
+    hermes-segment train CONFIG.yaml [--init MODEL] [--resume] [--out DIR] [--data-root DIR]
+    torchrun --nproc_per_node 4 -m HermesSegmentLib.cli train CONFIG.yaml     (DDP, one or many nodes)
+
+The result is ``OUT/NAME.safetensors`` (EMA weights, manifest with measured validation Dice),
+plus ``train_log.csv``, ``validation.json`` and ``checkpoint/`` (for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers the ``train`` subcommand (``func=run``)."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model on your datasets (nnU-Net/MSD layout)",
+        description="Train one Hermes model on several partially labelled datasets (nnU-Net/MSD layout) "
+                    "described by a YAML config; run under torchrun for multi-GPU/multi-node DDP.",
+    )
+    parser.add_argument("config", help="training config (YAML)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="model package (path or catalog name) to fine-tune; new targets get new task priors")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: the config's 'output')")
+    parser.add_argument("--data-root", metavar="DIR", help="folder the dataset paths are relative to")
+    parser.add_argument("--steps", type=int, metavar="N", help="override the config's number of steps")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trains, validates and exports; returns 0. Config and data mistakes raise HermesError."""
+    import dataclasses
+
+    from ..errors import HermesError
+    from ..training import distributed
+    from ..training.config import load_config
+    from ..training.trainer import Trainer
+
+    config = load_config(args.config, data_root=args.data_root, output=args.out)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise HermesError(f"--steps must be at least 1, got {args.steps}")
+        config = dataclasses.replace(config, steps=args.steps)
+    context = distributed.init(args.device)
+    launcher = (f"torchrun --nproc_per_node {context.world_size} -m HermesSegmentLib.cli" if context.distributed
+                else "hermes-segment")
+    try:
+        trainer = Trainer(config, init=args.init, resume=args.resume, context=context,
+                          command=f"{launcher} {shlex.join(sys.argv[1:])}")
+        path = trainer.fit()
+    finally:
+        distributed.shutdown(context)
+    if path is not None:
+        print(path)
+    return 0

@@ -1,0 +1,250 @@
+"""The training configuration (YAML): what to train on, the network's shape, and the schedule.
+
+A complete example (paths relative to the YAML file, or to ``data_root`` when given)::
+
+    name: my-abdomen-model            # model package name (lower case, digits, . _ -)
+    title: My abdominal CT/MR model
+    data_root: /data/nnunet_raw       # optional; dataset paths are relative to it
+    datasets:
+      - name: AbdomenCT
+        path: Dataset501_AbdomenCT     # nnU-Net / MSD layout: imagesTr/, labelsTr/
+        modality: CT
+        labels: {1: liver, 2: [liver_tumor, liver], 3: spleen}   # a value may belong to several targets
+        weight: 1.0
+    model: {base_channels: 16, blocks_per_stage: [1, 1, 1, 1], fusion_depths: [1, 1, 1, 1, 1], head_dim: 16}
+    window: [96, 96, 96]
+    spacing: [1.5, 1.5, 1.5]
+    steps: 20000
+    batch_size: 2
+    lr: 0.0003
+
+Every mistake is reported as a one-line :class:`HermesError` naming the key and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .. import vocabulary
+from ..errors import HermesError
+from ..network import HermesConfig
+
+# Keys a config may hold at the top level (anything else is a typo we should report).
+_TOP_KEYS = {
+    "name", "title", "version", "description", "license", "intended_use", "demo", "data_root", "output",
+    "datasets", "model", "window", "spacing", "steps", "batch_size", "lr", "weight_decay", "warmup_steps",
+    "ema_decay", "seed", "val_fraction", "val_overlap", "checkpoint_every", "log_every", "foreground_fraction",
+    "max_queries", "augment", "medcontext", "medcontext_weight", "medcontext_mask_ratio",
+    "medcontext_patch", "offer_min_dice", "cache_dir",
+}
+_DATASET_KEYS = {"name", "path", "modality", "labels", "weight"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the config. ``labels``: label value (>= 1) -> the target keys it belongs to."""
+
+    name: str
+    path: Path
+    modality: str
+    labels: dict[int, tuple[str, ...]]
+    weight: float = 1.0
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Annotated target keys, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for keys in self.labels.values():
+            seen.update(dict.fromkeys(keys))
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A validated training config; see the module docstring for the YAML form."""
+
+    datasets: tuple[DatasetSpec, ...]
+    network: HermesConfig
+    output: Path
+    cache_dir: Path
+    name: str = "my-hermes-model"
+    title: str = "Hermes model trained with hermes-segment train"
+    version: str = "1.0"
+    description: str = ""
+    license: str = "Apache-2.0"
+    intended_use: str = "Research use only; not a medical device; not for clinical decisions."
+    demo: bool = False
+    window: tuple[int, int, int] = (96, 96, 96)
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    steps: int = 1000
+    batch_size: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    ema_decay: float = 0.99
+    seed: int = 0
+    val_fraction: float = 0.15
+    val_overlap: float = 0.5
+    checkpoint_every: int = 200
+    log_every: int = 10
+    foreground_fraction: float = 0.33
+    max_queries: int = 0  # 0: the largest number of targets any dataset annotates
+    augment: bool = True
+    medcontext: bool = False
+    medcontext_weight: float = 1.0
+    medcontext_mask_ratio: float = 0.4
+    medcontext_patch: int = 8
+    offer_min_dice: float | None = None  # None: offer every trained (modality, target)
+    source: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """All annotated target keys, in order of first appearance across datasets."""
+        seen: dict[str, None] = {}
+        for dataset in self.datasets:
+            seen.update(dict.fromkeys(dataset.targets))
+        return tuple(seen)
+
+    @property
+    def queries_per_sample(self) -> int:
+        return self.max_queries or max(len(d.targets) for d in self.datasets)
+
+
+def load_config(path: str | Path, *, data_root: str | Path | None = None, output: str | Path | None = None,
+                check_paths: bool = True) -> TrainingConfig:
+    """Read and validate a training YAML. ``data_root``/``output`` override the file's values."""
+    path = Path(path)
+    if not path.is_file():
+        raise HermesError(f"training config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise HermesError(f"{path.name}: not valid YAML{where}; check indentation and colons") from None
+    if not isinstance(raw, dict):
+        raise HermesError(f"{path.name}: expected a mapping with a 'datasets' list at the top level")
+    return parse_config(raw, base=path.parent, data_root=data_root, output=output, check_paths=check_paths,
+                        source=path)
+
+
+def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | None = None,
+                 output: str | Path | None = None, check_paths: bool = True,
+                 source: Path | None = None) -> TrainingConfig:
+    """Validate a config mapping; relative paths resolve against ``base`` (the YAML's folder)."""
+    name = source.name if source else "config"
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise HermesError(f"{name}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_TOP_KEYS))}")
+    root = Path(data_root) if data_root is not None else base / str(raw.get("data_root", "."))
+    root = root if root.is_absolute() else (Path.cwd() / root)
+    entries = raw.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        raise HermesError(f"{name}: 'datasets' must be a non-empty list of {{name, path, modality, labels}}")
+    datasets = tuple(_parse_dataset(e, i, root, name, check_paths) for i, e in enumerate(entries))
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise HermesError(f"{name}: two datasets are named '{next(n for n in names if names.count(n) > 1)}'; names must differ")
+
+    model = dict(raw.get("model") or {})
+    known = set(HermesConfig.__dataclass_fields__) - {"num_task_priors"}
+    bad = sorted(set(model) - known)
+    if bad:
+        raise HermesError(f"{name}: unknown model key '{bad[0]}'; valid: {', '.join(sorted(known))}")
+    model = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+    targets = list(dict.fromkeys(t for d in datasets for t in d.targets))
+    network = HermesConfig(num_task_priors=len(targets), **model)
+
+    out = Path(output) if output is not None else base / str(raw.get("output", "runs/" + str(raw.get("name", "model"))))
+    out = out if out.is_absolute() else Path.cwd() / out
+    cache = raw.get("cache_dir")
+    cache_dir = (base / str(cache)) if cache else out / "cache"
+    scalars = {k: raw[k] for k in raw if k not in {"datasets", "model", "data_root", "output", "cache_dir", "window", "spacing"}}
+    config = TrainingConfig(
+        datasets=datasets, network=network, output=out.resolve(), cache_dir=cache_dir.resolve(),
+        window=_triple(raw.get("window", (96, 96, 96)), "window", name, int),
+        spacing=_triple(raw.get("spacing", (1.5, 1.5, 1.5)), "spacing", name, float),
+        source=source, raw=dict(raw), **scalars,
+    )
+    _check_values(config, name)
+    return config
+
+
+def _parse_dataset(entry: Any, i: int, root: Path, name: str, check_paths: bool) -> DatasetSpec:
+    where = f"{name}: datasets[{i}]"
+    if not isinstance(entry, dict):
+        raise HermesError(f"{where}: expected a mapping with name, path, modality, labels")
+    unknown = sorted(set(entry) - _DATASET_KEYS)
+    if unknown:
+        raise HermesError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_DATASET_KEYS))}")
+    missing = [k for k in ("name", "path", "modality", "labels") if k not in entry]
+    if missing:
+        raise HermesError(f"{where}: missing '{missing[0]}'")
+    ds_name = str(entry["name"])
+    where = f"{name}: dataset '{ds_name}'"
+    folder = Path(str(entry["path"]))
+    folder = folder if folder.is_absolute() else root / folder
+    if check_paths:
+        if not folder.is_dir():
+            raise HermesError(f"{where}: folder not found: {folder}; fix 'path' (relative to {root})")
+        for sub in ("imagesTr", "labelsTr"):
+            if not (folder / sub).is_dir():
+                raise HermesError(f"{where}: {folder} has no {sub}/ folder; expected the nnU-Net/MSD layout (imagesTr/, labelsTr/)")
+    modality = vocabulary.modality(str(entry["modality"])).key
+    labels_raw = entry["labels"]
+    if not isinstance(labels_raw, dict) or not labels_raw:
+        raise HermesError(f"{where}: 'labels' must map label values to targets, e.g. {{1: liver, 2: spleen}}")
+    labels: dict[int, tuple[str, ...]] = {}
+    for value, targets in labels_raw.items():
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = -1
+        if number < 1 or str(number) != str(value).strip():
+            raise HermesError(f"{where}: label value {value!r} must be an integer >= 1 (0 is background)")
+        keys = targets if isinstance(targets, list) else [targets]
+        if not keys or not all(isinstance(k, str) for k in keys):
+            raise HermesError(f"{where}: label {number} must name a target or a list of targets")
+        labels[number] = tuple(dict.fromkeys(vocabulary.target(k).key for k in keys))
+    weight = entry.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise HermesError(f"{where}: 'weight' must be a positive number, got {weight!r}")
+    return DatasetSpec(name=ds_name, path=folder.resolve(), modality=modality, labels=labels, weight=float(weight))
+
+
+def _triple(value: Any, key: str, name: str, kind: type) -> tuple:
+    if isinstance(value, (int, float)):
+        value = [value] * 3
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise HermesError(f"{name}: '{key}' must be one number or three (z, y, x)")
+    try:
+        return tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise HermesError(f"{name}: '{key}' must hold numbers, got {value!r}") from None
+
+
+def _check_values(c: TrainingConfig, name: str) -> None:
+    if any(w < 16 or w % 16 for w in c.window):
+        raise HermesError(f"{name}: 'window' sizes must be multiples of 16 (the network pools 4 times), got {list(c.window)}")
+    if any(s <= 0 for s in c.spacing):
+        raise HermesError(f"{name}: 'spacing' must be positive millimetres, got {list(c.spacing)}")
+    positive = {"steps": c.steps, "batch_size": c.batch_size, "lr": c.lr, "checkpoint_every": c.checkpoint_every,
+                "log_every": c.log_every, "medcontext_patch": c.medcontext_patch}
+    for key, value in positive.items():
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise HermesError(f"{name}: '{key}' must be a positive number, got {value!r}")
+    fractions = {"val_fraction": (c.val_fraction, 0.0, 0.9), "ema_decay": (c.ema_decay, 0.0, 1.0),
+                 "foreground_fraction": (c.foreground_fraction, 0.0, 1.0), "val_overlap": (c.val_overlap, 0.0, 0.95),
+                 "medcontext_mask_ratio": (c.medcontext_mask_ratio, 0.0, 0.95)}
+    for key, (value, lo, hi) in fractions.items():
+        if not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise HermesError(f"{name}: '{key}' must be between {lo} and {hi}, got {value!r}")
+    if c.max_queries and c.max_queries < max(len(d.targets) for d in c.datasets):
+        raise HermesError(f"{name}: 'max_queries' must be at least the largest number of targets a dataset annotates")
+    if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:
+        raise HermesError(f"{name}: 'offer_min_dice' must be between 0 and 1")

@@ -1,0 +1,185 @@
+"""Dataset ingestion: nnU-Net / MSD folders -> preprocessed model-space cases, cached on disk.
+
+Images go through :func:`imaging.to_model_space` -- the very function inference uses -- so the
+network is trained on exactly what it will see. Label maps are resampled onto the same
+model-space grid (the crop of the full grid that ``to_model_space`` returns) with nearest
+neighbour. Each case is preprocessed once; the result is cached as two ``.npy`` files keyed by the
+source files' size and modification time and by the preprocessing parameters, and memory-mapped
+when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import imaging
+from ..errors import HermesError
+from ..models.manifest import default_normalization
+from .config import DatasetSpec, TrainingConfig
+
+_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+# Bumped whenever the cached arrays would change for the same inputs and parameters.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """One training case on disk: its image (channel 0) and its label map."""
+
+    dataset: str
+    case: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class Case:
+    """A preprocessed case. ``image`` float32 (D, H, W) normalised; ``label`` uint8/uint16 (D, H, W)
+    holding the dataset's label values on the same grid (both usually memory-mapped)."""
+
+    files: CaseFiles
+    dataset_index: int
+    image: np.ndarray
+    label: np.ndarray
+
+
+def _strip_ending(name: str) -> tuple[str, str] | None:
+    for ending in _IMAGE_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)], ending
+    return None
+
+
+def find_cases(spec: DatasetSpec) -> list[CaseFiles]:
+    """The (image, label) pairs of a dataset, sorted by case id.
+
+    nnU-Net v2 names images ``CASE_0000.nii.gz`` (channel 0; other channels are ignored) and labels
+    ``CASE.nii.gz``; MSD names both ``CASE.nii.gz``. An image without a label is an error (a
+    half-copied dataset), so is an empty dataset.
+    """
+    labels = {}
+    for path in sorted((spec.path / "labelsTr").iterdir()):
+        split = _strip_ending(path.name)
+        if split and not path.name.startswith("."):
+            labels[split[0]] = path
+    cases = []
+    for path in sorted((spec.path / "imagesTr").iterdir()):
+        split = _strip_ending(path.name)
+        if not split or path.name.startswith("."):
+            continue
+        stem = split[0]
+        if stem[-5:-4] == "_" and stem[-4:].isdigit():
+            if stem[-4:] != "0000":
+                continue  # another channel of a multi-channel case: Hermes takes one channel
+            stem = stem[:-5]
+        if stem not in labels:
+            raise HermesError(f"dataset '{spec.name}': image {path.name} has no label map {stem}.* in labelsTr/; add it or remove the image")
+        cases.append(CaseFiles(spec.name, stem, path, labels[stem]))
+    if not cases:
+        raise HermesError(f"dataset '{spec.name}': no images found in {spec.path / 'imagesTr'} (expected NAME_0000.nii.gz or NAME.nii.gz)")
+    return cases
+
+
+def split_cases(cases: Sequence[CaseFiles], val_fraction: float, seed: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
+    """Deterministic (train, validation) split of one dataset: at least one of each when possible."""
+    order = np.random.default_rng([seed, 7]).permutation(len(cases))
+    n_val = int(round(val_fraction * len(cases)))
+    if val_fraction > 0 and len(cases) >= 2:
+        n_val = min(max(n_val, 1), len(cases) - 1)
+    val = sorted(order[len(cases) - n_val:]) if n_val else []
+    train = sorted(order[: len(cases) - n_val])
+    return [cases[i] for i in train], [cases[i] for i in val]
+
+
+def _cache_key(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float]) -> str:
+    parts = [_CACHE_VERSION, list(spacing), default_normalization(spec.modality), spec.modality]
+    for path in (files.image, files.label):
+        stat = path.stat()
+        parts.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def preprocess_case(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 (D, H, W) normalised, label (D, H, W)) on the model-space body crop."""
+    image = imaging.read_image(files.image)
+    label = imaging.read_image(files.label)
+    model = imaging.to_model_space(image, spacing_zyx=spacing, normalization=default_normalization(spec.modality),
+                                   modality=spec.modality)
+    label_array = resample_label(label, model)
+    present = set(np.unique(label_array).tolist()) | set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
+    unknown = sorted(v for v in present if v != 0 and v not in spec.labels)
+    if unknown:
+        raise HermesError(f"dataset '{spec.name}' case {files.case}: label value {unknown[0]} is not in the config's "
+                          f"labels {sorted(spec.labels)}; map it to a target or relabel it to 0")
+    return model.array, label_array
+
+
+def resample_label(label: sitk.Image, model: imaging.ModelSpaceImage) -> np.ndarray:
+    """A label map (any geometry) onto ``model``'s crop grid with nearest neighbour -> (D, H, W)."""
+    if label.GetNumberOfComponentsPerPixel() != 1:
+        raise HermesError("label maps must be scalar images (one label value per voxel)")
+    reference = model.crop_image(np.zeros(model.array.shape, np.uint8))
+    values = sitk.GetArrayViewFromImage(label)
+    if values.min() < 0 or values.max() > 65535:
+        raise HermesError(f"label values must be integers 0..65535, found {values.min()}..{values.max()}")
+    pixel = sitk.sitkUInt8 if values.max() < 256 else sitk.sitkUInt16
+    resampled = sitk.Resample(sitk.Cast(label, pixel), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, pixel)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_case(files: CaseFiles, spec: DatasetSpec, dataset_index: int, spacing: Sequence[float], cache_dir: Path) -> Case:
+    """A preprocessed case from the cache, preprocessing it first when missing or stale."""
+    key = _cache_key(files, spec, spacing)
+    folder = cache_dir / spec.name
+    image_path, label_path = folder / f"{files.case}.{key}.image.npy", folder / f"{files.case}.{key}.label.npy"
+    if not (image_path.is_file() and label_path.is_file()):
+        image, label = preprocess_case(files, spec, spacing)
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_npy(label_path, label)
+        _save_npy(image_path, image)  # written last: its presence marks a complete entry
+    return Case(files, dataset_index, np.load(image_path, mmap_mode="r"), np.load(label_path, mmap_mode="r"))
+
+
+def load_cases(config: TrainingConfig, split: str, progress: Callable[[str], None] | None = None) -> list[Case]:
+    """All cases of one split ("train" or "val") of every dataset, preprocessed and cached."""
+    if split not in ("train", "val"):
+        raise ValueError(split)
+    cases = []
+    for index, spec in enumerate(config.datasets):
+        train, val = split_cases(find_cases(spec), config.val_fraction, config.seed)
+        for files in train if split == "train" else val:
+            cases.append(load_case(files, spec, index, config.spacing, config.cache_dir))
+            if progress is not None:
+                progress(f"{spec.name} {files.case}")
+    return cases
+
+
+def target_masks(label: np.ndarray, spec: DatasetSpec, targets: Sequence[str]) -> np.ndarray:
+    """Binary masks (len(targets), *label.shape) uint8 of ``targets`` from a label array.
+
+    A label value may belong to several targets (e.g. a tumour inside the liver is both).
+    """
+    table = np.zeros((int(max(spec.labels)) + 1, len(targets)), np.uint8)
+    for value, keys in spec.labels.items():
+        for key in keys:
+            if key in targets:
+                table[value, targets.index(key)] = 1
+    return np.moveaxis(table[np.minimum(label, table.shape[0] - 1)], -1, 0)

@@ -1,0 +1,38 @@
+"""Partial-label losses: BCE + Dice per queried task, counted only where the task is annotated.
+
+A sample's dataset annotates only some targets and its query is a random subset of those, padded
+with the null token (-1). Padded slots and anything else marked invalid contribute nothing: not to
+the numerator, not to the count. The modality head adds a small cross-entropy (x0.01, as upstream).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MODALITY_WEIGHT = 0.01
+_DICE_SMOOTH = 1.0
+
+
+def per_task_losses(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """logits, masks (B, T, D, H, W) -> BCE + soft Dice per (sample, task), (B, T) float32."""
+    logits = logits.float().flatten(2)
+    masks = masks.float().flatten(2)
+    bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none").mean(dim=2)
+    probs = torch.sigmoid(logits)
+    intersection = (probs * masks).sum(dim=2)
+    dice = 1 - (2 * intersection + _DICE_SMOOTH) / (probs.sum(dim=2) + masks.sum(dim=2) + _DICE_SMOOTH)
+    return bce + dice
+
+
+def partial_label_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of BCE + Dice over the valid (sample, task) pairs only. valid (B, T) bool."""
+    losses = per_task_losses(logits, masks)
+    weights = valid.to(losses.dtype)
+    # where() rather than multiplication: a NaN/Inf in an ignored slot must not leak in either.
+    return torch.where(valid, losses, torch.zeros_like(losses)).sum() / weights.sum().clamp_min(1.0)
+
+
+def modality_loss(modality_logits: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    """modality_logits (B, slots), modality (B, 1) long -> 0.01 x cross-entropy."""
+    return MODALITY_WEIGHT * F.cross_entropy(modality_logits.float(), modality[:, 0])

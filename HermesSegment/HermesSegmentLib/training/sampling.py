@@ -1,0 +1,157 @@
+"""Training batches: weighted dataset choice, random crops with foreground oversampling, random
+target subsets as queries, MONAI augmentations.
+
+Every random choice comes from two generators owned by the sampler (a numpy ``Generator`` for
+the sampling, one ``RandomState`` shared by all MONAI transforms), so its whole state is two
+JSON-able objects: a checkpoint stores them and a resumed run draws exactly the same batches.
+Under DDP each rank seeds its own stream from (seed, rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import vocabulary
+from .config import TrainingConfig
+from .datasets import Case, target_masks
+
+# Foreground voxel lists are thinned to at most this many per (case, target): enough variety.
+_MAX_FOREGROUND = 20000
+
+
+@dataclass
+class Batch:
+    """image (B, 1, D, H, W) float32; masks (B, T, D, H, W) float32 (0 for padded queries);
+    queries (B, T) long task indices, -1 = padding (null token); valid (B, T) bool;
+    modality (B, 1) long slots; dataset (B,) long dataset indices."""
+
+    image: torch.Tensor
+    masks: torch.Tensor
+    queries: torch.Tensor
+    valid: torch.Tensor
+    modality: torch.Tensor
+    dataset: torch.Tensor
+
+
+def build_augmentation(state: np.random.RandomState):
+    """The MONAI augmentation chain (cheap: small rotations/scales, intensity, noise, blur, gamma).
+
+    No flips: left and right organs are different targets. Every transform draws from ``state``.
+    """
+    from monai import transforms as T
+
+    chain = T.Compose([
+        T.RandAffined(keys=["image", "label"], prob=0.3, rotate_range=(0.1, 0.1, 0.26), scale_range=(0.12, 0.12, 0.12),
+                      mode=("bilinear", "nearest"), padding_mode="border"),
+        T.RandScaleIntensityd(keys="image", factors=0.15, prob=0.3),
+        T.RandShiftIntensityd(keys="image", offsets=0.15, prob=0.3),
+        T.RandGaussianNoised(keys="image", prob=0.15, std=0.1),
+        T.RandGaussianSmoothd(keys="image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        T.RandAdjustContrastd(keys="image", prob=0.15, gamma=(0.7, 1.5)),
+    ])
+    for transform in chain.transforms:
+        transform.set_random_state(state=state)
+    return chain
+
+
+class Sampler:
+    """Draws training batches from preprocessed cases (see the module docstring)."""
+
+    def __init__(self, config: TrainingConfig, cases: Sequence[Case], task_of: Sequence[dict[str, int]],
+                 rank: int = 0) -> None:
+        """``task_of[d][target]``: the task index serving ``target`` for dataset ``d``."""
+        self.config = config
+        self.task_of = task_of
+        self.slots = [vocabulary.modality(d.modality).slot for d in config.datasets]
+        self.queries = config.queries_per_sample
+        self.by_dataset = [[c for c in cases if c.dataset_index == i] for i in range(len(config.datasets))]
+        usable = [i for i, group in enumerate(self.by_dataset) if group]
+        weights = np.array([config.datasets[i].weight for i in usable], float)
+        self.usable, self.weights = usable, weights / weights.sum()
+        self.rng = np.random.default_rng([config.seed, 1, rank])
+        self.aug_state = np.random.RandomState(np.random.SeedSequence([config.seed, 2, rank]).generate_state(1)[0])
+        self.augment = build_augmentation(self.aug_state) if config.augment else None
+        self._foreground: dict[tuple[int, str], np.ndarray] = {}
+
+    # -- state (for exact resume)
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = self.aug_state.get_state()
+        return {"rng": self.rng.bit_generator.state, "aug": [name, keys.tolist(), pos, has_gauss, cached]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        name, keys, pos, has_gauss, cached = state["aug"]
+        self.aug_state.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+
+    # -- sampling
+    def batch(self) -> Batch:
+        samples = [self.sample() for _ in range(self.config.batch_size)]
+        return Batch(*(torch.stack([s[i] for s in samples]) for i in range(6)))
+
+    def sample(self) -> tuple[torch.Tensor, ...]:
+        """One crop: (image (1, *W), masks (T, *W), queries (T,), valid (T,), modality (1,), dataset ())."""
+        dataset = self.usable[self.rng.choice(len(self.usable), p=self.weights)]
+        spec = self.config.datasets[dataset]
+        group = self.by_dataset[dataset]
+        case = group[self.rng.integers(len(group))]
+        # A random non-empty subset of the annotated targets, in random order: a task's prediction
+        # must not depend on which other tasks are asked with it.
+        annotated = spec.targets
+        count = int(self.rng.integers(1, len(annotated) + 1))
+        chosen = [annotated[i] for i in self.rng.permutation(len(annotated))[:count]]
+        centre = None
+        if self.rng.random() < self.config.foreground_fraction:
+            centre = self._foreground_voxel(case, chosen[int(self.rng.integers(len(chosen)))])
+        image, label = self._crop(case, centre)
+        masks = target_masks(label, spec, chosen)
+        image_t, masks_t = torch.from_numpy(image)[None], torch.from_numpy(masks)
+        if self.augment is not None:
+            out = self.augment({"image": image_t, "label": masks_t})
+            image_t, masks_t = _plain(out["image"]), _plain(out["label"])
+        padded = torch.zeros((self.queries, *self.config.window), dtype=torch.float32)
+        padded[:count] = masks_t.float()
+        queries = torch.full((self.queries,), -1, dtype=torch.long)
+        queries[:count] = torch.tensor([self.task_of[dataset][t] for t in chosen])
+        modality = torch.tensor([self.slots[dataset]])
+        return image_t.float().contiguous(), padded, queries, queries >= 0, modality, torch.tensor(dataset)
+
+    def _foreground_voxel(self, case: Case, target: str) -> np.ndarray | None:
+        """A random voxel (z, y, x) of ``target`` in ``case``, or None when the case has none."""
+        key = (id(case), target)
+        if key not in self._foreground:
+            spec = self.config.datasets[case.dataset_index]
+            values = [v for v, keys in spec.labels.items() if target in keys]
+            flat = np.flatnonzero(np.isin(np.asarray(case.label), values))
+            step = max(1, flat.size // _MAX_FOREGROUND)
+            self._foreground[key] = flat[::step].astype(np.int64)
+        voxels = self._foreground[key]
+        if voxels.size == 0:
+            return None
+        return np.array(np.unravel_index(voxels[self.rng.integers(voxels.size)], case.label.shape))
+
+    def _crop(self, case: Case, centre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """A window-sized (image, label) crop around ``centre`` (random when None), padded with
+        the volume's minimum (air) and label 0 where the volume is smaller than the window."""
+        shape, window = np.array(case.image.shape), np.array(self.config.window)
+        span = np.maximum(shape - window, 0)
+        if centre is None:
+            start = np.array([self.rng.integers(s + 1) for s in span])
+        else:
+            start = np.clip(centre - window // 2, 0, span)
+        stop = np.minimum(start + window, shape)
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        image, label = np.asarray(case.image[box], np.float32), np.asarray(case.label[box])
+        pad = [(0, int(w - n)) for w, n in zip(window, image.shape)]
+        if any(p[1] for p in pad):
+            image = np.pad(image, pad, constant_values=float(np.min(case.image)))
+            label = np.pad(label, pad)
+        return image, label
+
+
+def _plain(tensor: Any) -> torch.Tensor:
+    """MONAI returns MetaTensors; the network and the loss want plain tensors."""
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
