@@ -144,7 +144,7 @@ class Sampler:
             start = np.clip(centre - window // 2, 0, span)
         stop = np.minimum(start + window, shape)
         box = tuple(slice(a, b) for a, b in zip(start, stop))
-        image, label = np.asarray(case.image[box], np.float32), np.asarray(case.label[box])
+        image, label = np.array(case.image[box], np.float32), np.array(case.label[box])  # copies off the memory map
         pad = [(0, int(w - n)) for w, n in zip(window, image.shape)]
         if any(p[1] for p in pad):
             image = np.pad(image, pad, constant_values=float(np.min(case.image)))

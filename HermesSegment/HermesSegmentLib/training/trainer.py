@@ -83,8 +83,9 @@ class Trainer:
             network.load_state_dict(self._init_weights(init, network))
         # channels-last 3D is 2-4x faster for conv backward on CPU (measured, oneDNN); values are the same.
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
-        self.network = network.to(self.device, memory_format=self.memory_format)
+        # The EMA copy stays in the default layout: it is what inference and the export see.
         self.ema = copy.deepcopy(network).to(self.device).eval().requires_grad_(False)
+        self.network = network.to(self.device, memory_format=self.memory_format)
         self.model = distributed.wrap(self.network, self.context)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -289,7 +290,7 @@ def case_dice(network: torch.nn.Module, case: Case, spec, tasks: Mapping[str, in
     from ..inference import predict_volume
 
     targets = list(targets or spec.targets)
-    probabilities = predict_volume(network, np.asarray(case.image, np.float32), [tasks[t] for t in targets],
+    probabilities = predict_volume(network, np.array(case.image, np.float32), [tasks[t] for t in targets],
                                    vocabulary.modality(spec.modality).slot, window_zyx=window, overlap=overlap,
                                    device=device)
     truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)

@@ -1,0 +1,327 @@
+"""Training: ingestion, partial-label loss, exact resume, DDP (gloo), incremental tasks, MedContext.
+
+Everything runs on CPU with a tiny network on 32^3 synthetic volumes (4 mm), in seconds each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import yaml
+
+from HermesSegmentLib.errors import HermesError
+from HermesSegmentLib.training import checkpoint, datasets
+from HermesSegmentLib.training.config import load_config
+from HermesSegmentLib.training.losses import partial_label_loss
+from HermesSegmentLib.training.medcontext import consistency_loss, mask_patches
+from HermesSegmentLib.training.trainer import Trainer
+
+TINY_MODEL = {"base_channels": 8, "blocks_per_stage": [1, 1, 1, 1], "fusion_depths": [1, 1, 1, 1, 1],
+              "modality_tokens": 4, "head_dim": 16}
+
+
+def _write_case(folder: Path, case: str, rng: np.random.Generator, modality: str, shapes: dict[int, str]) -> None:
+    """A 32^3 volume at 4 mm: a body block with a sphere and a box inside, and its label map."""
+    z, y, x = np.mgrid[:32, :32, :32]
+    label = np.zeros((32, 32, 32), np.uint8)
+    centre = rng.integers(11, 21, 3)
+    for value, shape in shapes.items():
+        if shape == "sphere":
+            label[(z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < 36] = value
+        else:
+            label[4:10, 4:12, 20:28] = value
+    background, body = (-1000.0, 40.0) if modality == "CT" else (0.0, 300.0)
+    image = np.full(label.shape, background, np.float32)
+    image[2:30, 2:30, 2:30] = body
+    image[label == 1] += 120.0
+    image[label == 2] -= 60.0 if modality == "CT" else -400.0
+    image += rng.normal(0, 5, image.shape).astype(np.float32)
+    for array, path in ((image, folder / "imagesTr" / f"{case}_0000.nii.gz"), (label, folder / "labelsTr" / f"{case}.nii.gz")):
+        itk = sitk.GetImageFromArray(array)
+        itk.SetSpacing((4.0, 4.0, 4.0))
+        sitk.WriteImage(itk, str(path))
+
+
+def _write_dataset(root: Path, name: str, modality: str, shapes: dict[int, str], cases: int = 3, seed: int = 0) -> Path:
+    folder = root / name
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(cases):
+        _write_case(folder, f"case_{i:03d}", rng, modality, shapes)
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """Two partially labelled datasets: CT {1: liver, 2: spleen}, MR {1: liver, 2: kidney_left}."""
+    _write_dataset(tmp_path / "data", "CTset", "CT", {1: "sphere", 2: "box"})
+    _write_dataset(tmp_path / "data", "MRset", "MR", {1: "sphere", 2: "box"}, seed=1)
+    return tmp_path / "data"
+
+
+def _config_file(tmp_path: Path, data: Path, **overrides) -> Path:
+    raw = {
+        "name": "tiny-trained", "data_root": str(data), "output": str(tmp_path / "run"),
+        "datasets": [
+            {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "spleen"}},
+            {"name": "MRset", "path": "MRset", "modality": "MR", "labels": {1: "liver", 2: "kidney_left"}, "weight": 2},
+        ],
+        "model": TINY_MODEL, "window": [32, 32, 32], "spacing": [4.0, 4.0, 4.0], "steps": 4, "batch_size": 2,
+        "lr": 0.003, "warmup_steps": 2, "seed": 3, "val_fraction": 0.34, "checkpoint_every": 2, "log_every": 1,
+    }
+    raw.update(overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def _trainer(tmp_path, data, resume=False, **overrides) -> Trainer:
+    torch.set_num_threads(1)  # bitwise-reproducible CPU kernels across the compared runs
+    return Trainer(load_config(_config_file(tmp_path, data, **overrides)), resume=resume, show_progress=False)
+
+
+# ----------------------------------------------------------------------------- config and ingestion
+
+def test_config_errors_are_one_line(tmp_path, tiny_data):
+    def error_for(**overrides) -> str:
+        with pytest.raises(HermesError) as info:
+            load_config(_config_file(tmp_path, tiny_data, **overrides))
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    good = yaml.safe_load(_config_file(tmp_path, tiny_data).read_text())["datasets"]
+    assert "folder not found" in error_for(datasets=[{**good[0], "path": "nope"}])
+    assert "unknown target" in error_for(datasets=[{**good[0], "labels": {1: "livver"}}]).lower()
+    assert "label value 0" in error_for(datasets=[{**good[0], "labels": {0: "liver"}}])
+    assert "multiples of 16" in error_for(window=[30, 32, 32])
+    assert "unknown key 'stepz'" in error_for(stepz=3)
+
+
+def test_ingestion_of_generated_phantoms_is_cached(tmp_path, monkeypatch):
+    from HermesSegmentLib.training import phantoms
+
+    phantoms.write_pseudo_datasets(tmp_path / "ph", cases_per_dataset=2, datasets=["PhantomMR_T1"], max_voxels=40000)
+    config = load_config(tmp_path / "ph" / "phantom_config.yaml", output=tmp_path / "run")
+    config = dataclasses.replace(config, spacing=(8.0, 8.0, 8.0), window=(32, 32, 32))
+    assert config.targets == ("liver", "spleen", "kidney_left", "kidney_right")
+    train = datasets.load_cases(config, "train")
+    val = datasets.load_cases(config, "val")
+    assert len(train) == 1 and len(val) == 1
+    case = train[0]
+    assert case.image.dtype == np.float32 and case.image.shape == case.label.shape
+    assert set(np.unique(case.label)) <= {0, 1, 2, 3, 4} and (np.asarray(case.label) > 0).any()
+    assert abs(float(np.mean(case.image))) < 1.5  # z-scored by the inference preprocessing
+
+    def fail(*args, **kwargs):
+        raise AssertionError("preprocessed again despite a valid cache entry")
+
+    monkeypatch.setattr(datasets, "preprocess_case", fail)
+    again = datasets.load_cases(config, "train")
+    np.testing.assert_array_equal(again[0].image, case.image)
+
+
+def test_unknown_label_value_in_data_is_a_one_line_error(tmp_path, tiny_data):
+    config = load_config(_config_file(tmp_path, tiny_data, datasets=[
+        {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver"}}]))
+    with pytest.raises(HermesError, match="label value 2 is not in the config's labels"):
+        datasets.load_cases(config, "train")
+
+
+def test_target_masks_let_a_value_belong_to_several_targets(tmp_path, tiny_data):
+    config = load_config(_config_file(tmp_path, tiny_data, datasets=[
+        {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: ["liver_tumor", "liver"]}}]))
+    label = np.array([0, 1, 2], np.uint8)
+    masks = datasets.target_masks(label, config.datasets[0], ["liver", "liver_tumor"])
+    np.testing.assert_array_equal(masks, [[0, 1, 1], [0, 0, 1]])
+
+
+# ----------------------------------------------------------------------------- losses
+
+def test_partial_label_loss_ignores_unannotated_and_padded_tasks():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, 8)
+    masks = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    reference = partial_label_loss(logits, masks, valid)
+    changed = logits.clone()
+    changed[~valid] = torch.randn_like(changed[~valid]) * 100
+    changed_masks = masks.clone()
+    changed_masks[~valid] = 1 - changed_masks[~valid]
+    assert torch.equal(partial_label_loss(changed, changed_masks, valid), reference)
+    annotated = logits.clone()
+    annotated[0, 1] += 5.0
+    assert not torch.isclose(partial_label_loss(annotated, masks, valid), reference)
+    # the mean is over annotated tasks only: padding does not dilute it
+    only_first = partial_label_loss(logits[:1, :2], masks[:1, :2], valid[:1, :2])
+    assert torch.isclose(partial_label_loss(logits[:1], masks[:1], valid[:1]), only_first)
+
+
+def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data, batch_size=8)
+    trainer.prepare_data()
+    batch = trainer.sampler.batch()
+    assert batch.queries.shape == (8, 2) and batch.masks.shape == (8, 2, 32, 32, 32)
+    assert torch.equal(batch.valid, batch.queries >= 0)
+    assert (batch.masks[~batch.valid] == 0).all()
+    tasks = trainer.plan.per_dataset
+    for queries, dataset in zip(batch.queries.tolist(), batch.dataset.tolist()):
+        asked = [q for q in queries if q >= 0]
+        assert asked and set(asked) <= set(tasks[dataset].values())
+    assert (batch.valid.sum(1) == 1).any() and (batch.valid.sum(1) == 2).any()
+
+
+# ----------------------------------------------------------------------------- trainer
+
+def test_a_few_steps_reduce_the_loss(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data, steps=24, augment=False, foreground_fraction=1.0, lr=0.01)
+    losses = [trainer.train_step()["segmentation"] for _ in range(24)]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.1
+
+
+def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, tiny_data):
+    straight = _trainer(tmp_path / "a", tiny_data)
+    expected = [straight.train_step()["loss"] for _ in range(4)]
+
+    first = _trainer(tmp_path / "b", tiny_data)
+    for _ in range(2):
+        first.train_step()
+    first.save_checkpoint()
+    resumed = _trainer(tmp_path / "b", tiny_data, resume=True)
+    assert resumed.step == 2
+    got = [resumed.train_step()["loss"] for _ in range(2)]
+    np.testing.assert_allclose(got, expected[2:], rtol=1e-5, atol=1e-6)
+    for name, value in straight.ema.state_dict().items():
+        torch.testing.assert_close(resumed.ema.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, tiny_data):
+    with pytest.raises(HermesError, match="no checkpoint to resume"):
+        _trainer(tmp_path, tiny_data, resume=True)
+
+
+def test_fit_exports_a_package_with_measured_dice(tmp_path, tiny_data):
+    from HermesSegmentLib import models
+
+    trainer = _trainer(tmp_path, tiny_data, steps=2, offer_min_dice=0.99)
+    path = trainer.fit()
+    model = models.load(path)
+    manifest = model.manifest
+    assert [t["target"] for t in manifest["tasks"]] == ["liver", "spleen", "kidney_left"]
+    assert manifest["architecture"]["num_task_priors"] == 3
+    assert {m["key"] for m in manifest["modalities"]} == {"CT", "MR"}
+    provenance = manifest["provenance"]
+    assert provenance["seed"] == 3 and provenance["steps"] == 2
+    dice = provenance["metrics"]["validation_dice"]
+    assert set(dice) == {"CT", "MR"} and set(dice["MR"]) == {"liver", "kidney_left"}
+    for modality, targets in manifest["defaults"].items():  # only what measured >= 0.99 is offered
+        assert all(dice[modality][t] >= 0.99 for t in targets)
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,lr,loss") and len(log) == 3
+    assert json.loads((tmp_path / "run" / "validation.json").read_text())["validation_cases"] == {"CTset": 1, "MRset": 1}
+    tensors, state = checkpoint.load(tmp_path / "run" / "checkpoint")
+    assert state["step"] == 2 and any(k.startswith("optim.") for k in tensors)
+
+
+def test_cli_reports_config_mistakes_as_errors(tmp_path, capsys):
+    from HermesSegmentLib.cli import main
+
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "error: training config not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- incremental
+
+def test_adding_a_target_keeps_old_tasks_unchanged(tmp_path, tiny_data, tiny_package):
+    from HermesSegmentLib import models
+
+    old = models.load(tiny_package).network
+    # CTset annotates liver and spleen (known to the package) and, here, stomach (new).
+    trainer = _trainer(tmp_path, tiny_data, datasets=[
+        {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "stomach"}}])
+    trainer = Trainer(trainer.config, init=tiny_package, show_progress=False)
+    assert trainer.plan.per_dataset == [{"liver": 0, "stomach": 6}]
+    assert trainer.network_config.num_task_priors == 7
+    new = trainer.ema  # untrained: the package's weights plus the appended rows
+    for name, value in old.state_dict().items():
+        grown = new.state_dict()[name]
+        if name.endswith("task_prior"):
+            assert torch.equal(grown[:6], value[:6]) and torch.equal(grown[-1], value[-1])
+        else:
+            assert torch.equal(grown, value)
+    image = torch.randn(1, 1, 32, 32, 32)
+    queries = torch.tensor([[0, 1, 2, -1]])
+    modality = torch.tensor([[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(new(image, queries, modality)[0], old(image, queries, modality)[0], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- MedContext
+
+def test_medcontext_masks_patches_and_its_loss_trains_the_student(tmp_path, tiny_data):
+    image = torch.randn(2, 1, 32, 32, 32)
+    masked = mask_patches(image, np.random.default_rng(0), ratio=0.5, patch=8)
+    changed = (masked != image).float().mean().item()
+    assert 0.3 < changed < 0.7
+
+    trainer = _trainer(tmp_path, tiny_data, medcontext=True, medcontext_weight=1.0)
+    terms = trainer.train_step()
+    assert terms["consistency"] > 0
+    network, teacher = trainer.network, trainer.ema
+    queries, modality, valid = torch.tensor([[0, -1]] * 2), torch.tensor([[0]] * 2), torch.tensor([[True, False]] * 2)
+    with torch.no_grad():
+        target = teacher(image, queries, modality)[0] + 1.0
+    network.zero_grad()
+    loss = consistency_loss(network(masked, queries, modality)[0], target, valid)
+    loss.backward()
+    assert loss.item() > 0
+    assert network.inc.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, config_path: str, port: int, out: str) -> None:
+    import os
+
+    from HermesSegmentLib.training import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    context = distributed.init("cpu")
+    try:
+        trainer = Trainer(load_config(config_path), context=context, show_progress=False)
+        losses = [trainer.train_step()["loss"] for _ in range(2)]
+        trainer.save_checkpoint()
+        torch.save({"weights": trainer.network.state_dict(), "losses": losses}, f"{out}/rank{rank}.pt")
+    finally:
+        distributed.shutdown(context)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path, tiny_data):
+    import torch.multiprocessing as mp
+
+    config = _config_file(tmp_path, tiny_data, batch_size=1)
+    mp.spawn(_ddp_worker, args=(str(config), _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["losses"] != ranks[1]["losses"]  # each rank drew its own batches
+    for name, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][name]), name
+    _, state = checkpoint.load(tmp_path / "run" / "checkpoint")
+    assert state["world_size"] == 2 and len(state["samplers"]) == 2
+    assert state["samplers"][0] != state["samplers"][1]
