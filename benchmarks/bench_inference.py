@@ -68,11 +68,10 @@ class PeakRSS:
             return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def ct_volume(seed: int = 7) -> sitk.Image:
-    """A phantom CT resampled onto an exact 512 x 512 x 300 grid at 0.8 x 0.8 x 2.5 mm (LPS)."""
-    image, _, _ = generate_case(seed, "CT", spacing=(0.8, 0.8, 2.5), orientation="LPS",
-                                max_voxels=90_000_000, supersample=False)
-    size, spacing = (512, 512, 300), (0.8, 0.8, 2.5)
+def ct_volume(size=(512, 512, 300), spacing=(0.8, 0.8, 2.5), seed: int = 7) -> sitk.Image:
+    """A phantom CT resampled onto an exact grid (default 512 x 512 x 300 at 0.8 x 0.8 x 2.5 mm, LPS)."""
+    image, _, _ = generate_case(seed, "CT", spacing=spacing, orientation="LPS",
+                                max_voxels=int(np.prod(size)) * 2, supersample=False)
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
     origin = centre - (np.array(size) - 1) / 2 * np.array(spacing)
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), spacing,
@@ -140,11 +139,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="hermes-demo")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"),
+                        help="volume size in voxels (default 512 512 300; smaller for a quick check)")
     parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
     args = parser.parse_args()
 
     device = select_device(args.device)
-    image = ct_volume()
+    image = ct_volume(tuple(args.size), (0.8 * 512 / args.size[0], 0.8 * 512 / args.size[1], 2.5 * 300 / args.size[2]))
     model = load(args.model)
     keys = model.targets_for("CT")
     shape = image.GetSize()[::-1]
@@ -172,7 +173,7 @@ def main() -> int:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"device {device}. Command: `python benchmarks/bench_inference.py --model {args.model} --device {args.device}`.",
-        f"Volume: 512x512x300 at 0.8x0.8x2.5 mm (phantom CT); model `{model.name}` "
+        f"Volume: {'x'.join(map(str, image.GetSize()))} at {'x'.join(f'{s:.2f}' for s in image.GetSpacing())} mm (phantom CT); model `{model.name}` "
         f"(window {'x'.join(map(str, model.manifest['input']['window_size_zyx']))} at "
         f"{model.manifest['input']['spacing_zyx_mm'][0]} mm); {len(keys)} targets; overlap 0.5, Gaussian blending.",
         "",

@@ -12,12 +12,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class InstanceNorm(nn.Module):
+    """InstanceNorm3d(eps=1e-4, affine=False), computed as a GroupNorm with one channel per group.
+
+    Same arithmetic (per-sample, per-channel mean and biased variance over the volume), no
+    parameters; PyTorch's GroupNorm kernel is 3-4x faster than its InstanceNorm on the CPU.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.channels, self.eps = channels, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.channels, eps=self.eps)
+
+
 class PreActConv(nn.Module):
     """norm -> ReLU -> 3x3x3 conv (no bias). (B, in, D, H, W) -> (B, out, D, H, W)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.norm = nn.InstanceNorm3d(in_channels, eps=1e-4)
+        self.norm = InstanceNorm(in_channels)
         self.act = nn.ReLU(inplace=True)
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
 
