@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 from HermesSegmentLib import models
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.network import HERMES_R, HermesNetwork
+from HermesSegmentLib.network import HermesNetwork
 
 REFERENCE = Path(__file__).parent / "reference" / "hermes_r_state_dict.tsv"
 

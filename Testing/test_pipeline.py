@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HermesSegmentLib import models
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import CancelledError, HermesError
 from HermesSegmentLib.inference import CancelToken

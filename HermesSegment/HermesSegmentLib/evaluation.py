@@ -176,7 +176,7 @@ def write_metrics_csv(path: PathLike, rows: Sequence[Mapping[str, object]]) -> P
     Metrics are rounded to 4 decimals (Dice, surface Dice), 3 (HD95 mm) and 3 (mL); non-finite
     values are written as ``nan`` / ``inf``.
     """
-    from .outputs import _atomic
+    from .atomic import atomic_paths
 
     digits = {"dice": 4, "surface_dice": 4, "hd95_mm": 3, "pred_ml": 3, "truth_ml": 3}
     buffer = io.StringIO()
@@ -187,7 +187,7 @@ def write_metrics_csv(path: PathLike, rows: Sequence[Mapping[str, object]]) -> P
     path = Path(path)
     if not path.parent.exists():
         raise HermesError(f"{path}: the folder {path.parent} does not exist; create it or choose another --out")
-    with _atomic([path]) as (temp,):
+    with atomic_paths([path]) as (temp,):
         temp.write_text(buffer.getvalue(), encoding="utf-8")
     return path
 

@@ -17,20 +17,18 @@ slice, whatever the number of targets.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Literal, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Literal, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_paths
 from .errors import HermesError
 
 PathLike = Union[str, Path]
@@ -86,25 +84,7 @@ class TargetMask:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-@contextlib.contextmanager
-def _atomic(paths: Sequence[PathLike]) -> Iterator[List[Path]]:
-    """Yield temporary paths (same folder, same file name ending) for ``paths``; on success move
-    them all into place, on failure remove them and re-raise."""
-    finals = [Path(p) for p in paths]
-    token = uuid.uuid4().hex[:8]
-    temps = [p.parent / f".partial-{token}-{p.name}" for p in finals]
-    try:
-        yield temps
-        for temp, final in zip(temps, finals):
-            os.replace(temp, final)
-    except BaseException:
-        for temp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-        raise
+# Writing helpers
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
@@ -143,7 +123,7 @@ def write_seg_nrrd(path: PathLike, masks: Sequence[TargetMask], reference: sitk.
     n_layers = max(layers, default=0) + 1
     dtype = np.dtype("<u1") if max(labels, default=0) <= 255 else np.dtype("<u2")
     header = _seg_header(masks, reference, shape, layers, labels, n_layers, dtype)
-    with _atomic([path]) as (temp,):
+    with atomic_paths([path]) as (temp,):
         with open(temp, "wb") as f:
             f.write(header.encode("utf-8"))
             gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip stream, as NRRD wants
@@ -349,7 +329,7 @@ def write_label_map_nifti(
         for entry in entries:
             entry["hidden_voxels"] = int(hidden[entry["value"]])
         finals = [path, sidecar]
-        with _atomic(finals) as (temp, temp_json):
+        with atomic_paths(finals) as (temp, temp_json):
             _write_image(_on_grid(labels, reference), temp)
             temp_json.write_text(json.dumps({"overlap_policy": "priority: later target wins",
                                              "labels": entries}, indent=2))
@@ -359,7 +339,7 @@ def write_label_map_nifti(
     files = [path.with_name(f"{stem}_{m.key}.nii.gz") for m in masks]
     for entry, file in zip(entries, files):
         entry.update(value=1, file=file.name)
-    with _atomic(files + [sidecar]) as temps:
+    with atomic_paths(files + [sidecar]) as temps:
         for mask, temp in zip(masks, temps):
             _write_image(_on_grid(mask.full(shape).view(np.uint8), reference), temp)
         temps[-1].write_text(json.dumps({"overlap_policy": "per_target: one file per target",
@@ -383,7 +363,7 @@ def write_probability_maps(
         if probability.dtype != np.uint8:
             probability = np.rint(np.clip(probability, 0.0, 1.0) * 255).astype(np.uint8)
         final = stem.with_name(f"{stem.name}_{key}_prob.nii.gz")
-        with _atomic([final]) as (temp,):
+        with atomic_paths([final]) as (temp,):
             _write_image(_on_grid(probability, reference), temp)
         written.append(final)
     return written
@@ -411,5 +391,5 @@ def append_summary_csv(path: PathLike, rows: Iterable[Mapping[str, object]]) -> 
         writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    with _atomic([path]) as (temp,):
+    with atomic_paths([path]) as (temp,):
         temp.write_text(old + buffer.getvalue(), encoding="utf-8")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from ..atomic import atomic_paths
 from ..errors import HermesError
 from .manifest import DATA_DIR
 from .package import read_manifest, sha256_file
@@ -134,26 +134,23 @@ def download(
         raise HermesError(f"model '{name}' has no download address and checksum in the catalog")
     target = user_models_dir() / f"{name}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (URL from our catalog)
-            total = int(response.headers.get("Content-Length") or 0) or None
-            done = 0
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        digest = sha256_file(tmp)
-        if digest != sha256:
-            raise HermesError(f"download of '{name}' failed its SHA-256 check (got {digest[:12]}…, expected {sha256[:12]}…); nothing was installed")
-        read_manifest(tmp)
-        os.replace(tmp, target)
+        with atomic_paths([target]) as (temp,):
+            with open(temp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (URL from our catalog)
+                total = int(response.headers.get("Content-Length") or 0) or None
+                done = 0
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            digest = sha256_file(temp)
+            if digest != sha256:
+                raise HermesError(f"download of '{name}' failed its SHA-256 check (got {digest[:12]}…, "
+                                  f"expected {sha256[:12]}…); nothing was installed")
+            read_manifest(temp)
     except (urllib.error.URLError, OSError) as error:
         raise HermesError(f"could not download '{name}' from {url} ({error}); check the network or install the file by hand") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
@@ -163,14 +160,8 @@ def add(path: str | Path) -> Path:
     manifest = read_manifest(source)
     target = user_models_dir() / f"{manifest['name']}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_paths([target]) as (temp,):
+        shutil.copyfile(source, temp)
     return target
 
 

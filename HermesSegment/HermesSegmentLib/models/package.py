@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..atomic import atomic_paths
 from ..errors import HermesError
 from .manifest import MANIFEST_KEY, network_config, validate_manifest
 
@@ -180,14 +179,8 @@ def save(path: str | Path, state_dict: Mapping[str, Any], manifest: Mapping[str,
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, manifest, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(manifest, separators=(",", ":"))})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_paths([path]) as (temp,):
+        save_file(tensors, str(temp), metadata={MANIFEST_KEY: json.dumps(manifest, separators=(",", ":"))})
     return path
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -45,6 +44,7 @@ import SimpleITK as sitk
 import yaml
 from scipy import ndimage
 
+from ..atomic import atomic_paths, write_text
 from ..errors import HermesError
 
 #: Label value of each target in a generated case (the vocabulary keys). Dataset label values differ.
@@ -841,26 +841,9 @@ def target_masks(labelmap_array: np.ndarray, labels: Mapping[str, int]) -> dict[
     return masks
 
 
-def _atomic_write_image(image: sitk.Image, path: Path) -> None:
-    """Writes an image through a temporary file in the same folder, then renames it into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.nii.gz")
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    """Writes text through a temporary file in the same folder, then renames it into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_image(image: sitk.Image, path: Path) -> None:
+    with atomic_paths([path]) as (temp,):
+        sitk.WriteImage(image, str(temp), useCompression=True)
 
 
 def dataset_labelmap(labelmap_array: np.ndarray, targets: Sequence[str]) -> np.ndarray:
@@ -887,9 +870,9 @@ def write_single_case(out_dir: str | Path, name: str, modality: str, *, seed: in
     out.mkdir(parents=True, exist_ok=True)
     image, labelmap, info = generate_case(seed, modality, **case_options)
     paths = (out / f"{name}.nii.gz", out / f"{name}_truth.nii.gz", out / f"{name}_truth.json")
-    _atomic_write_image(image, paths[0])
-    _atomic_write_image(labelmap, paths[1])
-    _atomic_write_text(json.dumps(info, indent=2) + "\n", paths[2])
+    _write_image(image, paths[0])
+    _write_image(labelmap, paths[1])
+    write_text(paths[2], json.dumps(info, indent=2) + "\n")
     return paths
 
 
@@ -939,8 +922,8 @@ def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed:
             lab = sitk.GetImageFromArray(relabel)
             lab.CopyInformation(labelmap)
             case = f"case_{i:04d}"
-            _atomic_write_image(image, folder / "imagesTr" / f"{case}_0000.nii.gz")
-            _atomic_write_image(lab, folder / "labelsTr" / f"{case}.nii.gz")
+            _write_image(image, folder / "imagesTr" / f"{case}_0000.nii.gz")
+            _write_image(lab, folder / "labelsTr" / f"{case}.nii.gz")
             cases.append({"case": case, **{k: info[k] for k in ("seed", "spacing", "size", "orientation")},
                           **({"ct_phase": info["ct_phase"]} if "ct_phase" in info else {})})
             if progress is not None:
@@ -956,12 +939,11 @@ def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed:
             "hermes": {"modality": modality, "targets": {str(v): k for k, v in value_of.items()},
                        "region": region, "generator_seed": seed, "cases": cases},
         }
-        _atomic_write_text(json.dumps(meta, indent=2) + "\n", folder / "dataset.json")
+        write_text(folder / "dataset.json", json.dumps(meta, indent=2) + "\n")
         config.append({"name": name, "path": folder.name, "modality": modality,
                        "labels": {v: k for k, v in value_of.items()}, "weight": 1.0})
         written.append(folder)
     cfg_path = root / "phantom_config.yaml"
-    _atomic_write_text(yaml.safe_dump({"datasets": config}, sort_keys=False, default_flow_style=None, width=1000),
-                       cfg_path)
+    write_text(cfg_path, yaml.safe_dump({"datasets": config}, sort_keys=False, default_flow_style=None, width=1000))
     written.append(cfg_path)
     return written
