@@ -23,6 +23,7 @@ Every mistake is reported as a one-line :class:`HermesError` naming the key and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -229,6 +230,8 @@ def _triple(value: Any, key: str, name: str, kind: type) -> tuple:
 
 
 def _check_values(c: TrainingConfig, name: str) -> None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", str(c.name)):
+        raise HermesError(f"{name}: 'name' {c.name!r} must be lower case letters, digits, '.', '_' or '-' (it names the model file)")
     if any(w < 16 or w % 16 for w in c.window):
         raise HermesError(f"{name}: 'window' sizes must be multiples of 16 (the network pools 4 times), got {list(c.window)}")
     if any(s <= 0 for s in c.spacing):

@@ -1,0 +1,175 @@
+"""The measurements behind docs/experiments.md (synthetic phantoms, CPU, small scale).
+
+    # universal model vs per-dataset models of the same size and the same total number of steps
+    python tools/experiments.py compare --config HermesSegment/Resources/Models/demo_training.yaml \
+        --data-root PHANTOMS --out DIR --steps 360 --datasets PhantomCT_Abdomen PhantomMR_T1 PhantomMR_T2
+
+    # query-subset stability and the effect of the modality priors, on a trained package's held-out cases
+    python tools/experiments.py probe --model MODEL.safetensors --config CONFIG.yaml --data-root PHANTOMS \
+        --cache RUN/cache --out probe.json
+
+Both print a JSON summary and write it to --out. Held-out cases are the trainer's validation
+split (same seed, same fraction), scored in model space as the trainer scores them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "HermesSegment"))
+
+from HermesSegmentLib import models, vocabulary  # noqa: E402
+from HermesSegmentLib.inference import predict_volume  # noqa: E402
+from HermesSegmentLib.training.config import load_config  # noqa: E402
+from HermesSegmentLib.training.datasets import load_cases, target_masks  # noqa: E402
+from HermesSegmentLib.training.incremental import plan_tasks  # noqa: E402
+from HermesSegmentLib.training.trainer import dice  # noqa: E402
+
+# A plausible wrong modality for each: what a user picking the wrong item in the list would do.
+WRONG_MODALITY = {"CT": "PET", "PET": "CT", "MR-T1": "MR-T2", "MR-T2": "MR-T1"}
+
+
+def _train(raw: dict, name: str, out: Path, steps: int, data_root: str) -> dict:
+    """Train one model with ``hermes-segment train`` (a subprocess, one thread) -> its validation.json."""
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "train.yaml"
+    config.write_text(yaml.safe_dump({**raw, "name": name}, sort_keys=False), encoding="utf-8")
+    command = [sys.executable, "-m", "HermesSegmentLib.cli", "train", str(config), "--data-root", data_root,
+               "--out", str(folder / "run"), "--steps", str(steps), "--device", "cpu"]
+    started = time.time()
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                             "PYTHONPATH": str(REPO / "HermesSegment")})
+    result = json.loads((folder / "run" / "validation.json").read_text())
+    result["seconds"] = round(time.time() - started, 1)
+    result["steps"] = steps
+    return result
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Universal (all listed datasets, ``steps``) vs one model per dataset (``steps / n`` each)."""
+    raw = yaml.safe_load(Path(args.config).read_text())
+    chosen = [d for d in raw["datasets"] if d["name"] in args.datasets]
+    raw.update(offer_min_dice=None, demo=False, cache_dir=str(Path(args.cache).resolve()))
+    out = Path(args.out)
+    per = args.steps // len(chosen)
+    results = {"universal": _train({**raw, "datasets": chosen}, "universal", out, args.steps, args.data_root)}
+    for spec in chosen:
+        results[spec["name"]] = _train({**raw, "datasets": [spec]}, "single-" + spec["name"].lower(), out, per,
+                                       args.data_root)
+    rows = []
+    for spec in chosen:
+        universal = results["universal"]["validation_dice_by_dataset"][spec["name"]]
+        single = results[spec["name"]]["validation_dice_by_dataset"][spec["name"]]
+        for target in single:
+            rows.append({"dataset": spec["name"], "target": target, "universal": universal[target],
+                         "per_dataset": single[target]})
+    return {"steps_universal": args.steps, "steps_per_dataset": per, "rows": rows,
+            "mean_universal": round(float(np.mean([r["universal"] for r in rows])), 4),
+            "mean_per_dataset": round(float(np.mean([r["per_dataset"] for r in rows])), 4),
+            "seconds": {k: v["seconds"] for k, v in results.items()}}
+
+
+def _scores(network, case, spec, tasks, targets, slot, window, overlap) -> dict[str, float]:
+    probabilities = predict_volume(network, np.array(case.image, np.float32), [tasks[t] for t in targets], slot,
+                                   window_zyx=window, overlap=overlap)
+    truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)
+    return {t: dice(probabilities[i] >= 128, truth[i]) for i, t in enumerate(targets)}
+
+
+def probe(args: argparse.Namespace) -> dict:
+    """Per (modality, target): Dice asked with all targets, asked alone, with the wrong modality
+    slot, and with every modality token zeroed."""
+    loaded = models.load(args.model)
+    manifest = loaded.manifest
+    config = load_config(args.config, data_root=args.data_root)
+    config = dataclasses.replace(config, cache_dir=Path(args.cache).resolve(),
+                                 spacing=tuple(manifest["input"]["spacing_zyx_mm"]),
+                                 window=tuple(manifest["input"]["window_size_zyx"]))
+    plan = plan_tasks(config, manifest)
+    blind = copy.deepcopy(loaded.network)
+    with torch.no_grad():
+        for name, parameter in blind.named_parameters():
+            if name.endswith("modality_prior"):
+                parameter.zero_()
+    cases = load_cases(config, "val")
+    if args.max_cases_per_dataset:
+        counts: Counter[int] = Counter()
+        kept = []
+        for case in cases:
+            if counts[case.dataset_index] < args.max_cases_per_dataset:
+                kept.append(case)
+                counts[case.dataset_index] += 1
+        cases = kept
+    collected: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for n, case in enumerate(cases):
+        spec = config.datasets[case.dataset_index]
+        tasks = plan.per_dataset[case.dataset_index]
+        targets = list(spec.targets)
+        slot = vocabulary.modality(spec.modality).slot
+        wrong = vocabulary.modality(WRONG_MODALITY[spec.modality]).slot
+        common = dict(case=case, spec=spec, tasks=tasks, window=config.window, overlap=config.val_overlap)
+        runs = {"all": _scores(loaded.network, targets=targets, slot=slot, **common),
+                "wrong_modality": _scores(loaded.network, targets=targets, slot=wrong, **common),
+                "zeroed_modality_tokens": _scores(blind, targets=targets, slot=slot, **common),
+                "alone": {}}
+        for target in targets:
+            runs["alone"].update(_scores(loaded.network, targets=[target], slot=slot, **common))
+        for kind, values in runs.items():
+            for target, value in values.items():
+                collected.setdefault(spec.modality, {}).setdefault(target, {}).setdefault(kind, []).append(value)
+        print(f"[{n + 1}/{len(cases)}] {spec.name} {case.files.case}", flush=True)
+    table = {}
+    for modality, targets in collected.items():
+        for target, kinds in targets.items():
+            means = {k: round(float(np.mean(v)), 4) for k, v in kinds.items()}
+            means["abs_alone_minus_all"] = round(abs(means["alone"] - means["all"]), 4)
+            means["max_case_abs_alone_minus_all"] = round(
+                float(np.max(np.abs(np.subtract(kinds["alone"], kinds["all"])))), 4)
+            means["cases"] = len(kinds["all"])
+            table.setdefault(modality, {})[target] = means
+    return {"model": str(args.model), "cases": len(cases), "per_modality_target": table}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--config", required=True)
+    c.add_argument("--data-root", required=True)
+    c.add_argument("--cache", required=True, help="preprocessing cache to share (e.g. the demo run's)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--steps", type=int, default=360)
+    c.add_argument("--datasets", nargs="+", required=True)
+    p = sub.add_parser("probe")
+    p.add_argument("--model", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--cache", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-cases-per-dataset", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    result = compare(args) if args.command == "compare" else probe(args)
+    text = json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2)
+    Path(args.out if args.command == "probe" else Path(args.out) / "compare.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
