@@ -47,13 +47,18 @@ class _Slab:
         self.weights[z:z + dz, y:y + dy, x:x + dx] += weights
 
     def release(self, planes: int) -> np.ndarray:
-        """Finish the first ``planes`` planes: uint8 probabilities (T, planes, H, W); shift the rest."""
-        finished = torch.sigmoid(self.logits[:, :planes] / self.weights[:planes])
-        quantised = finished.mul_(255.0).round_().to(torch.uint8).cpu().numpy()
+        """Finish the first ``planes`` planes: uint8 probabilities (T, planes, H, W); shift the rest.
+
+        Works in place (those planes are recycled anyway) and shifts plane by plane, so that no
+        slab-sized temporary is ever allocated.
+        """
+        finished = self.logits[:, :planes]
+        finished.div_(self.weights[:planes]).sigmoid_().mul_(255.0).round_()
+        quantised = finished.to(torch.uint8).cpu().numpy()
         depth = self.weights.shape[0]
-        if planes < depth:
-            self.logits[:, : depth - planes] = self.logits[:, planes:].clone()
-            self.weights[: depth - planes] = self.weights[planes:].clone()
+        for plane in range(depth - planes):
+            self.logits[:, plane] = self.logits[:, plane + planes]
+            self.weights[plane] = self.weights[plane + planes]
         self.logits[:, depth - planes:] = 0
         self.weights[depth - planes:] = 0
         self.base += planes

@@ -1,0 +1,99 @@
+"""How much memory segmenting a 512 x 512 x 300 CT with 15 targets needs with Hermes-R.
+
+    python benchmarks/memory_hermes_r.py [--write docs/benchmarks.md]
+
+Two measurements, each as the peak RSS of a child process (so they do not mix):
+  1. the whole `hermes-segment segment` command on the benchmark CT with a package that has
+     Hermes-R's input geometry (128^3 windows at 1.5 mm, 15 CT targets) but base 8 channels, so
+     that what is measured is the engine (volumes, slab accumulators, results) and not the network;
+  2. one forward pass of the real Hermes-R network (random weights, 60.9 M parameters) on one
+     128^3 window with 15 tasks, under torch.inference_mode: the network's own share.
+The sum is what a CPU run needs; the engine's share does not depend on the network's width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "HermesSegment"))
+
+FORWARD = """
+import resource, sys, torch
+sys.path.insert(0, {lib!r})
+from HermesSegmentLib.network import HermesNetwork
+network = HermesNetwork().eval()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.inference_mode():
+    network(torch.randn(2, 1, 128, 128, 128), torch.arange(15)[None].expand(2, -1), torch.zeros(2, 1, dtype=torch.long))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def geometry_package(path: Path) -> list[str]:
+    import torch
+
+    from HermesSegmentLib import vocabulary
+    from HermesSegmentLib.models import save
+    from HermesSegmentLib.models.manifest import HERMES_R_INPUT, modality_entries, task_entry
+    from HermesSegmentLib.network import HermesConfig, HermesNetwork
+
+    ct = vocabulary.hermes_r_defaults()["CT"]
+    keys = sorted(ct, key=ct.__getitem__)[:15]
+    config = HermesConfig(base_channels=8, head_dim=16, num_task_priors=15)
+    manifest = {
+        "format": "hermes-segment-model", "format_version": 1, "name": "hermes-r-geometry",
+        "title": "Hermes-R input geometry, tiny channels (memory benchmark)", "version": "0", "license": "n/a",
+        "intended_use": "benchmark only", "architecture": config.to_manifest(), "input": dict(HERMES_R_INPUT),
+        "modalities": modality_entries(["CT"]), "tasks": [task_entry(i, k, "bench", ["CT"]) for i, k in enumerate(keys)],
+        "defaults": {"CT": {k: i for i, k in enumerate(keys)}}, "provenance": {"source": "random weights"},
+    }
+    torch.manual_seed(0)
+    save(path, HermesNetwork(config).state_dict(), manifest)
+    return keys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    from bench_inference import ct_volume  # noqa: E402 (same benchmark volume)
+
+    import SimpleITK as sitk
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "HermesSegment")}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        keys = geometry_package(tmp / "geometry.safetensors")
+        sitk.WriteImage(ct_volume(), str(tmp / "ct.nrrd"))
+        subprocess.run([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(tmp / "ct.nrrd"), "--modality", "CT",
+                        "--model", str(tmp / "geometry.safetensors"), "--out", str(tmp / "out"), "--device", "cpu"],
+                       check=True, env=env, stderr=subprocess.DEVNULL)
+        engine_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    forward = subprocess.run([sys.executable, "-c", FORWARD.format(lib=str(REPO / "HermesSegment"))], check=True,
+                             capture_output=True, text=True).stdout.split()
+    network_gb = (int(forward[1]) - int(forward[0])) / 2**20
+    text = (
+        f"### Memory for a 512x512x300 CT with 15 targets and Hermes-R — {datetime.date.today().isoformat()}\n\n"
+        f"Command: `python benchmarks/memory_hermes_r.py`. Targets: {', '.join(keys)}.\n\n"
+        "| what | peak RSS, GB |\n|---|---:|\n"
+        f"| whole `segment` command, Hermes-R geometry (128³ at 1.5 mm), 15 targets, base-8 network | {engine_gb:.2f} |\n"
+        f"| one Hermes-R forward pass (2 x 128³ windows, 15 tasks, CPU), above the loaded model | {network_gb:.2f} |\n"
+        f"| estimate for the real Hermes-R run (sum) | {engine_gb + network_gb:.2f} |\n"
+    )
+    print(text)
+    if args.write:
+        with open(args.write, "a", encoding="utf-8") as stream:
+            stream.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
