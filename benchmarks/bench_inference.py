@@ -19,7 +19,6 @@ import argparse
 import datetime
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -124,15 +123,33 @@ def timed(fn):
     return value, seconds, memory.delta_gb
 
 
+def peak_rss_of_command(command: list[str]) -> tuple[float, float]:
+    """(peak RSS in GB, seconds) of a child process, from its own VmHWM.
+
+    getrusage(RUSAGE_CHILDREN) would also count the parent's pages that the child shares between
+    fork and exec, so the child's high-water mark is read from /proc while it runs.
+    """
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "HermesSegment")}
+    started = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    peak_kb = 0
+    while child.poll() is None:
+        try:
+            with open(f"/proc/{child.pid}/status") as stream:
+                line = next(l for l in stream if l.startswith("VmHWM:"))
+            peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.05)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
+    return peak_kb / 2**20, time.perf_counter() - started
+
+
 def command_peak_rss_gb(path: Path, model: str, device: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(path), "--modality", "CT",
-                        "--model", model, "--out", out, "--device", device], check=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "HermesSegment")},
-                       stderr=subprocess.DEVNULL)
-        seconds = time.perf_counter() - started
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, seconds
+        return peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(path),
+                                    "--modality", "CT", "--model", model, "--out", out, "--device", device])
 
 
 def main() -> int:

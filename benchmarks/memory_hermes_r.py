@@ -2,7 +2,7 @@
 
     python benchmarks/memory_hermes_r.py [--write docs/benchmarks.md]
 
-Two measurements, each as the peak RSS of a child process (so they do not mix):
+Two measurements, each the peak RSS of its own child process (so they do not mix):
   1. the whole `hermes-segment segment` command on the benchmark CT with a package that has
      Hermes-R's input geometry (128^3 windows at 1.5 mm, 15 CT targets) but base 8 channels, so
      that what is measured is the engine (volumes, slab accumulators, results) and not the network;
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,16 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesSegment"))
 
 FORWARD = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {lib!r})
 from HermesSegmentLib.network import HermesNetwork
+
+def high_water_kb():  # this process's own peak (VmHWM), not what it shared with its parent before exec
+    with open("/proc/self/status") as stream:
+        return int(next(l for l in stream if l.startswith("VmHWM:")).split()[1])
+
 network = HermesNetwork().eval()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = high_water_kb()
 with torch.inference_mode():
     network(torch.randn(2, 1, 128, 128, 128), torch.arange(15)[None].expand(2, -1), torch.zeros(2, 1, dtype=torch.long))
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, high_water_kb())
 """
-
 
 def geometry_package(path: Path) -> list[str]:
     import torch
@@ -64,19 +66,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    from bench_inference import ct_volume  # noqa: E402 (same benchmark volume)
+    from bench_inference import ct_volume, peak_rss_of_command  # noqa: E402 (same benchmark volume)
 
     import SimpleITK as sitk
 
-    env = {**os.environ, "PYTHONPATH": str(REPO / "HermesSegment")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         keys = geometry_package(tmp / "geometry.safetensors")
         sitk.WriteImage(ct_volume(), str(tmp / "ct.nrrd"))
-        subprocess.run([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(tmp / "ct.nrrd"), "--modality", "CT",
-                        "--model", str(tmp / "geometry.safetensors"), "--out", str(tmp / "out"), "--device", "cpu"],
-                       check=True, env=env, stderr=subprocess.DEVNULL)
-        engine_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        engine_gb, _ = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(tmp / "ct.nrrd"),
+                                            "--modality", "CT", "--model", str(tmp / "geometry.safetensors"),
+                                            "--out", str(tmp / "out"), "--device", "cpu"])
     forward = subprocess.run([sys.executable, "-c", FORWARD.format(lib=str(REPO / "HermesSegment"))], check=True,
                              capture_output=True, text=True).stdout.split()
     network_gb = (int(forward[1]) - int(forward[0])) / 2**20
