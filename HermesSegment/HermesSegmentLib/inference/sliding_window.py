@@ -40,10 +40,11 @@ class _Slab:
         self.logits, self.weights = self.logits.to(device), self.weights.to(device)
 
     def add(self, logits: torch.Tensor, weights: torch.Tensor, corner: tuple[int, int, int]) -> None:
+        """Accumulate one window's logits (T, dz, dy, dx), which are scaled in place."""
         z, y, x = corner
         dz, dy, dx = weights.shape
         z -= self.base
-        self.logits[:, z:z + dz, y:y + dy, x:x + dx] += logits * weights
+        self.logits[:, z:z + dz, y:y + dy, x:x + dx] += logits.mul_(weights)
         self.weights[z:z + dz, y:y + dy, x:x + dx] += weights
 
     def release(self, planes: int) -> np.ndarray:
