@@ -20,10 +20,11 @@ def reference_rows() -> list[tuple[str, str, str]]:
     return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]
 
 
-def test_reference_copy_matches_shared_reference():
+def test_reference_copies_match_shared_reference():
     if not SHARED_REFERENCE.exists():
         pytest.skip("../shared/reference is not beside this checkout")
-    assert REFERENCE.read_text() == SHARED_REFERENCE.read_text()
+    for name in ("hermes_r_state_dict.tsv", "hermes_r_tasks.tsv"):
+        assert (REFERENCE.parent / name).read_text() == (SHARED_REFERENCE.parent / name).read_text(), name
 
 
 def test_hermes_r_state_dict_matches_reference_line_by_line():
