@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--model", default="hermes-demo")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-voxels", type=int, default=3_000_000, help="size cap of the generated phantom")
     args = parser.parse_args(argv)
 
     import SimpleITK as sitk
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         modality = vocabulary.modality(args.modality).key
         model = load(args.model)
         print(f"model: {model.manifest['title']}\n       {model.manifest['intended_use']}")
-        image_path, truth_path, info_path = write_single_case(args.out, "phantom", modality, seed=args.seed)
+        image_path, truth_path, info_path = write_single_case(args.out, "phantom", modality, seed=args.seed,
+                                                                 max_voxels=args.max_voxels)
         print(f"phantom: {image_path} ({modality}, seed {args.seed})")
         image = sitk.ReadImage(str(image_path))
         result = segment_image(image, modality=modality, targets="all", model=model, device=args.device)
