@@ -24,7 +24,7 @@ Every mistake is reported as a one-line :class:`HermesError` naming the key and 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -100,8 +100,6 @@ class TrainingConfig:
     medcontext_mask_ratio: float = 0.4
     medcontext_patch: int = 8
     offer_min_dice: float | None = None  # None: offer every trained (modality, target)
-    source: Path | None = None
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -170,7 +168,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | 
         datasets=datasets, network=network, output=out.resolve(), cache_dir=cache_dir.resolve(),
         window=_triple(raw.get("window", (96, 96, 96)), "window", name, int),
         spacing=_triple(raw.get("spacing", (1.5, 1.5, 1.5)), "spacing", name, float),
-        source=source, raw=dict(raw), **scalars,
+        **scalars,
     )
     _check_values(config, name)
     return config

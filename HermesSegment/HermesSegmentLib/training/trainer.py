@@ -315,6 +315,8 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
             score = measured.get(spec.modality, {}).get(target)
             if config.offer_min_dice is None or (score is not None and score >= config.offer_min_dice):
                 defaults.setdefault(spec.modality, {})[target] = index
+            else:  # measured here and found wanting: no longer offered, even if the base model offered it
+                defaults.get(spec.modality, {}).pop(target, None)
     keys = list(dict.fromkeys([m["key"] for m in (base or {}).get("modalities", [])] + [d.modality for d in config.datasets]))
     base_modalities = {m["key"]: m for m in (base or {}).get("modalities", [])}
     modalities = [base_modalities.get(e["key"], e) for e in modality_entries(keys)]
@@ -339,6 +341,7 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
             "metrics": {**metrics, "offer_min_dice": config.offer_min_dice,
                         "evaluation": "Dice in model space on held-out cases, all of a dataset's targets in one query, "
                                       "sliding window (overlap %.2f), threshold 0.5" % config.val_overlap},
+            **({"fine_tuned_from": {"name": base["name"], "provenance": base["provenance"]}} if base else {}),
         },
     }
 
