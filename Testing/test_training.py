@@ -264,6 +264,21 @@ def test_adding_a_target_keeps_old_tasks_unchanged(tmp_path, tiny_data, tiny_pac
         torch.testing.assert_close(new(image, queries, modality)[0], old(image, queries, modality)[0], rtol=0, atol=0)
 
 
+def test_fine_tuning_exports_old_and_new_tasks_and_withdraws_what_measures_too_low(tmp_path, tiny_data, tiny_package):
+    from HermesSegmentLib import models
+
+    trainer = _trainer(tmp_path, tiny_data, steps=1, offer_min_dice=1.0, datasets=[
+        {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "stomach"}}])
+    trainer = Trainer(trainer.config, init=tiny_package, show_progress=False)
+    manifest = models.load(trainer.fit()).manifest
+    assert [t["index"] for t in manifest["tasks"]] == [0, 1, 2, 3, 6]
+    assert manifest["tasks"][-1]["target"] == "stomach"
+    # liver was re-measured on CT (below a perfect 1.0 after one step): withdrawn; spleen and kidney_left were
+    # not trained here and stay offered; MR is untouched.
+    assert manifest["defaults"] == {"CT": {"spleen": 1, "kidney_left": 2}, "MR": {"liver": 3}}
+    assert manifest["provenance"]["fine_tuned_from"]["name"] == "tiny"
+
+
 # ----------------------------------------------------------------------------- MedContext
 
 def test_medcontext_masks_patches_and_its_loss_trains_the_student(tmp_path, tiny_data):
