@@ -209,12 +209,16 @@ def main() -> int:
     ]
     for mine, theirs, cropped in zip(result.masks, masks_b, masks_c):
         lines.append(f"| {mine.key} | {mine.voxels} | {dice(mine, theirs, shape):.4f} | {dice(mine, cropped, shape):.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as stream:
-            stream.write("\n" + text)
+    publish("\n".join(lines) + "\n", args.write)
     return 0
+
+
+def publish(text: str, markdown: Path | None) -> None:
+    """Print a result table and append it to a Markdown file when asked."""
+    print(text)
+    if markdown:
+        with open(markdown, "a", encoding="utf-8") as stream:
+            stream.write("\n" + text)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    from bench_inference import ct_volume, peak_rss_of_command  # noqa: E402 (same benchmark volume)
+    from bench_inference import ct_volume, peak_rss_of_command, publish  # noqa: E402 (same benchmark volume)
 
     import SimpleITK as sitk
 
@@ -88,10 +88,7 @@ def main() -> int:
         f"| one Hermes-R forward pass (2 x 128³ windows, 15 tasks, CPU), above the loaded model | {network_gb:.2f} |\n"
         f"| estimate for the real Hermes-R run (sum) | {engine_gb + network_gb:.2f} |\n"
     )
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as stream:
-            stream.write("\n" + text)
+    publish(text, args.write)
     return 0
 
 
