@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
-from HermesSegmentLib.demo import render_overview  # noqa: E402
+from HermesSegmentLib.demo import render_overview, to_lps  # noqa: E402
 from HermesSegmentLib.outputs import read_seg_nrrd  # noqa: E402
 
 
@@ -29,12 +29,12 @@ def render_3d(image: sitk.Image, masks, path: Path, size=(900, 900)) -> None:
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(0.05, 0.05, 0.08)
     shape = image.GetSize()[::-1]
-    spacing = image.GetSpacing()
+    _, oriented, spacing_zyx = to_lps(image, {m.key: m.full(shape) for m in masks})
     for mask in masks:
-        full = mask.full(shape).astype(np.uint8)
+        full = oriented[mask.key].astype(np.uint8)  # [z, y, x] with x = left, y = posterior, z = superior
         data = vtk.vtkImageData()
-        data.SetDimensions(*image.GetSize())
-        data.SetSpacing(*spacing)
+        data.SetDimensions(*full.shape[::-1])
+        data.SetSpacing(*spacing_zyx[::-1])
         data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(full.ravel(), deep=True))
         surface = vtk.vtkFlyingEdges3D()
         surface.SetInputData(data)
@@ -63,7 +63,7 @@ def render_3d(image: sitk.Image, masks, path: Path, size=(900, 900)) -> None:
     renderer.ResetCamera()
     focal = camera.GetFocalPoint()
     camera.SetPosition(focal[0], focal[1] - 1500, focal[2])
-    camera.SetViewUp(0, 0, -1)  # image z index grows superior but VTK draws index space; flip to stand upright
+    camera.SetViewUp(0, 0, 1)  # from the front, superior up: the patient's left is on the right
     renderer.ResetCamera()
     camera.Zoom(1.3)
     window.Render()
@@ -84,8 +84,7 @@ def main() -> int:
         left, right = Path(tmp) / "3d.png", Path(tmp) / "slices.png"
         render_3d(image, masks, left)
         shape = image.GetSize()[::-1]
-        render_overview(sitk.GetArrayFromImage(image), {m.key: m.full(shape) for m in masks},
-                        {m.key: m.color for m in masks}, image.GetSpacing()[::-1], right,
+        render_overview(image, {m.key: m.full(shape) for m in masks}, {m.key: m.color for m in masks}, right,
                         "hermes-demo on a CT phantom (demo model; not for clinical use)")
         import matplotlib
 

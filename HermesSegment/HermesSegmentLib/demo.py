@@ -18,14 +18,32 @@ from typing import Sequence
 import numpy as np
 
 
-def render_overview(image_array: np.ndarray, masks: dict, colors: dict, spacing_zyx: Sequence[float],
-                    path: Path, title: str) -> None:
-    """Axial, coronal and sagittal slices through the centre of the segmented region, with outlines."""
+def to_lps(image, masks: dict) -> tuple[np.ndarray, dict, tuple]:
+    """Image and masks permuted/flipped to LPS axes (no resampling), for display in standard
+    radiological orientation whatever the storage order: (array, masks, spacing_zyx)."""
+    import SimpleITK as sitk
+
+    def orient(array: np.ndarray) -> np.ndarray:
+        holder = sitk.GetImageFromArray(array.view(np.uint8) if array.dtype == bool else array)
+        holder.CopyInformation(image)
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(holder, "LPS"))
+
+    oriented = sitk.DICOMOrient(image, "LPS")
+    return (sitk.GetArrayFromImage(oriented), {k: orient(m).astype(bool) for k, m in masks.items()},
+            oriented.GetSpacing()[::-1])
+
+
+def render_overview(image, masks: dict, colors: dict, path: Path, title: str) -> None:
+    """Axial, coronal and sagittal slices through the centre of the segmented region, with outlines.
+
+    ``image``: SimpleITK image; ``masks``: {target key: bool array on the image's grid}.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    image_array, masks, spacing_zyx = to_lps(image, masks)
     union = np.zeros(image_array.shape, dtype=bool)
     for mask in masks.values():
         union |= mask
@@ -37,7 +55,7 @@ def render_overview(image_array: np.ndarray, masks: dict, colors: dict, spacing_
              ("sagittal", lambda a: a[:, :, centre[2]], spacing_zyx[0] / spacing_zyx[1])]
     figure, axes = plt.subplots(1, 3, figsize=(15, 5.6), facecolor="black")
     for axis, (name, cut, aspect) in zip(axes, views):
-        # Arrays are LPS-indexed: flip so that anterior/superior are up, as radiologists read.
+        # LPS arrays: rows run anterior->posterior (axial) and inferior->superior (flip to put superior up).
         flip = (lambda a: a) if name == "axial" else np.flipud
         axis.imshow(flip(cut(image_array)), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         for key, mask in masks.items():
@@ -115,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "summary.csv").unlink(missing_ok=True)  # a re-run replaces the demo's summary
     outputs.append_summary_csv(args.out / "summary.csv", rows)
     picture = args.out / "phantom.png"
-    render_overview(sitk.GetArrayFromImage(image), predicted, {m.key: m.color for m in result.masks}, spacing_zyx,
-                    picture, f"{model.name} on a {modality} phantom (demo model; not for clinical use)")
+    render_overview(image, predicted, {m.key: m.color for m in result.masks}, picture,
+                    f"{model.name} on a {modality} phantom (demo model; not for clinical use)")
     print(f"\nwrote {segmentation} (open in 3D Slicer), {picture}, {args.out / 'summary.csv'}")
     return 0
 
