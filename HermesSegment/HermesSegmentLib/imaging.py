@@ -529,12 +529,67 @@ def probabilities_to_mask(
     start, stop = _input_box(sub_image, reference)
     if np.any(stop <= start):
         return empty
-    origin = reference.TransformIndexToPhysicalPoint([int(v) for v in start])
-    resampled = sitk.Resample(sub_image, [int(v) for v in stop - start], sitk.Transform(),
-                              sitk.sitkLinear, origin, reference.GetSpacing(),
-                              reference.GetDirection(), 0.0, sitk.sitkFloat32)
-    mask = sitk.GetArrayViewFromImage(resampled) >= cut
-    return _tight_crop(mask, tuple(int(v) for v in start[::-1]))
+    axes = _signed_permutation(reference.GetDirection())
+    if axes is not None:  # the input grid is axis-aligned: separable interpolation, no ITK pass
+        values = _separable_linear(sub, sub_image, reference, start, stop, axes)
+    else:
+        origin = reference.TransformIndexToPhysicalPoint([int(v) for v in start])
+        values = sitk.GetArrayViewFromImage(sitk.Resample(
+            sub_image, [int(v) for v in stop - start], sitk.Transform(), sitk.sitkLinear, origin,
+            reference.GetSpacing(), reference.GetDirection(), 0.0, sitk.sitkFloat32))
+    return _tight_crop(values >= cut, tuple(int(v) for v in start[::-1]))
+
+
+def _signed_permutation(direction: Sequence[float]) -> Optional[list]:
+    """For a direction matrix that only permutes and flips axes: [(model axis, sign)] per input
+    axis (x, y, z); None for an oblique one."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    axes = []
+    for column in matrix.T:  # column k: the physical direction of input axis k
+        j = int(np.argmax(np.abs(column)))
+        if abs(abs(column[j]) - 1.0) > 1e-6 or np.abs(np.delete(column, j)).max() > 1e-6:
+            return None
+        axes.append((j, float(np.sign(column[j]))))
+    return axes if sorted(j for j, _ in axes) == [0, 1, 2] else None
+
+
+def _separable_linear(sub: np.ndarray, sub_image: sitk.Image, reference: sitk.Image,
+                      start: np.ndarray, stop: np.ndarray, axes: list) -> np.ndarray:
+    """What ``sitk.Resample(sub_image, ..., sitkLinear)`` gives on the input box [start, stop)
+    when the input grid is axis-aligned, as three 1D linear interpolations (about 10x faster).
+
+    Points within half a voxel of ``sub``'s edge take the edge value, points beyond get 0, as
+    ITK's linear interpolator does. Returns float32 [z, y, x] of the input box.
+    """
+    ref_origin, ref_spacing = np.asarray(reference.GetOrigin()), np.asarray(reference.GetSpacing())
+    sub_origin, sub_spacing = np.asarray(sub_image.GetOrigin()), np.asarray(sub_image.GetSpacing())
+    values = sub
+    order = [0, 0, 0]  # numpy axis of `values` (model order) -> input axis it now holds
+    # Axes that grow least go first, so the intermediate arrays stay small.
+    for k in sorted(range(3), key=lambda k: sub_spacing[axes[k][0]] / ref_spacing[k]):
+        j, sign = axes[k]
+        index = np.arange(start[k], stop[k], dtype=np.float64)
+        coordinate = (ref_origin[j] + sign * ref_spacing[k] * index - sub_origin[j]) / sub_spacing[j]
+        axis = 2 - j  # numpy axis of model axis j
+        n = values.shape[axis]
+        inside = (coordinate >= -0.5) & (coordinate <= n - 0.5)
+        low = np.floor(coordinate)
+        weight = (coordinate - low).astype(np.float32)
+        i0 = np.clip(low, 0, n - 1).astype(np.intp)
+        i1 = np.clip(low + 1, 0, n - 1).astype(np.intp)
+        shape = [1, 1, 1]
+        shape[axis] = len(index)
+        weight, inside = weight.reshape(shape), inside.reshape(shape)
+        low_values = np.take(values, i0, axis=axis)
+        high_values = np.take(values, i1, axis=axis)
+        high_values -= low_values
+        high_values *= weight
+        low_values += high_values
+        low_values *= inside
+        values = low_values
+        order[axis] = k
+    # numpy axis a of `values` holds input axis order[a]; the result wants input z, y, x.
+    return np.transpose(values, [order.index(k) for k in (2, 1, 0)]).astype(np.float32, copy=False)
 
 
 def _input_box(sub_image: sitk.Image, reference: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
