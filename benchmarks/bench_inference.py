@@ -94,7 +94,8 @@ def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
                                 normalization=entry["normalization"], crop_to_body=crop_to_body, modality=modality)
     tasks = torch.tensor([[model.task_index(k, modality) for k in keys]], device=device)
     slot = torch.tensor([[entry["slot"]]], device=device)
-    network = model.network.to(device).eval()
+    # As a MONAI user runs it: our engine switched the shared network to channels-last; undo that.
+    network = model.network.to(device).eval().to(memory_format=torch.contiguous_format)
 
     def predictor(x):
         return network(x, tasks.expand(x.shape[0], -1), slot.expand(x.shape[0], -1))[0]
