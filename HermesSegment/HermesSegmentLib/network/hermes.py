@@ -67,7 +67,3 @@ class HermesNetwork(nn.Module):
         task_logits = self.out(y, [p[:, :num_tasks] for p in posteriors])
         modality_logits = self.mod_out([p[:, num_tasks:] for p in posteriors])
         return task_logits, modality_logits
-
-    @property
-    def null_task_index(self) -> int:
-        return -1
