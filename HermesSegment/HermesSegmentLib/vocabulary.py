@@ -210,11 +210,6 @@ class Target:
             "modifier": list(self.modifier) if self.modifier is not None else None,
         }
 
-    @property
-    def color_float(self) -> Tuple[float, float, float]:
-        """The colour as floats in [0, 1] (what ``vtkSegment.SetColor`` takes)."""
-        return (self.color[0] / 255.0, self.color[1] / 255.0, self.color[2] / 255.0)
-
     def terminology_entry(self) -> str:
         """This target's Slicer ``TerminologyEntry`` tag value (see :func:`terminology_entry`)."""
         return terminology_entry(
@@ -350,12 +345,6 @@ class Vocabulary:
             close = suggest(name, self._target_spellings, n=3)
             raise HermesError(f"unknown target {_quote(name)}; did you mean: {', '.join(close)}?")
         return self.targets[key]
-
-    def targets_in_region(self, region: str) -> list:
-        """The targets of one region (by region key), in file order."""
-        if region not in self._regions:
-            raise HermesError(f"unknown region {_quote(region)}; valid regions: {', '.join(self.region_keys)}")
-        return [t for t in self.targets.values() if t.region == region]
 
     def modality_by_slot(self, slot: int) -> Modality:
         """The modality whose Hermes-R slot is *slot*."""
