@@ -104,7 +104,10 @@ def test_sphere_comes_back_in_the_same_physical_place(name):
     # from_model_space agrees with probabilities_to_mask (same linear resampling).
     dense = imaging.from_model_space(prob, model, reference, interpolation="linear")
     assert dense.shape == shape
-    np.testing.assert_array_equal(dense >= 0.5, mask)
+    # The two paths resample different buffers (the target's box vs the whole crop); for an
+    # oblique grid ITK's inside-the-buffer test at a box edge (index -0.5) is float-rounding
+    # sensitive and varies between runs, flipping a handful of edge voxels (3 of 50688 seen).
+    assert ((dense >= 0.5) != mask).mean() < 1e-3
 
 
 def test_linear_probabilities_beat_nearest_labels():
