@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import imaging
+from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..models.manifest import default_normalization
 from .config import DatasetSpec, TrainingConfig
@@ -136,13 +136,8 @@ def resample_label(label: sitk.Image, model: imaging.ModelSpaceImage) -> np.ndar
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_paths([path]) as (temp,):  # the temporary name keeps the .npy ending np.save wants
+        np.save(temp, array)
 
 
 def load_case(files: CaseFiles, spec: DatasetSpec, dataset_index: int, spacing: Sequence[float], cache_dir: Path) -> Case:
