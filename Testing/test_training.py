@@ -238,6 +238,18 @@ def test_cli_reports_config_mistakes_as_errors(tmp_path, capsys):
     assert "error: training config not found" in capsys.readouterr().err
 
 
+def test_cli_overrides_steps_and_learning_rate(tmp_path, tiny_data, capsys):
+    from HermesSegmentLib.cli import main
+
+    config = _config_file(tmp_path, tiny_data)
+    assert main(["train", str(config), "--lr", "0"]) == 2
+    assert "error: --lr must be a positive number" in capsys.readouterr().err
+    torch.set_num_threads(1)
+    assert main(["train", str(config), "--steps", "2", "--lr", "0.0005", "--device", "cpu"]) == 0
+    _, state = checkpoint.load(tmp_path / "run" / "checkpoint")
+    assert state["step"] == 2 and state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.0005)
+
+
 # ----------------------------------------------------------------------------- incremental
 
 def test_adding_a_target_keeps_old_tasks_unchanged(tmp_path, tiny_data, tiny_package):
