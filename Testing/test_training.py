@@ -179,6 +179,28 @@ def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):
     assert (batch.valid.sum(1) == 1).any() and (batch.valid.sum(1) == 2).any()
 
 
+def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data)
+    trainer.prepare_data()
+    sampler, case = trainer.sampler, trainer.train_cases[0]
+    shape = np.array(case.image.shape)
+    air = float(np.min(case.image))
+    marker = np.zeros(shape, np.uint8)
+    reached_outside = 0
+    for _ in range(40):
+        image, _ = sampler._crop(case, None)
+        assert image.shape == (32, 32, 32)
+        reached_outside += bool((image == air).all(axis=(1, 2)).any())
+    assert reached_outside > 0  # random windows also see air beyond the cached body crop
+    for voxel in (np.zeros(3, int), shape - 1, shape // 2):
+        marker[:] = 0
+        marker[tuple(voxel)] = 7
+        centred = dataclasses.replace(case, label=marker)
+        for _ in range(20):  # jittered, but the voxel the crop was drawn for stays inside it
+            _, label = sampler._crop(centred, voxel)
+            assert label.shape == (32, 32, 32) and (label == 7).sum() == 1
+
+
 # ----------------------------------------------------------------------------- trainer
 
 def test_a_few_steps_reduce_the_loss(tmp_path, tiny_data):

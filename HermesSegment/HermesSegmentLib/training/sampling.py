@@ -134,19 +134,29 @@ class Sampler:
         return np.array(np.unravel_index(voxels[self.rng.integers(voxels.size)], case.label.shape))
 
     def _crop(self, case: Case, centre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """A window-sized (image, label) crop around ``centre`` (random when None), padded with
-        the volume's minimum (air) and label 0 where the volume is smaller than the window."""
+        """A window-sized (image, label) crop, padded with the volume's minimum (air) and label 0
+        wherever it leaves the volume.
+
+        Random crops may start up to a third of a window outside the cached body crop, and crops
+        around a foreground ``centre`` are shifted by up to a third of a window: the network must
+        see windows that are partly outside air and targets away from the window's centre, as the
+        sliding window shows it on whole fields of view (a model trained only on in-body crops
+        centred on its targets labelled the air around a torso as lung).
+        """
         shape, window = np.array(case.image.shape), np.array(self.config.window)
-        span = np.maximum(shape - window, 0)
+        reach = window // 3
         if centre is None:
-            start = np.array([self.rng.integers(s + 1) for s in span])
+            low, high = np.minimum(shape - window, 0) - reach, np.maximum(shape - window, 0) + reach
+            start = np.array([self.rng.integers(a, b + 1) for a, b in zip(low, high)])
         else:
-            start = np.clip(centre - window // 2, 0, span)
-        stop = np.minimum(start + window, shape)
-        box = tuple(slice(a, b) for a, b in zip(start, stop))
+            jitter = np.array([self.rng.integers(-r, r + 1) for r in reach])
+            start = centre - window // 2 + jitter
+        start = np.clip(start, 1 - window, shape - 1)  # never a window of pure padding
+        inside_start, inside_stop = np.clip(start, 0, shape), np.clip(start + window, 0, shape)
+        box = tuple(slice(a, b) for a, b in zip(inside_start, inside_stop))
         image, label = np.array(case.image[box], np.float32), np.array(case.label[box])  # copies off the memory map
-        pad = [(0, int(w - n)) for w, n in zip(window, image.shape)]
-        if any(p[1] for p in pad):
+        pad = [(int(a - s), int(s + w - b)) for s, a, b, w in zip(start, inside_start, inside_stop, window)]
+        if any(before or after for before, after in pad):
             image = np.pad(image, pad, constant_values=float(np.min(case.image)))
             label = np.pad(label, pad)
         return image, label
