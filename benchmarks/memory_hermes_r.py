@@ -73,7 +73,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         keys = geometry_package(tmp / "geometry.safetensors")
-        sitk.WriteImage(ct_volume(), str(tmp / "ct.nrrd"))
+        sitk.WriteImage(ct_volume()[0], str(tmp / "ct.nrrd"))
         engine_gb, _ = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(tmp / "ct.nrrd"),
                                             "--modality", "CT", "--model", str(tmp / "geometry.safetensors"),
                                             "--out", str(tmp / "out"), "--device", "cpu"])
