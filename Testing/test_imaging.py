@@ -209,6 +209,15 @@ def test_body_crop_excludes_air():
     mr_model = imaging.to_model_space(mr, spacing_zyx=MODEL_SPACING, normalization=PCT_NORM,
                                       modality="MR")
     assert mr_model.body_box == model.body_box
+    # With the sliding window's lattice the crop grows to whole lattice windows around the body.
+    from HermesSegmentLib.inference.windows import lattice_box
+
+    aligned = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+                                     modality="CT", window_lattice=((16, 16, 16), 0.5))
+    assert aligned.body_box == lattice_box(model.body_box, (100, 100, 100), (16, 16, 16), 0.5)
+    assert all(start % 8 == 0 for start, _ in aligned.body_box) and aligned.body_box != model.body_box
+    np.testing.assert_array_equal(aligned.array[tuple(slice(a - c, b - c) for (a, b), (c, _) in
+                                                      zip(model.body_box, aligned.body_box))], model.array)
 
 
 # ------------------------------------------------------------------------------------------

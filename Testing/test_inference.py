@@ -48,6 +48,34 @@ def test_matches_monai_sliding_window_inference(network, overlap, mode):
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("overlap", [0.5, 0.25])
+def test_a_lattice_aligned_crop_gives_the_whole_volume_result_inside(network, overlap):
+    """Cropping to a lattice box runs some of the whole-volume windows at the same places: voxels
+    that no skipped window reaches get the very same values."""
+    from HermesSegmentLib.inference.windows import axis_starts, lattice_box
+
+    volume = np.random.default_rng(4).normal(size=(100, 80, 32)).astype(np.float32)
+    window = (32, 32, 32)
+    whole = predict_volume(network, volume, [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1)
+    box = lattice_box(((40, 70), (5, 60), (0, 32)), volume.shape, window, overlap)
+    assert 0 < box[0][0] and box[0][1] < 100  # it really crops
+    crop = tuple(slice(a, b) for a, b in box)
+    part = predict_volume(network, volume[crop], [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1)
+    # Along each axis, the voxels that no lattice window outside the crop reaches.
+    inner = []
+    for (a, b), n, w in zip(box, volume.shape, window):
+        outside = [s for s in axis_starts(n, w, overlap) if s < a or s + w > b]
+        reached = {v for s in outside for v in range(s, s + w)}
+        keep = [v - a for v in range(a, b) if v not in reached]
+        assert keep == list(range(keep[0], keep[-1] + 1)) and len(keep) >= 8
+        inner.append(slice(keep[0], keep[-1] + 1))
+    np.testing.assert_array_equal(part[(slice(None), *inner)], whole[(slice(None), *crop)][(slice(None), *inner)])
+    # An unaligned crop of the same region shifts the windows and changes the result.
+    shifted = tuple(slice(a + 3, b) if a > 0 else slice(a, b) for a, b in box)
+    moved = predict_volume(network, volume[shifted], [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1)
+    assert not np.array_equal(moved[(slice(None), *inner)], whole[(slice(None), *shifted)][(slice(None), *inner)])
+
+
 def test_batch_size_does_not_change_the_result(network):
     volume = np.random.default_rng(2).normal(size=(40, 40, 40)).astype(np.float32)
     one = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=1)

@@ -4,7 +4,8 @@ Usage: python benchmarks/bench_inference.py [--model hermes-demo] [--device cpu]
 
 On a generated CT-like volume of 512 x 512 x 300 voxels at 0.8 x 0.8 x 2.5 mm (a phantom torso
 filling about half of the field of view), the same network and weights run through
-  (a) segment_image: body crop + bounded-memory sliding window + per-target crop back to the input grid;
+  (a) segment_image: body crop (widened to whole windows of the full volume's window lattice) +
+      bounded-memory sliding window + per-target crop back to the input grid;
   (b) MONAI: the same model-space volume without our crop, sliding_window_inference with the
       same window, overlap (0.5) and Gaussian blending, sigmoid, the same mapping back;
   (c) MONAI on our body crop (to show where the difference comes from).
@@ -103,8 +104,10 @@ def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
     from HermesSegmentLib.outputs import TargetMask
 
     entry = model.modality_entry(modality)
+    window = tuple(model.manifest["input"]["window_size_zyx"])
     ms = imaging.to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
-                                normalization=entry["normalization"], crop_to_body=crop_to_body, modality=modality)
+                                normalization=entry["normalization"], crop_to_body=crop_to_body, modality=modality,
+                                window_lattice=(window, overlap))
     tasks = torch.tensor([[model.task_index(k, modality) for k in keys]], device=device)
     slot = torch.tensor([[entry["slot"]]], device=device)
     # As a MONAI user runs it: our engine switched the shared network to channels-last; undo that.
@@ -115,8 +118,7 @@ def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
 
     started = time.perf_counter()
     with torch.inference_mode():
-        logits = sliding_window_inference(torch.from_numpy(ms.array)[None, None].to(device),
-                                          tuple(model.manifest["input"]["window_size_zyx"]), 2, predictor,
+        logits = sliding_window_inference(torch.from_numpy(ms.array)[None, None].to(device), window, 2, predictor,
                                           overlap=overlap, mode="gaussian", cval=float(ms.array.min()))
         probabilities = (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).cpu().numpy()
     inference = time.perf_counter() - started

@@ -116,8 +116,10 @@ def segment_image(
     report(progress, "preprocess", 0.0, "resampling to model space")
     mark = time.perf_counter()
     spacing = loaded.manifest["input"]["spacing_zyx_mm"]
+    window = loaded.manifest["input"]["window_size_zyx"]
     model_space = imaging.to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
-                                         crop_to_body=crop_to_body, modality=modality_key)
+                                         crop_to_body=crop_to_body, modality=modality_key,
+                                         window_lattice=(window, overlap))
     reference = imaging.reference_geometry(image)
     timings["preprocess"] = time.perf_counter() - mark
     report(progress, "preprocess", 1.0, f"model space {'x'.join(map(str, model_space.array.shape))} voxels")
@@ -127,7 +129,7 @@ def segment_image(
     mark = time.perf_counter()
     probabilities = predict_volume(
         loaded.network, model_space.array, task_indices, entry["slot"],
-        window_zyx=loaded.manifest["input"]["window_size_zyx"], overlap=overlap, blending=blending,
+        window_zyx=window, overlap=overlap, blending=blending,
         batch_size=batch_size, device=torch_device,
         progress=progress, cancel=cancel,
     )
