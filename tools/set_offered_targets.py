@@ -1,10 +1,11 @@
 """Re-decide which (modality, target) pairs a trained package offers, from its own measured Dice.
 
-    python tools/set_offered_targets.py PACKAGE.safetensors --min-dice 0.5 [--out OUT.safetensors]
+    python tools/set_offered_targets.py PACKAGE.safetensors --min-dice 0.5 [--version V] [--out OUT.safetensors]
 
 The trainer already applies ``offer_min_dice`` at export; this applies another bar afterwards
 without retraining, using ``provenance.metrics.validation_dice`` recorded in the package. Weights
-are copied unchanged; the new bar is recorded in the provenance.
+are copied unchanged; the new bar is recorded in the provenance. ``--version`` stamps the
+package's version (a fine-tuned package inherits its config's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path)
     parser.add_argument("--min-dice", type=float, required=True)
+    parser.add_argument("--version", help="set the manifest's version")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from safetensors.torch import load_file
@@ -39,6 +41,8 @@ def main() -> int:
     }
     manifest["defaults"] = {m: d for m, d in manifest["defaults"].items() if d}
     manifest["provenance"]["metrics"]["offer_min_dice"] = args.min_dice
+    if args.version:
+        manifest["version"] = args.version
     out = save(args.out or args.package, load_file(str(args.package)), manifest)
     for modality, targets in manifest["defaults"].items():
         print(f"{modality}: {', '.join(f'{t} ({measured[modality][t]:.2f})' for t in targets)}")
