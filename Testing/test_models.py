@@ -35,6 +35,9 @@ def test_save_then_load_gives_identical_network(tiny_package, tiny_config):
         assert torch.equal(tensor, stored[name])
     assert loaded.targets_for("CT") == ["liver", "spleen", "kidney_left"]
     assert loaded.task_index("liver", "MR") == 3
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert tiny_package.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by a shared model folder's users
 
 
 def test_unknown_target_suggests_the_closest_names(tiny_package):

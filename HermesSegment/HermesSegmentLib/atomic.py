@@ -31,6 +31,15 @@ def atomic_paths(paths: Sequence[PathLike]) -> Iterator[List[Path]]:
         raise
 
 
+def give_default_permissions(path: PathLike) -> None:
+    """chmod ``path`` to what a plain ``open()`` would have created (0666 less the umask): some
+    writers (safetensors) create private 0600 files, unreadable by the other users of a shared
+    model folder."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_text(path: PathLike, text: str) -> None:
     with atomic_paths([path]) as (temp,):
         temp.write_text(text, encoding="utf-8")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..atomic import atomic_paths
+from ..atomic import atomic_paths, give_default_permissions
 from ..errors import HermesError
 from .manifest import MANIFEST_KEY, network_config, validate_manifest
 
@@ -181,6 +181,7 @@ def save(path: str | Path, state_dict: Mapping[str, Any], manifest: Mapping[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_paths([path]) as (temp,):
         save_file(tensors, str(temp), metadata={MANIFEST_KEY: json.dumps(manifest, separators=(",", ":"))})
+        give_default_permissions(temp)
     return path
 
 
