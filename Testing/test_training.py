@@ -201,6 +201,41 @@ def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tin
             assert label.shape == (32, 32, 32) and (label == 7).sum() == 1
 
 
+def test_query_consistency_compares_shared_tasks_and_is_blind_to_query_order(tiny_config):
+    from HermesSegmentLib.network import HermesNetwork
+    from HermesSegmentLib.training.losses import query_consistency_loss
+
+    logits = torch.randn(2, 3, 4, 4, 4)
+    other = torch.randn(2, 2, 4, 4, 4)
+    match = torch.tensor([[1, -1, 0], [-1, -1, -1]])
+    expected = ((logits[0, 0] - other[0, 1]).pow(2).mean() + (logits[0, 2] - other[0, 0]).pow(2).mean()) / 2
+    assert torch.isclose(query_consistency_loss(logits, other, match), expected)
+    # The network has no token positions: the same tasks asked in another order give the same logits.
+    torch.manual_seed(0)
+    network = HermesNetwork(tiny_config).eval()
+    image = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        first, _ = network(image, torch.tensor([[0, 2, 4]]), torch.tensor([[1]]))
+        second, _ = network(image, torch.tensor([[4, 0, 2]]), torch.tensor([[1]]))
+    assert query_consistency_loss(first, second, torch.tensor([[1, 2, 0]])) < 1e-8
+
+
+def test_query_consistency_draws_overlapping_second_queries_and_trains(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data, batch_size=6, query_consistency=1.0)
+    trainer.prepare_data()
+    batch = trainer.sampler.batch()
+    second, match = trainer.sampler.alternative_queries(batch.queries, batch.dataset)
+    for first, other, slots, dataset in zip(batch.queries.tolist(), second.tolist(), match.tolist(), batch.dataset.tolist()):
+        asked = [q for q in other if q >= 0]
+        assert asked and set(asked) <= set(trainer.plan.per_dataset[dataset].values())
+        assert any(s >= 0 for s in slots)
+        assert all(s < 0 or other[s] == q for q, s in zip(first, slots))
+    terms = trainer.train_step()
+    assert terms["query_consistency"] > 0 and np.isfinite(terms["loss"])
+    with pytest.raises(HermesError, match="query_consistency"):
+        _trainer(tmp_path / "bad", tiny_data, query_consistency=-1)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 def test_a_few_steps_reduce_the_loss(tmp_path, tiny_data):

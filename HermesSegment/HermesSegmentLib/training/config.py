@@ -40,7 +40,7 @@ _TOP_KEYS = {
     "datasets", "model", "window", "spacing", "steps", "batch_size", "lr", "weight_decay", "warmup_steps",
     "ema_decay", "seed", "val_fraction", "val_overlap", "checkpoint_every", "log_every", "foreground_fraction",
     "max_queries", "augment", "medcontext", "medcontext_weight", "medcontext_mask_ratio",
-    "medcontext_patch", "offer_min_dice", "cache_dir",
+    "medcontext_patch", "offer_min_dice", "cache_dir", "query_consistency",
 }
 _DATASET_KEYS = {"name", "path", "modality", "labels", "weight"}
 
@@ -100,6 +100,7 @@ class TrainingConfig:
     medcontext_mask_ratio: float = 0.4
     medcontext_patch: int = 8
     offer_min_dice: float | None = None  # None: offer every trained (modality, target)
+    query_consistency: float = 0.0  # weight of the two-query consistency term; 0: off
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -247,5 +248,7 @@ def _check_values(c: TrainingConfig, name: str) -> None:
             raise HermesError(f"{name}: '{key}' must be between {lo} and {hi}, got {value!r}")
     if c.max_queries and c.max_queries < max(len(d.targets) for d in c.datasets):
         raise HermesError(f"{name}: 'max_queries' must be at least the largest number of targets a dataset annotates")
+    if not isinstance(c.query_consistency, (int, float)) or c.query_consistency < 0:
+        raise HermesError(f"{name}: 'query_consistency' must be a number >= 0 (0 turns it off), got {c.query_consistency!r}")
     if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:
         raise HermesError(f"{name}: 'offer_min_dice' must be between 0 and 1")

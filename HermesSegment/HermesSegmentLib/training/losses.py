@@ -36,3 +36,16 @@ def partial_label_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.T
 def modality_loss(modality_logits: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
     """modality_logits (B, slots), modality (B, 1) long -> 0.01 x cross-entropy."""
     return MODALITY_WEIGHT * F.cross_entropy(modality_logits.float(), modality[:, 0])
+
+
+def query_consistency_loss(logits: torch.Tensor, other_logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between a task's logits under two queries of the same crop.
+
+    logits (B, T, D, H, W), other_logits (B, T2, D, H, W); match (B, T) long: the slot of the same
+    task in the other query, -1 where it was not asked there. Both sides get gradients: a target's
+    mask should not depend on which other targets are asked with it.
+    """
+    matched = match >= 0
+    paired = torch.gather(other_logits, 1, match.clamp_min(0)[..., None, None, None].expand_as(logits))
+    error = (logits.float() - paired.float()).pow(2).flatten(2).mean(dim=2)
+    return torch.where(matched, error, torch.zeros_like(error)).sum() / matched.float().sum().clamp_min(1.0)

@@ -119,6 +119,26 @@ class Sampler:
         modality = torch.tensor([self.slots[dataset]])
         return image_t.float().contiguous(), padded, queries, queries >= 0, modality, torch.tensor(dataset)
 
+    def alternative_queries(self, queries: torch.Tensor, dataset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A second random query per sample, over the same annotated targets and sharing at least
+        one task with the first (for the query-consistency term).
+
+        Returns (queries2 (B, T) long, -1 = padding; match (B, T) long: for each slot of the first
+        query, the slot of the same task in queries2, -1 where it is not asked there).
+        """
+        second = torch.full_like(queries, -1)
+        match = torch.full_like(queries, -1)
+        for i, (asked, d) in enumerate(zip(queries.tolist(), dataset.tolist())):
+            asked = [q for q in asked if q >= 0]
+            keep = asked[int(self.rng.integers(len(asked)))]
+            chosen = [keep] + [t for t in self.task_of[d].values() if t != keep and self.rng.random() < 0.5]
+            chosen = [chosen[j] for j in self.rng.permutation(len(chosen))]
+            second[i, :len(chosen)] = torch.tensor(chosen)
+            for slot, task in enumerate(queries[i].tolist()):
+                if task >= 0 and task in chosen:
+                    match[i, slot] = chosen.index(task)
+        return second, match
+
     def _foreground_voxel(self, case: Case, target: str) -> np.ndarray | None:
         """A random voxel (z, y, x) of ``target`` in ``case``, or None when the case has none."""
         key = (id(case), target)

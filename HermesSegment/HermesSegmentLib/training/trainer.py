@@ -3,7 +3,8 @@
 Per step: a batch from :class:`Sampler` (weighted datasets, foreground-oversampled crops, a random
 subset of each sample's annotated targets as its query), the partial-label loss (BCE + Dice on
 the queried annotated tasks only, + 0.01 x modality cross-entropy, + the optional MedContext
-consistency), AdamW with linear warm-up and poly decay, an EMA of the weights (the exported
+consistency, + the optional query consistency: the same crops asked a second random query,
+shared tasks' logits compared by MSE), AdamW with linear warm-up and poly decay, an EMA of the weights (the exported
 model), bf16 autocast on CUDA only. Checkpoints hold everything needed for an exact resume.
 At the end rank 0 measures Dice per (dataset, target) on the held-out cases with the same
 sliding-window inference users run, and exports the EMA weights as a model package.
@@ -32,12 +33,12 @@ from . import checkpoint, distributed
 from .config import TrainingConfig
 from .datasets import Case, load_cases, target_masks
 from .incremental import TaskPlan, extend_task_priors, plan_tasks
-from .losses import modality_loss, partial_label_loss
+from .losses import modality_loss, partial_label_loss, query_consistency_loss
 from .medcontext import consistency_loss, mask_patches
 from .sampling import Sampler
 
 _GRAD_CLIP = 12.0
-_LOG_COLUMNS = ["step", "lr", "loss", "segmentation", "modality", "consistency", "seconds"]
+_LOG_COLUMNS = ["step", "lr", "loss", "segmentation", "modality", "consistency", "query_consistency", "seconds"]
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -132,13 +133,26 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 teacher_logits, _ = self.ema(image, queries, modality)
             image = mask_patches(image, self.sampler.rng, self.config.medcontext_mask_ratio, self.config.medcontext_patch)
+        query_term = torch.zeros((), device=self.device)
+        match = None
+        if self.config.query_consistency > 0:
+            # The same crops asked a second, different query, in the same forward pass (one DDP
+            # forward per backward): the shared tasks' logits must agree.
+            second, match = self.sampler.alternative_queries(batch.queries, batch.dataset)
+            image = torch.cat([image, image])
+            queries, modality = torch.cat([queries, second.to(self.device)]), torch.cat([modality, modality])
         with self._autocast():
             logits, modality_logits = self.model(image, queries, modality)
+        if match is not None:
+            logits, other_logits = logits.chunk(2)
+            modality_logits, modality = modality_logits[:len(logits)], modality[:len(logits)]
+            query_term = query_consistency_loss(logits, other_logits, match.to(self.device))
         segmentation = partial_label_loss(logits, masks, valid)
         mod = modality_loss(modality_logits, modality)
         if teacher_logits is not None:
             consistency = consistency_loss(logits, teacher_logits, valid)
-        loss = segmentation + mod + self.config.medcontext_weight * consistency
+        loss = (segmentation + mod + self.config.medcontext_weight * consistency
+                + self.config.query_consistency * query_term)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), _GRAD_CLIP)
@@ -147,7 +161,7 @@ class Trainer:
         self._update_ema()
         self.step += 1
         return {"loss": loss.item(), "segmentation": segmentation.item(), "modality": mod.item(),
-                "consistency": consistency.item()}
+                "consistency": consistency.item(), "query_consistency": query_term.item()}
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -364,11 +378,11 @@ class _Log:
             self.tensorboard = SummaryWriter(str(output / "tensorboard"))
 
     def write(self, step: int, lr: float, terms: Mapping[str, float], seconds: float) -> None:
-        row = [step, f"{lr:.6g}"] + [f"{terms[k]:.6f}" for k in _LOG_COLUMNS[2:6]] + [f"{seconds:.1f}"]
+        row = [step, f"{lr:.6g}"] + [f"{terms[k]:.6f}" for k in _LOG_COLUMNS[2:-1]] + [f"{seconds:.1f}"]
         self.csv.writerow(row)
         self.file.flush()
         if self.tensorboard is not None:
-            for key in _LOG_COLUMNS[2:6]:
+            for key in _LOG_COLUMNS[2:-1]:
                 self.tensorboard.add_scalar(f"train/{key}", terms[key], step)
             self.tensorboard.add_scalar("train/lr", lr, step)
 
