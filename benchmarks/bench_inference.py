@@ -39,6 +39,7 @@ from HermesSegmentLib.inference import select_device  # noqa: E402
 from HermesSegmentLib.models import load  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
 from HermesSegmentLib.training.phantoms import generate_case  # noqa: E402
+from HermesSegmentLib.training.trainer import dice as array_dice  # noqa: E402
 
 
 class PeakRSS:
@@ -76,26 +77,20 @@ def ct_volume(size=(512, 512, 300), spacing=(0.8, 0.8, 2.5), seed: int = 7) -> t
                                         max_voxels=int(np.prod(size)) * 2, supersample=False)
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
     origin = centre - (np.array(size) - 1) / 2 * np.array(spacing)
-    grid = (size, sitk.Transform())
-    image = sitk.Resample(image, *grid, sitk.sitkLinear, tuple(origin), spacing, (1, 0, 0, 0, 1, 0, 0, 0, 1),
-                          -1000.0, sitk.sitkInt16)
-    labels = sitk.GetArrayFromImage(sitk.Resample(labels, *grid, sitk.sitkNearestNeighbor, tuple(origin), spacing,
-                                                  (1, 0, 0, 0, 1, 0, 0, 0, 1), 0, sitk.sitkUInt8))
+    grid = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+    grid.SetOrigin(tuple(origin))
+    grid.SetSpacing(spacing)
+    image = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16)
+    labels = sitk.GetArrayFromImage(sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     return image, {target: labels == value for target, value in info["labels"].items()}
 
 
 def truth_dice(mask, truth: np.ndarray | None) -> str:
-    if truth is None:
-        return "—"
-    x = mask.full(truth.shape)
-    total = x.sum() + truth.sum()
-    return f"{1.0 if total == 0 else 2.0 * np.logical_and(x, truth).sum() / total:.3f}"
+    return "—" if truth is None else f"{array_dice(mask.full(truth.shape), truth):.3f}"
 
 
 def dice(a, b, shape) -> float:
-    x, y = a.full(shape), b.full(shape)
-    total = x.sum() + y.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(x, y).sum() / total
+    return array_dice(a.full(shape), b.full(shape))
 
 
 def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
