@@ -295,16 +295,22 @@ def test_cli_reports_config_mistakes_as_errors(tmp_path, capsys):
     assert "error: training config not found" in capsys.readouterr().err
 
 
-def test_cli_overrides_steps_and_learning_rate(tmp_path, tiny_data, capsys):
+def test_cli_overrides_steps_learning_rate_and_query_consistency(tmp_path, tiny_data, capsys):
     from HermesSegmentLib.cli import main
 
     config = _config_file(tmp_path, tiny_data)
     assert main(["train", str(config), "--lr", "0"]) == 2
-    assert "error: --lr must be a positive number" in capsys.readouterr().err
+    assert "error: command line: 'lr' must be a positive number" in capsys.readouterr().err
+    assert main(["train", str(config), "--query-consistency", "-1"]) == 2
+    assert "error: command line: 'query_consistency' must be a number >= 0" in capsys.readouterr().err
     torch.set_num_threads(1)
-    assert main(["train", str(config), "--steps", "2", "--lr", "0.0005", "--device", "cpu"]) == 0
+    assert main(["train", str(config), "--steps", "2", "--lr", "0.0005", "--query-consistency", "1",
+                 "--device", "cpu"]) == 0
     _, state = checkpoint.load(tmp_path / "run" / "checkpoint")
     assert state["step"] == 2 and state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.0005)
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    column = log[0].split(",").index("query_consistency")
+    assert any(float(row.split(",")[column]) > 0 for row in log[1:])
 
 
 # ----------------------------------------------------------------------------- incremental

@@ -32,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--lr", type=float, metavar="LR",
                         help="override the config's peak learning rate (fine-tuning a trained package: "
                              "about 4-10x lower than training from scratch keeps the old tasks)")
+    parser.add_argument("--query-consistency", type=float, metavar="W",
+                        help="override the config's query_consistency weight (0 turns the term off)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
     parser.set_defaults(func=run)
     return parser
@@ -39,22 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Trains, validates and exports; returns 0. Config and data mistakes raise HermesError."""
-    import dataclasses
-
-    from ..errors import HermesError
     from ..training import distributed
-    from ..training.config import load_config
+    from ..training.config import load_config, with_overrides
     from ..training.trainer import Trainer
 
     config = load_config(args.config, data_root=args.data_root, output=args.out)
-    if args.steps is not None:
-        if args.steps < 1:
-            raise HermesError(f"--steps must be at least 1, got {args.steps}")
-        config = dataclasses.replace(config, steps=args.steps)
-    if args.lr is not None:
-        if not args.lr > 0:
-            raise HermesError(f"--lr must be a positive number, got {args.lr}")
-        config = dataclasses.replace(config, lr=args.lr)
+    overrides = {"steps": args.steps, "lr": args.lr, "query_consistency": args.query_consistency}
+    config = with_overrides(config, **{key: value for key, value in overrides.items() if value is not None})
     context = distributed.init(args.device)
     launcher = (f"torchrun --nproc_per_node {context.world_size} -m HermesSegmentLib.cli" if context.distributed
                 else "hermes-segment")

@@ -24,7 +24,7 @@ Every mistake is reported as a one-line :class:`HermesError` naming the key and 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -131,6 +131,13 @@ def load_config(path: str | Path, *, data_root: str | Path | None = None, output
         raise HermesError(f"{path.name}: expected a mapping with a 'datasets' list at the top level")
     return parse_config(raw, base=path.parent, data_root=data_root, output=output, check_paths=check_paths,
                         source=path)
+
+
+def with_overrides(config: TrainingConfig, **values: Any) -> TrainingConfig:
+    """``config`` with some fields replaced (command-line overrides), checked like the file's values."""
+    config = replace(config, **values)
+    _check_values(config, "command line")
+    return config
 
 
 def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | None = None,
