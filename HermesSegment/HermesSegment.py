@@ -12,7 +12,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-PRESETS = {"Balanced": (0.5, False), "Fast": (0.25, True), "Best quality": (0.75, False)}
+# preset -> (overlap, fast, precision); "Best quality" also turns mixed precision off.
+PRESETS = {"Balanced": (0.5, False, "auto"), "Fast": (0.25, True, "auto"), "Best quality": (0.75, False, "float32")}
 DEVICES = {"Automatic": "auto", "GPU": "cuda", "CPU": "cpu"}
 
 HELP = """Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
@@ -219,13 +220,13 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._startRun(process, volume, targets)
 
     def _startRun(self, process, volume, targets):
-        overlap, fast = PRESETS[self.ui.presetComboBox.currentText]
+        overlap, fast, precision = PRESETS[self.ui.presetComboBox.currentText]
         p = self._parameterNode
         self._run, self._resultPath = process.start_segmentation(
             self.logic.volume_to_sitk(volume), Path(slicer.util.tempDirectory("HermesSegment")),
             modality=self.ui.modalityComboBox.currentData, targets=targets, model=self.ui.modelComboBox.currentData,
-            overlap=overlap, fast=fast, device=DEVICES[self.ui.deviceComboBox.currentText], keep_largest=p.keepLargest,
-            fill_holes=p.fillHoles, min_island_ml=p.minIslandMl if p.removeIslands else None,
+            overlap=overlap, fast=fast, precision=precision, device=DEVICES[self.ui.deviceComboBox.currentText],
+            keep_largest=p.keepLargest, fill_holes=p.fillHoles, min_island_ml=p.minIslandMl if p.removeIslands else None,
         )
         self.ui.logTextEdit.clear()
         self.ui.segmentButton.text = "Cancel"

@@ -25,7 +25,7 @@ def _forward_probabilities(network, volume, tasks, slot):
 
 def test_one_window_covering_the_volume_equals_a_whole_volume_forward(network):
     volume = np.random.default_rng(0).normal(size=(32, 48, 32)).astype(np.float32)
-    ours = predict_volume(network, volume, [0, 2], 1, window_zyx=(32, 48, 32))
+    ours = predict_volume(network, volume, [0, 2], 1, window_zyx=(32, 48, 32), precision="float32")
     np.testing.assert_array_equal(ours, _forward_probabilities(network, volume, [0, 2], 1))
 
 
@@ -35,7 +35,8 @@ def test_matches_monai_sliding_window_inference(network, overlap, mode):
 
     volume = np.random.default_rng(1).normal(size=(50, 40, 57)).astype(np.float32)
     tasks = [0, 3, 1]
-    ours = predict_volume(network, volume, tasks, 2, window_zyx=(32, 32, 32), overlap=overlap, blending=mode, batch_size=3)
+    ours = predict_volume(network, volume, tasks, 2, window_zyx=(32, 32, 32), overlap=overlap, blending=mode, batch_size=3,
+                          precision="float32")
 
     def predictor(x):
         n = x.shape[0]
@@ -49,37 +50,36 @@ def test_matches_monai_sliding_window_inference(network, overlap, mode):
 
 
 @pytest.mark.parametrize("overlap", [0.5, 0.25])
-def test_a_lattice_aligned_crop_gives_the_whole_volume_result_inside(network, overlap):
-    """Cropping to a lattice box runs some of the whole-volume windows at the same places: voxels
-    that no skipped window reaches get the very same values."""
-    from HermesSegmentLib.inference.windows import axis_starts, lattice_box
+def test_a_lattice_crop_gives_the_whole_volume_result_inside_the_box(network, overlap):
+    """The crop skips the windows that do not reach the box and runs the others at the same places:
+    every voxel of the box gets the very same values as a whole-volume run."""
+    from HermesSegmentLib.inference.windows import lattice_box, window_starts
 
     volume = np.random.default_rng(4).normal(size=(100, 80, 32)).astype(np.float32)
     window = (32, 32, 32)
-    whole = predict_volume(network, volume, [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1)
-    box = lattice_box(((40, 70), (5, 60), (0, 32)), volume.shape, window, overlap)
-    assert 0 < box[0][0] and box[0][1] < 100  # it really crops
-    crop = tuple(slice(a, b) for a, b in box)
-    part = predict_volume(network, volume[crop], [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1)
-    # Along each axis, the voxels that no lattice window outside the crop reaches.
-    inner = []
-    for (a, b), n, w in zip(box, volume.shape, window):
-        outside = [s for s in axis_starts(n, w, overlap) if s < a or s + w > b]
-        reached = {v for s in outside for v in range(s, s + w)}
-        keep = [v - a for v in range(a, b) if v not in reached]
-        assert keep == list(range(keep[0], keep[-1] + 1)) and len(keep) >= 8
-        inner.append(slice(keep[0], keep[-1] + 1))
-    np.testing.assert_array_equal(part[(slice(None), *inner)], whole[(slice(None), *crop)][(slice(None), *inner)])
-    # An unaligned crop of the same region shifts the windows and changes the result.
-    shifted = tuple(slice(a + 3, b) if a > 0 else slice(a, b) for a, b in box)
-    moved = predict_volume(network, volume[shifted], [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1)
-    assert not np.array_equal(moved[(slice(None), *inner)], whole[(slice(None), *shifted)][(slice(None), *inner)])
+
+    def run(array):
+        return predict_volume(network, array, [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1,
+                              precision="float32")
+
+    whole = run(volume)
+    box = ((40, 70), (5, 60), (0, 32))
+    crop = tuple(slice(a, b) for a, b in lattice_box(box, volume.shape, window, overlap))
+    assert len(window_starts(volume[crop].shape, window, overlap)) < len(window_starts(volume.shape, window, overlap))
+    inside = tuple(slice(a - c.start, b - c.start) for (a, b), c in zip(box, crop))
+    region = (slice(None), *(slice(a, b) for a, b in box))
+    np.testing.assert_array_equal(run(volume[crop])[(slice(None), *inside)], whole[region])
+    # A crop that is not made of lattice windows shifts the windows and changes the result.
+    shifted = (slice(crop[0].start + 3, crop[0].stop), *crop[1:])
+    moved = run(volume[shifted])
+    assert not np.array_equal(moved[(slice(None), slice(inside[0].start - 3, inside[0].stop - 3), *inside[1:])],
+                              whole[region])
 
 
 def test_batch_size_does_not_change_the_result(network):
     volume = np.random.default_rng(2).normal(size=(40, 40, 40)).astype(np.float32)
-    one = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=1)
-    five = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=5)
+    one = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=1, precision="float32")
+    five = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=5, precision="float32")
     # Batched convolutions may round differently: at most one quantisation step apart.
     assert np.abs(one.astype(int) - five.astype(int)).max() <= 1
 
@@ -121,3 +121,28 @@ def test_device_policy():
 def test_bad_overlap_is_a_one_line_error(network):
     with pytest.raises(HermesError, match="overlap"):
         predict_volume(network, np.zeros((32, 32, 32), np.float32), [0], 0, window_zyx=(32, 32, 32), overlap=1.0)
+
+
+def test_precision_policy(monkeypatch):
+    from HermesSegmentLib.inference import device as device_policy
+
+    cpu = torch.device("cpu")
+    assert device_policy.compute_dtype(cpu, "float32") is None
+    assert device_policy.compute_dtype(cpu, "bfloat16") is torch.bfloat16
+    for native in (False, True):  # auto: bf16 only where the CPU multiplies it natively
+        monkeypatch.setattr(device_policy, "cpu_has_native_bf16", lambda: native)
+        assert device_policy.compute_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
+    assert device_policy.compute_dtype(torch.device("mps"), "auto") is None
+    with pytest.raises(HermesError, match="not supported on mps"):
+        device_policy.compute_dtype(torch.device("mps"), "bfloat16")
+    with pytest.raises(HermesError, match="unknown precision"):
+        device_policy.compute_dtype(cpu, "fp8")
+
+
+def test_bfloat16_runs_mixed_precision_close_to_float32(network):
+    volume = np.random.default_rng(5).normal(size=(40, 40, 40)).astype(np.float32)
+    full = predict_volume(network, volume, [0, 1], 0, window_zyx=(32, 32, 32), precision="float32")
+    mixed = predict_volume(network, volume, [0, 1], 0, window_zyx=(32, 32, 32), precision="bfloat16")
+    difference = np.abs(full.astype(int) - mixed.astype(int))
+    assert difference.max() > 0  # autocast really ran
+    assert difference.mean() < 3.0, difference.mean()

@@ -112,11 +112,13 @@ def test_batch_with_a_corrupt_file_finishes_the_others(cases, tmp_path, tiny_pac
     assert (out / "a.seg.nrrd").stat().st_mtime_ns != before
 
 
-def test_progress_json_lines_and_nifti_output(cases, tmp_path, tiny_package, capsys):
+def test_progress_json_lines_nifti_output_and_precision(cases, tmp_path, tiny_package, capsys):
     out = tmp_path / "out"
     assert cli_main(["segment", str(cases / "a.nii.gz"), "--modality", "CT", "--model", str(tiny_package),
-                     "--out", str(out), "--format", "nifti", "--progress-json", "--fast", "--keep-largest"]) == 0
+                     "--out", str(out), "--format", "nifti", "--progress-json", "--fast", "--keep-largest",
+                     "--precision", "float32"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "on CPU (float32)" in events[0]["message"]
     fractions = [e["fraction"] for e in events if e.get("stage") == "inference"]
     assert fractions and fractions[-1] == 1.0
     assert (out / "a.nii.gz").is_file() and (out / "a.json").is_file()

@@ -133,3 +133,9 @@ def test_parsing_helpers():
     assert command[command.index("--targets") + 1] == "liver,spleen"
     assert "--progress-json" in command and "--fast" in command and "--keep-largest" not in command
     assert command[command.index("--min-island-ml") + 1] == "0.5"
+    assert "--precision" not in command  # auto is the engine's default
+    best = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], precision="float32", overlap=0.75)
+    from HermesSegmentLib.cli import build_parser
+
+    parsed = build_parser().parse_args(best[3:])  # the engine accepts what the Slicer module sends
+    assert (parsed.precision, parsed.overlap, parsed.targets) == ("float32", 0.75, "liver")

@@ -82,6 +82,7 @@ def segment_image(
     targets: Union[str, Sequence[str]],
     model: Union[str, Path, LoadedModel] = DEFAULT_MODEL,
     device: str = "auto",
+    precision: str = "auto",
     overlap: Optional[float] = None,
     blending: str = "gaussian",
     batch_size: int = 2,
@@ -96,10 +97,12 @@ def segment_image(
     """Segment ``targets`` in ``image`` (any geometry) and return masks on the input grid.
 
     ``modality``: CT, PET, MR-T1, MR-T2, cine-MR or MR (aliases accepted). ``overlap`` defaults to
-    0.5, or 0.25 with ``fast``. ``batch_size``: windows per forward pass. Two is also the faster
-    choice on the CPU (PyTorch convolves one-sample 3D batches with a slow non-oneDNN kernel: 2x per
-    window, measured), at the price of memory (Hermes-R: 7.45 GB of activations for two windows). ``threshold`` applies to each target's own sigmoid, so targets may
-    overlap (a tumour inside its organ).
+    0.5, or 0.25 with ``fast``. ``precision``: ``auto`` (bf16 where the GPU or CPU multiplies it
+    natively), ``float32`` or ``bfloat16`` (see inference.device.compute_dtype). ``batch_size``:
+    windows per forward pass. Two is also the faster choice on the CPU (PyTorch convolves
+    one-sample 3D batches with a slow non-oneDNN kernel: 2x per window, measured), at the price of
+    memory (Hermes-R: 7.45 GB of activations for two windows). ``threshold`` applies to each
+    target's own sigmoid, so targets may overlap (a tumour inside its organ).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -130,7 +133,7 @@ def segment_image(
     probabilities = predict_volume(
         loaded.network, model_space.array, task_indices, entry["slot"],
         window_zyx=window, overlap=overlap, blending=blending,
-        batch_size=batch_size, device=torch_device,
+        batch_size=batch_size, device=torch_device, precision=precision,
         progress=progress, cancel=cancel,
     )
     timings["inference"] = time.perf_counter() - mark

@@ -58,6 +58,7 @@ def segment_command(
     targets: Sequence[str],
     model: str = "demo",
     device: str = "auto",
+    precision: str = "auto",
     overlap: float | None = None,
     fast: bool = False,
     keep_largest: bool = False,
@@ -75,6 +76,8 @@ def segment_command(
         "--out", str(output_dir), "--modality", modality, "--targets", ",".join(targets),
         "--model", model, "--device", device, "--progress-json",
     ]
+    if precision != "auto":
+        command += ["--precision", precision]
     if overlap is not None:
         command += ["--overlap", str(overlap)]
     if fast:

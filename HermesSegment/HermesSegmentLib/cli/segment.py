@@ -35,6 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap-policy", choices=("priority", "per_target"), default="priority",
                         help="nifti only: one label map where later targets win, or one file per target")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: auto)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="auto: bf16 where the GPU or CPU multiplies it natively (faster, masks within "
+                             "Dice 0.995), else float32; float32: full precision, bit-reproducible")
     parser.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
     parser.add_argument("--blending", choices=("gaussian", "uniform"), default="gaussian")
     parser.add_argument("--batch-size", type=int, default=2,
@@ -111,7 +114,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from .. import imaging, outputs, postprocess, vocabulary
-    from ..inference import describe, select_device
+    from ..inference import compute_dtype, describe, select_device
     from ..models import load
     from ..pipeline import resolve_targets, segment_image
 
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     # Mistakes in the request fail before any case is read.
     modality = vocabulary.modality(args.modality).key
     device = select_device(args.device)
+    dtype = compute_dtype(device, args.precision)
     model = load(args.model, device="cpu")
     targets = resolve_targets(model, modality, args.targets)
     paths = expand_inputs(args.inputs)
@@ -129,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     suffix = OUTPUT_SUFFIX[args.format]
     log_line = (lambda text: print(json.dumps({"message": text}), flush=True)) if args.progress_json else \
         (lambda text: print(text, file=sys.stderr))
-    log_line(f"{model.name} on {describe(device)}: {len(paths)} case(s), {modality}, targets: {', '.join(targets)}")
+    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+    log_line(f"{model.name} on {describe(device)} ({precision}): {len(paths)} case(s), {modality}, targets: {', '.join(targets)}")
 
     from tqdm import tqdm
 
@@ -146,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             image = imaging.read_image(path, frame=args.frame)
             result = segment_image(
-                image, modality=modality, targets=targets, model=model, device=str(device), overlap=args.overlap,
+                image, modality=modality, targets=targets, model=model, device=str(device), precision=args.precision,
+                overlap=args.overlap,
                 blending=args.blending, batch_size=args.batch_size, fast=args.fast, crop_to_body=not args.no_body_crop,
                 threshold=args.threshold, postprocess=options, keep_probabilities=args.probabilities,
                 progress=progress,

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import HermesError
 from .control import CancelToken, ProgressCallback, report
-from .device import autocast, is_out_of_memory
+from .device import autocast, compute_dtype, is_out_of_memory
 from .windows import blending_weights, padding_for, window_starts
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def predict_volume(
     blending: str = "gaussian",
     batch_size: int = 2,
     device: torch.device | str = "cpu",
+    precision: str = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> np.ndarray:
@@ -88,12 +89,16 @@ def predict_volume(
     On a CUDA out-of-memory error the batch is halved, then the run moves to the CPU with a
     warning. The network is moved to ``device`` and put in eval mode; on the CPU its weights are
     switched to the channels-last 3D layout, which oneDNN convolves about 25% faster (same values).
+    ``precision``: ``auto`` (mixed precision where the hardware multiplies it natively),
+    ``float32`` or ``bfloat16``; see :func:`inference.device.compute_dtype`. Blending and the
+    accumulators are float32 whatever the precision.
     """
     if not 0 <= overlap < 1:
         raise HermesError(f"overlap must be in [0, 1), got {overlap}")
     if volume.ndim != 3:
         raise HermesError(f"expected a 3D volume, got shape {volume.shape}")
     device = torch.device(device)
+    dtype = compute_dtype(device, precision)
     window = tuple(int(w) for w in window_zyx)
     pads = padding_for(volume.shape, window)
     padded = np.pad(volume, pads, mode="constant", constant_values=float(volume.min())) if any(sum(p) for p in pads) else volume
@@ -124,7 +129,7 @@ def predict_volume(
                 cancel.raise_if_cancelled()
             batch = corners[done:done + batch_size]
             try:
-                logits = _forward(network, padded, batch, window, tasks, modality, device)
+                logits = _forward(network, padded, batch, window, tasks, modality, device, dtype)
             except RuntimeError as error:
                 if not (device.type == "cuda" and is_out_of_memory(error)):
                     raise
@@ -135,8 +140,9 @@ def predict_volume(
                 else:
                     log.warning("GPU out of memory even with one window: continuing on the CPU (slower)")
                     device = torch.device("cpu")
+                    dtype = compute_dtype(device, precision)
                     network = _prepare(network, device)
-                    weights, tasks, modality = weights.to(device), tasks, modality
+                    weights = weights.to(device)
                     slab.to(device)
                 continue
             for corner, window_logits in zip(batch, logits):
@@ -156,7 +162,7 @@ def _prepare(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def _forward(
     network: torch.nn.Module, padded: np.ndarray, corners: Sequence[tuple[int, int, int]], window: tuple[int, int, int],
-    tasks: torch.Tensor, modality: torch.Tensor, device: torch.device,
+    tasks: torch.Tensor, modality: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype],
 ) -> torch.Tensor:
     """Logits (B, T, *window) in float32 for a batch of windows."""
     dz, dy, dx = window
@@ -165,6 +171,6 @@ def _forward(
     if device.type == "cpu":
         images = images.contiguous(memory_format=torch.channels_last_3d)
     count = len(corners)
-    with autocast(device):
+    with autocast(device, dtype):
         logits, _ = network(images, tasks.expand(count, -1).to(device), modality.expand(count, -1).to(device))
     return logits.float()

@@ -29,26 +29,22 @@ def window_starts(shape: Sequence[int], window: Sequence[int], overlap: float) -
 
 def lattice_box(box: Sequence[tuple[int, int]], shape: Sequence[int], window: Sequence[int],
                 overlap: float) -> tuple[tuple[int, int], ...]:
-    """The smallest box holding ``box`` that is a union of whole windows of the lattice laid over
-    a volume of ``shape`` (half-open (start, stop) per axis).
+    """The crop that runs exactly the windows touching ``box`` of the lattice laid over a volume of
+    ``shape`` (half-open (start, stop) per axis).
 
-    Sliding over the returned crop visits exactly those lattice windows, at the same places
-    (:func:`axis_starts` on the crop gives the lattice's starts, shifted): a body crop then
-    changes which windows run, not where they fall, and every voxel that no skipped window
-    reaches gets exactly the whole-volume result: all but a band of about ``window x overlap``
-    inside each crop edge that is not an edge of the volume (up to a window next to the volume's
-    last, clamped window). Axes shorter than the window are kept whole (padded the same way in
-    both runs).
+    The crop is made of whole lattice windows, so sliding over it (:func:`axis_starts` on the
+    crop) visits those windows at the same places, shifted. Every voxel of ``box`` is covered by
+    the same windows as in a whole-volume run and gets bit for bit the same result: the crop only
+    skips windows that do not reach ``box``. Voxels of the crop outside ``box`` are blended from
+    fewer windows. Axes shorter than the window are kept whole (padded the same way in both runs).
     """
     out = []
     for (start, stop), n, w in zip(box, shape, window):
         if n <= w:
             out.append((0, int(n)))
             continue
-        starts = axis_starts(n, w, overlap)
-        first = max(s for s in starts if s <= start)
-        last = max(first, min(s for s in starts if s + w >= stop))
-        out.append((int(first), int(last + w)))
+        touching = [s for s in axis_starts(n, w, overlap) if s < stop and s + w > start]
+        out.append((int(min(touching)), int(max(touching) + w)))
     return tuple(out)
 
 
