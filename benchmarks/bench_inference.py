@@ -4,15 +4,17 @@ Usage: python benchmarks/bench_inference.py [--model hermes-demo] [--device cpu]
 
 On a generated CT-like volume of 512 x 512 x 300 voxels at 0.8 x 0.8 x 2.5 mm (a phantom torso
 filling about half of the field of view), the same network and weights run through
-  (a) segment_image: body crop (widened to whole windows of the full volume's window lattice) +
-      bounded-memory sliding window + per-target crop back to the input grid;
+  (a) segment_image as shipped: body crop (the lattice windows that touch the body box) +
+      bounded-memory sliding window in the default precision (bf16 on CPUs with native bf16) +
+      per-target crop back to the input grid;
   (b) MONAI: the same model-space volume without our crop, sliding_window_inference with the
-      same window, overlap (0.5) and Gaussian blending, sigmoid, the same mapping back;
-  (c) MONAI on our body crop (to show where the difference comes from);
-  (d) our engine without the body crop: the very windows of (b).
+      same window, overlap (0.5) and Gaussian blending in float32, sigmoid, the same mapping back;
+  (c) our engine in float32 (`--precision float32`), to separate the engine from the precision;
+  (d) our engine without the body crop (`--no-body-crop`): the very windows of (b).
 It prints time ratios against (a), peak memory above the start of each run (RSS sampled every
-10 ms), the Dice of each target's mask against (a) and of (a) and (b) against the phantom's truth, our time for one target vs all targets, and
-the peak RSS of the whole `hermes-segment segment` command in a child process.
+10 ms), the Dice of each of our runs' masks against (b) and of (a) and (b) against the phantom's
+truth, our time for one target vs all targets, and the peak RSS of the whole
+`hermes-segment segment` command in a child process.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import imaging  # noqa: E402
-from HermesSegmentLib.inference import select_device  # noqa: E402
+from HermesSegmentLib.inference import compute_dtype, select_device  # noqa: E402
 from HermesSegmentLib.models import load  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
 from HermesSegmentLib.training.phantoms import generate_case  # noqa: E402
@@ -180,19 +182,19 @@ def main() -> int:
     shape = image.GetSize()[::-1]
     print(f"volume {image.GetSize()} at {image.GetSpacing()} mm; model {model.name}; {len(keys)} CT targets; {device}")
 
-    def ours(targets, crop_to_body=True):
+    def ours(targets, crop_to_body=True, precision="auto"):
         return segment_image(image, modality="CT", targets=targets, model=model, device=str(device),
-                             crop_to_body=crop_to_body)
+                             crop_to_body=crop_to_body, precision=precision)
 
     ours(keys[:1])  # warm-up: first-call allocations and kernels
     (result, t_ours, m_ours) = timed(lambda: ours(keys))
     (_, t_one, _) = timed(lambda: ours(keys[:1]))
+    (full, t_full, m_full) = timed(lambda: ours(keys, precision="float32"))
     (whole, t_whole, m_whole) = timed(lambda: ours(keys, crop_to_body=False))
-    (b, t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, False, 0.5))
-    (c, t_c, m_c) = timed(lambda: monai_masks(image, model, "CT", keys, device, True, 0.5))
-    masks_b, infer_b = b
-    masks_c, infer_c = c
+    ((masks_b, infer_b), t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, False, 0.5))
     infer_ours = result.seconds["inference"]
+    dtype = compute_dtype(device, "auto")
+    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ct.nrrd"
@@ -206,26 +208,28 @@ def main() -> int:
         f"device {device}. Command: `python benchmarks/bench_inference.py --model {args.model} --device {args.device}`.",
         f"Volume: {'x'.join(map(str, image.GetSize()))} at {'x'.join(f'{s:.2f}' for s in image.GetSpacing())} mm (phantom CT); model `{model.name}` "
         f"(window {'x'.join(map(str, model.manifest['input']['window_size_zyx']))} at "
-        f"{model.manifest['input']['spacing_zyx_mm'][0]} mm); {len(keys)} targets; overlap 0.5, Gaussian blending.",
+        f"{model.manifest['input']['spacing_zyx_mm'][0]} mm); {len(keys)} targets; overlap 0.5, Gaussian blending; "
+        f"default precision here: {precision}.",
         "",
         "| run | total s | inference s | time ratio vs (a) | peak RSS above start, GB |",
         "|---|---:|---:|---:|---:|",
-        f"| (a) ours, all targets | {t_ours:.1f} | {infer_ours:.1f} | 1.00 | {m_ours:.2f} |",
-        f"| (b) MONAI sliding_window_inference | {t_b:.1f} | {infer_b:.1f} | {t_b / t_ours:.2f} | {m_b:.2f} |",
-        f"| (c) MONAI on our body crop | {t_c:.1f} | {infer_c:.1f} | {t_c / t_ours:.2f} | {m_c:.2f} |",
+        f"| (a) ours, all targets ({precision}) | {t_ours:.1f} | {infer_ours:.1f} | 1.00 | {m_ours:.2f} |",
+        f"| (b) MONAI sliding_window_inference (float32) | {t_b:.1f} | {infer_b:.1f} | {t_b / t_ours:.2f} | {m_b:.2f} |",
+        f"| (c) ours in float32 (`--precision float32`) | {t_full:.1f} | {full.seconds['inference']:.1f} "
+        f"| {t_full / t_ours:.2f} | {m_full:.2f} |",
         f"| (a) ours, 1 target ({keys[0]}) | {t_one:.1f} | | {t_one / t_ours:.2f} | |",
         f"| (d) ours without the body crop (`--no-body-crop`) | {t_whole:.1f} | {whole.seconds['inference']:.1f} "
         f"| {t_whole / t_ours:.2f} | {m_whole:.2f} |",
         "",
-        f"All targets cost {t_ours / t_one:.2f}x one target. MONAI (b) takes {t_b / t_whole:.2f}x the time of (d), "
-        "which runs the same windows. "
+        f"All targets cost {t_ours / t_one:.2f}x one target. MONAI (b) takes {t_b / t_ours:.2f}x the time of (a), "
+        f"{t_b / t_full:.2f}x that of (c) (same precision) and {t_b / t_whole:.2f}x that of (d) (same windows). "
         f"Whole `hermes-segment segment` command: {cmd_seconds:.1f} s, peak RSS {cmd_rss:.2f} GB.",
         "",
-        "| target | voxels (a) | Dice (a) vs (b) | Dice (a) vs (c) | Dice (d) vs (b) | Dice vs phantom truth: (a) | (b) |",
+        "| target | voxels (a) | Dice (a) vs (b) | Dice (c) vs (b) | Dice (d) vs (b) | Dice vs phantom truth: (a) | (b) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for mine, theirs, cropped, uncropped in zip(result.masks, masks_b, masks_c, whole.masks):
-        lines.append(f"| {mine.key} | {mine.voxels} | {dice(mine, theirs, shape):.4f} | {dice(mine, cropped, shape):.4f} "
+    for mine, theirs, float32, uncropped in zip(result.masks, masks_b, full.masks, whole.masks):
+        lines.append(f"| {mine.key} | {mine.voxels} | {dice(mine, theirs, shape):.4f} | {dice(float32, theirs, shape):.4f} "
                      f"| {dice(uncropped, theirs, shape):.4f} "
                      f"| {truth_dice(mine, truth.get(mine.key))} | {truth_dice(theirs, truth.get(mine.key))} |")
     publish("\n".join(lines) + "\n", args.write)
