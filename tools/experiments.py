@@ -86,7 +86,7 @@ def compare(args: argparse.Namespace) -> dict:
 
 def _scores(network, case, spec, tasks, targets, slot, window, overlap) -> dict[str, float]:
     probabilities = predict_volume(network, np.array(case.image, np.float32), [tasks[t] for t in targets], slot,
-                                   window_zyx=window, overlap=overlap)
+                                   window_zyx=window, overlap=overlap, precision="float32")
     truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)
     return {t: dice(probabilities[i] >= 128, truth[i]) for i, t in enumerate(targets)}
 

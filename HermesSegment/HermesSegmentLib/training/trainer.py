@@ -300,13 +300,14 @@ class Trainer:
 def case_dice(network: torch.nn.Module, case: Case, spec, tasks: Mapping[str, int], window, overlap: float,
               device: torch.device, targets: list[str] | None = None) -> dict[str, float]:
     """Dice of each of ``targets`` (default: all the dataset annotates) on one preprocessed case,
-    all asked in one query. Empty truth and empty prediction count as 1."""
+    all asked in one query, in float32 (so that the recorded Dice does not depend on the machine's
+    CPU). Empty truth and empty prediction count as 1."""
     from ..inference import predict_volume
 
     targets = list(targets or spec.targets)
     probabilities = predict_volume(network, np.array(case.image, np.float32), [tasks[t] for t in targets],
                                    vocabulary.modality(spec.modality).slot, window_zyx=window, overlap=overlap,
-                                   device=device)
+                                   device=device, precision="float32")
     truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)
     return {t: dice(probabilities[i] >= 128, truth[i]) for i, t in enumerate(targets)}
 
