@@ -12,8 +12,6 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-# preset -> (overlap, fast, precision); "Best quality" also turns mixed precision off.
-PRESETS = {"Balanced": (0.5, False, "auto"), "Fast": (0.25, True, "auto"), "Best quality": (0.75, False, "float32")}
 DEVICES = {"Automatic": "auto", "GPU": "cuda", "CPU": "cpu"}
 
 HELP = """Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
@@ -50,6 +48,7 @@ class HermesSegmentParameterNode:
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
+    sideConstraint: bool = True
     keepLargest: bool = False
     fillHoles: bool = False
     removeIslands: bool = True
@@ -73,10 +72,10 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HermesSegmentLogic()
-        from HermesSegmentLib import vocabulary
+        from HermesSegmentLib import process, vocabulary
         for modality in vocabulary.load_vocabulary().modalities:
             self.ui.modalityComboBox.addItem(modality.label, modality.key)
-        self.ui.presetComboBox.addItems(list(PRESETS))
+        self.ui.presetComboBox.addItems(list(process.PRESETS))
         self.ui.deviceComboBox.addItems(list(DEVICES))
         self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.refreshTargets)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.refreshTargets)
@@ -220,13 +219,13 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._startRun(process, volume, targets)
 
     def _startRun(self, process, volume, targets):
-        overlap, fast, precision = PRESETS[self.ui.presetComboBox.currentText]
         p = self._parameterNode
         self._run, self._resultPath = process.start_segmentation(
             self.logic.volume_to_sitk(volume), Path(slicer.util.tempDirectory("HermesSegment")),
             modality=self.ui.modalityComboBox.currentData, targets=targets, model=self.ui.modelComboBox.currentData,
-            overlap=overlap, fast=fast, precision=precision, device=DEVICES[self.ui.deviceComboBox.currentText],
-            keep_largest=p.keepLargest, fill_holes=p.fillHoles, min_island_ml=p.minIslandMl if p.removeIslands else None,
+            device=DEVICES[self.ui.deviceComboBox.currentText], **process.PRESETS[self.ui.presetComboBox.currentText],
+            side_constraint=p.sideConstraint, keep_largest=p.keepLargest, fill_holes=p.fillHoles,
+            min_island_ml=p.minIslandMl if p.removeIslands else None,
         )
         self.ui.logTextEdit.clear()
         self.ui.segmentButton.text = "Cancel"

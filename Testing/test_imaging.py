@@ -220,6 +220,28 @@ def test_body_crop_excludes_air():
                                                       zip(model.body_box, aligned.body_box))], model.array)
 
 
+@pytest.mark.parametrize("stored", ["LPS", "RAS"])
+def test_midline_is_the_centre_of_the_body_across_the_patient(stored):
+    def slab(values):  # x spacing 1 mm; RAS-stored: index i lies at x = 99 - i mm (LPS)
+        image = sitk.GetImageFromArray(values)
+        image.SetSpacing((1.0, 1.5, 1.5))
+        if stored == "RAS":
+            image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+            image.SetOrigin((99.0, 28.5, 0.0))
+        return image
+
+    x_mm = np.arange(100.0) if stored == "LPS" else 99.0 - np.arange(100.0)
+    values = np.full((20, 20, 100), -1000, dtype=np.int16)
+    values[:, 6:14, (x_mm >= 20) & (x_mm < 50)] = 40  # tissue from 20 to 50 mm towards the patient's left
+    model = imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT",
+                                   crop_to_body=False)
+    midline_mm = model.origin_xyz[0] + model.midline_x * model.spacing_zyx[2]
+    assert abs(midline_mm - 34.5) <= 3.0  # the body is found on 3 mm blocks
+    values[:, 6:14, :] = 40  # a body cut by the field of view has no known centre
+    assert imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+                                  modality="CT").midline_x is None
+
+
 # ------------------------------------------------------------------------------------------
 # Reading and its errors
 

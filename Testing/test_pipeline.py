@@ -51,6 +51,31 @@ def test_probabilities_are_kept_on_request(tiny_package):
     assert key == "spleen" and probabilities.dtype == np.uint8 and probabilities.shape == ct_like().GetSize()[::-1]
 
 
+@pytest.mark.parametrize("direction", [None, (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
+def test_a_left_organ_is_kept_on_the_left_of_the_body(tiny_package, monkeypatch, direction):
+    """A model that finds the organ on both sides (every probability 1) gives only the left one."""
+    import HermesSegmentLib.pipeline as pipeline
+    from HermesSegmentLib.postprocess import PostprocessOptions
+
+    monkeypatch.setattr(pipeline, "predict_volume", lambda network, volume, tasks, *args, **kwargs:
+                        np.full((len(tasks), *volume.shape), 255, np.uint8))
+    image = ct_like(shape_xyz=(80, 36, 30), direction=direction)  # air on both sides of the body
+    x_mm = np.array([image.TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(image.GetWidth())])
+    midline_mm = image.TransformContinuousIndexToPhysicalPoint((40.0, 18.0, 15.0))[0]  # the body's centre
+
+    def x_extent(mask):  # LPS x (towards the patient's left) of the mask's voxels, mm
+        columns = np.flatnonzero(mask.full(image.GetSize()[::-1]).any(axis=(0, 1)))
+        return x_mm[columns].min(), x_mm[columns].max()
+
+    kept = segment_image(image, modality="CT", targets=["liver", "kidney_left"], model=tiny_package, device="cpu")
+    everywhere = segment_image(image, modality="CT", targets=["liver", "kidney_left"], model=tiny_package,
+                               device="cpu", postprocess=PostprocessOptions(side_constraint=False))
+    assert x_extent(kept.masks[0]) == x_extent(everywhere.masks[0])  # the liver has no side
+    low, high = x_extent(kept.masks[1])
+    assert midline_mm - 15 - 4 <= low <= midline_mm - 15 + 4 and high > midline_mm + 30  # 15 mm across, 4 mm voxels
+    assert x_extent(everywhere.masks[1])[0] < midline_mm - 30
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(modality="ultrasound", targets="all"), "unknown modality"),
     (dict(modality="PET", targets="all"), "does not handle modality PET"),

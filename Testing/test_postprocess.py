@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from HermesSegmentLib.postprocess import PostprocessOptions, apply
+from HermesSegmentLib.postprocess import PostprocessOptions, apply, keep_to_side
 
 SPACING = (2.0, 1.0, 1.0)  # mm: one voxel = 2 mm^3 = 0.002 mL
 
@@ -61,5 +61,14 @@ def test_fill_holes_when_mask_touches_the_volume_border():
 
 def test_empty_mask_stays_empty():
     mask = np.zeros((5, 5, 5), dtype=bool)
-    out = apply(mask, SPACING, PostprocessOptions(True, True, 1.0))
+    out = apply(mask, SPACING, PostprocessOptions(keep_largest=True, fill_holes=True, min_island_ml=1.0))
     assert not out.any()
+
+
+def test_keep_to_side_zeroes_what_lies_across_the_midline():
+    left, right = np.full((2, 2, 20), 200, np.uint8), np.full((2, 2, 20), 200, np.uint8)
+    # The crop starts at x = 10 of the full grid, 2 mm voxels, midline at x = 20: 4 voxels (8 mm) of slack.
+    keep_to_side(left, "left", midline_x=20.0, offset_x=10, spacing_x=2.0, tolerance_mm=8.0)
+    keep_to_side(right, "right", midline_x=20.0, offset_x=10, spacing_x=2.0, tolerance_mm=8.0)
+    assert np.flatnonzero(left[0, 0]).tolist() == list(range(6, 20))   # full-grid x >= 16
+    assert np.flatnonzero(right[0, 0]).tolist() == list(range(0, 15))  # full-grid x <= 24

@@ -133,9 +133,13 @@ def test_parsing_helpers():
     assert command[command.index("--targets") + 1] == "liver,spleen"
     assert "--progress-json" in command and "--fast" in command and "--keep-largest" not in command
     assert command[command.index("--min-island-ml") + 1] == "0.5"
-    assert "--precision" not in command  # auto is the engine's default
-    best = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], precision="float32", overlap=0.75)
+    assert "--precision" not in command and "--no-side-constraint" not in command  # the engine's defaults
     from HermesSegmentLib.cli import build_parser
+    from HermesSegmentLib.process import PRESETS
 
-    parsed = build_parser().parse_args(best[3:])  # the engine accepts what the Slicer module sends
-    assert (parsed.precision, parsed.overlap, parsed.targets) == ("float32", 0.75, "liver")
+    for preset in PRESETS.values():  # the engine accepts what the Slicer module sends
+        sent = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], side_constraint=False, **preset)
+        parsed = build_parser().parse_args(sent[3:])
+        assert parsed.no_side_constraint and parsed.targets == "liver"
+        assert (parsed.overlap, parsed.fast, parsed.precision) == (preset.get("overlap"), preset.get("fast", False),
+                                                                   preset.get("precision", "auto"))

@@ -262,3 +262,12 @@ def test_exactly_one_default_per_modality_and_target():
     assert defaults["MR-T1"]["gray_matter"] == 67
     assert defaults["cine-MR"] == {"left_ventricle": 64, "left_ventricular_myocardium": 65, "right_ventricle": 66}
     assert defaults["PET"] == {"fdg_avid_lesion": 70}
+
+
+def test_paired_organs_know_their_side():
+    from HermesSegmentLib import vocabulary
+
+    sides = {key: target.side for key, target in vocabulary.load_vocabulary().targets.items()}
+    assert sides["lung_left"] == "left" and sides["kidney_right"] == "right" and sides["liver"] is None
+    assert all(side == key.rsplit("_", 1)[1] for key, side in sides.items() if side)
+    assert sum(side is not None for side in sides.values()) >= 20

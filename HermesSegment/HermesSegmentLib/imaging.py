@@ -76,6 +76,9 @@ class ModelSpaceImage:
     ``grid_size_zyx``, ``origin_xyz`` (mm, LPS), ``spacing_zyx`` (mm), ``direction`` (identity,
     row-major 3x3 as SimpleITK gives it): the full model-space grid, to map results back.
     ``body_box``: ((z0, z1), (y0, y1), (x0, x1)) half-open box of the crop in the full grid.
+    ``midline_x``: the body's sagittal midline (centre of its right-left extent) as an x index of
+    the full grid, whose x runs toward the patient's left; None when no body was found or the
+    body reaches the right or left edge of the field of view (then its centre is unknown).
     """
 
     array: np.ndarray
@@ -85,6 +88,7 @@ class ModelSpaceImage:
     spacing_zyx: Tuple[float, float, float]
     direction: Tuple[float, ...]
     body_box: Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+    midline_x: Optional[float] = None
 
     def crop_image(self, values: np.ndarray) -> sitk.Image:
         """``values`` (any dtype, shape of ``array``) as a SimpleITK image on the crop's grid."""
@@ -318,9 +322,12 @@ def to_model_space(
     del resampled
 
     full = tuple((0, n) for n in array.shape)
+    body = _body_box(array, spacing_zyx, modality or guess_modality(image))
+    midline_x = None
+    if body is not None and 0 < body[2][0] and body[2][1] < array.shape[2]:
+        midline_x = (body[2][0] + body[2][1] - 1) / 2.0  # the margin is the same on both sides
     if crop_to_body:
-        key = modality or guess_modality(image)
-        body_box = _body_box(array, spacing_zyx, key) or full
+        body_box = body or full
         if window_lattice is not None:
             from .inference.windows import lattice_box  # here: importing the package loads torch
 
@@ -339,6 +346,7 @@ def to_model_space(
         spacing_zyx=tuple(float(s) for s in spacing_zyx),
         direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
         body_box=tuple((int(a), int(b)) for a, b in body_box),
+        midline_x=midline_x,
     )
 
 

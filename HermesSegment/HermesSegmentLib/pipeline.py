@@ -21,7 +21,7 @@ from .inference import CancelToken, ProgressCallback, predict_volume, report, se
 from .models import DEFAULT_MODEL, LoadedModel, load
 from .models.manifest import task_terminology_entry
 from .outputs import TargetMask
-from .postprocess import PostprocessOptions, apply as apply_postprocess
+from .postprocess import PostprocessOptions, apply as apply_postprocess, keep_to_side
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,13 @@ def segment_image(
         if cancel is not None:
             cancel.raise_if_cancelled()
         report(progress, "postprocess", number / len(keys), key)
+        side = vocabulary.target(key).side
+        if options.side_constraint and side:
+            if model_space.midline_x is None:
+                log.info("%s: the body reaches the edge of the field of view; its side is not checked", key)
+            else:
+                keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
+                             model_space.spacing_zyx[2])
         crop = imaging.probabilities_to_mask(probabilities[number], model_space, reference, threshold)
         array = apply_postprocess(crop.array, input_spacing_zyx, options) if options.active else crop.array
         task = loaded.task(index)

@@ -1,4 +1,11 @@
-"""Per-target cleanup of a binary mask: small islands, largest component, holes.
+"""Per-target cleanup: the side of the body a paired organ lies on; small islands, largest
+component, holes.
+
+Side: one of a pair of organs (left/right lung, kidney, ...: the vocabulary's laterality) is kept
+on its side of the body's midline, up to ``SIDE_TOLERANCE_MM`` across it. This runs on the
+model-space probabilities, before they are mapped back (see :func:`keep_to_side`). A small model
+that has learnt "lung" but not which one (the demo model: both lung queries return both lungs)
+then gives the right lung; a model that already tells them apart loses nothing.
 
 The operations run on the mask's bounding box (plus one voxel of background), so their cost
 follows the structure's size, not the volume's. Order: remove islands under ``min_island_ml``,
@@ -16,21 +23,39 @@ import numpy as np
 from scipy import ndimage
 
 _FOREGROUND_26 = np.ones((3, 3, 3), dtype=bool)
+# How far a left organ may reach across the midline (and a right one): the lungs meet at the
+# anterior junction line, and the midline is estimated from the body's outline.
+SIDE_TOLERANCE_MM = 15.0
 
 
 @dataclass
 class PostprocessOptions:
     """``keep_largest``: keep the largest 26-connected component only.
     ``fill_holes``: fill cavities enclosed in 3D. ``min_island_ml``: drop components smaller
-    than this volume in mL (None: keep all)."""
+    than this volume in mL (None: keep all). ``active``: whether any of these three is on (they
+    run on the input grid, after mapping back).
+    ``side_constraint``: keep a left (right) organ on the left (right) of the body's midline;
+    skipped where the midline is unknown (the body reaches the edge of the field of view)."""
 
     keep_largest: bool = False
     fill_holes: bool = False
     min_island_ml: Optional[float] = None
+    side_constraint: bool = True
 
     @property
     def active(self) -> bool:
         return self.keep_largest or self.fill_holes or bool(self.min_island_ml)
+
+
+def keep_to_side(probabilities: np.ndarray, side: str, midline_x: float, offset_x: int, spacing_x: float,
+                 tolerance_mm: float = SIDE_TOLERANCE_MM) -> None:
+    """Zero, in place, the model-space ``probabilities`` ([z, y, x], x toward the patient's left,
+    the crop's first x being ``offset_x`` of the full grid) that lie more than ``tolerance_mm``
+    across the midline (x index ``midline_x``) from ``side`` (``"left"`` or ``"right"``)."""
+    x = np.arange(probabilities.shape[2]) + offset_x
+    reach = tolerance_mm / spacing_x
+    wrong = x < midline_x - reach if side == "left" else x > midline_x + reach
+    probabilities[..., wrong] = 0
 
 
 def apply(mask: np.ndarray, spacing_zyx: Sequence[float], options: PostprocessOptions) -> np.ndarray:

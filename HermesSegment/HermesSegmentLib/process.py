@@ -50,6 +50,14 @@ class LogLine:
 Event = Union[ProgressEvent, LogLine]
 
 
+# The Slicer panel's "Speed / quality" presets, as options of segment_command.
+PRESETS: dict[str, dict[str, Any]] = {
+    "Balanced": {},
+    "Fast": {"fast": True},  # overlap 0.25
+    "Best quality": {"overlap": 0.75, "precision": "float32"},
+}
+
+
 def segment_command(
     input_path: str | Path,
     output_dir: str | Path,
@@ -61,6 +69,7 @@ def segment_command(
     precision: str = "auto",
     overlap: float | None = None,
     fast: bool = False,
+    side_constraint: bool = True,
     keep_largest: bool = False,
     fill_holes: bool = False,
     min_island_ml: float | None = None,
@@ -82,6 +91,8 @@ def segment_command(
         command += ["--overlap", str(overlap)]
     if fast:
         command.append("--fast")
+    if not side_constraint:
+        command.append("--no-side-constraint")
     if keep_largest:
         command.append("--keep-largest")
     if fill_holes:

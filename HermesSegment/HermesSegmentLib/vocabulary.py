@@ -66,6 +66,7 @@ SLICER_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 Code = Tuple[str, str, str]
 
 _RESERVED = ("~", "^", "|")
+_SIDES = {"7771000": "left", "24028007": "right"}  # SNOMED CT laterality qualifiers
 
 
 def _code(value: object, what: str) -> Code:
@@ -209,6 +210,11 @@ class Target:
             "type": list(self.type),
             "modifier": list(self.modifier) if self.modifier is not None else None,
         }
+
+    @property
+    def side(self) -> Optional[str]:
+        """``"left"`` or ``"right"`` for one of a pair of organs (its laterality modifier), else None."""
+        return _SIDES.get(self.modifier[1]) if self.modifier is not None else None
 
     def terminology_entry(self) -> str:
         """This target's Slicer ``TerminologyEntry`` tag value (see :func:`terminology_entry`)."""

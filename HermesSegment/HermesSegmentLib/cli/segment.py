@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="windows per forward pass (default 2; 1 halves the network's memory but is slower on the CPU)")
     parser.add_argument("--fast", action="store_true", help="fewer windows (overlap 0.25): about 2x faster, slightly rougher")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold per target (default 0.5)")
+    parser.add_argument("--no-side-constraint", action="store_true",
+                        help="do not keep left/right organs on their side of the body's midline")
     parser.add_argument("--keep-largest", action="store_true", help="keep only each target's largest connected component")
     parser.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in each target")
     parser.add_argument("--min-island-ml", type=float, help="remove islands smaller than this many mL")
@@ -127,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, device="cpu")
     targets = resolve_targets(model, modality, args.targets)
     paths = expand_inputs(args.inputs)
-    options = postprocess.PostprocessOptions(keep_largest=args.keep_largest, fill_holes=args.fill_holes,
-                                             min_island_ml=args.min_island_ml)
+    options = postprocess.PostprocessOptions(side_constraint=not args.no_side_constraint, keep_largest=args.keep_largest,
+                                             fill_holes=args.fill_holes, min_island_ml=args.min_island_ml)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = OUTPUT_SUFFIX[args.format]
     log_line = (lambda text: print(json.dumps({"message": text}), flush=True)) if args.progress_json else \
