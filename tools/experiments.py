@@ -8,8 +8,13 @@
     python tools/experiments.py probe --model MODEL.safetensors --config CONFIG.yaml --data-root PHANTOMS \
         --cache RUN/cache --out probe.json
 
-Both print a JSON summary and write it to --out. Held-out cases are the trainer's validation
-split (same seed, same fraction), scored in model space as the trainer scores them.
+    # paired organs with and without the side constraint, through the whole pipeline
+    python tools/experiments.py sides --model MODEL.safetensors --config CONFIG.yaml --data-root PHANTOMS \
+        --out sides.json
+
+Each prints a JSON summary and writes it to --out. Held-out cases are the trainer's validation
+split (same seed, same fraction); compare and probe score them in model space as the trainer
+does, sides on the input grid as a user gets them.
 """
 
 from __future__ import annotations
@@ -145,6 +150,43 @@ def probe(args: argparse.Namespace) -> dict:
     return {"model": str(args.model), "cases": len(cases), "per_modality_target": table}
 
 
+def sides(args: argparse.Namespace) -> dict:
+    """Dice of each paired (left/right) target on the held-out cases, on the input grid, with
+    and without the side constraint (postprocess.keep_to_side)."""
+    import SimpleITK as sitk
+
+    from HermesSegmentLib.pipeline import segment_image
+    from HermesSegmentLib.postprocess import PostprocessOptions
+    from HermesSegmentLib.training.datasets import find_cases, split_cases
+
+    loaded = models.load(args.model)
+    config = load_config(args.config, data_root=args.data_root)
+    rows = []
+    for spec in config.datasets:
+        paired = [t for t in spec.targets if vocabulary.target(t).side and t in loaded.targets_for(spec.modality)]
+        if not paired:
+            continue
+        for case in split_cases(find_cases(spec), config.val_fraction, config.seed)[1]:
+            image = sitk.ReadImage(str(case.image))
+            truth = target_masks(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), spec, paired).astype(bool)
+            runs = {}
+            for name, constrained in (("with", True), ("without", False)):
+                result = segment_image(image, modality=spec.modality, targets=paired, model=loaded, device="cpu",
+                                       precision="float32", postprocess=PostprocessOptions(side_constraint=constrained))
+                runs[name] = [dice(mask.full(truth.shape[1:]), truth[i]) for i, mask in enumerate(result.masks)]
+            for i, target in enumerate(paired):
+                rows.append({"dataset": spec.name, "case": case.case, "target": target,
+                             "without": round(runs["without"][i], 4), "with": round(runs["with"][i], 4)})
+            print(f"{spec.name} {case.case}: " + ", ".join(f"{r['target']} {r['without']:.3f} -> {r['with']:.3f}"
+                                                          for r in rows[-len(paired):]), flush=True)
+    means = {}
+    for row in rows:
+        means.setdefault(f"{row['dataset']}/{row['target']}", []).append((row["without"], row["with"]))
+    return {"model": str(args.model), "rows": rows,
+            "mean": {k: {"without": round(float(np.mean([a for a, _ in v])), 4),
+                         "with": round(float(np.mean([b for _, b in v])), 4)} for k, v in means.items()}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,11 +204,16 @@ def main() -> int:
     p.add_argument("--cache", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--max-cases-per-dataset", type=int, default=0)
+    d = sub.add_parser("sides")
+    d.add_argument("--model", required=True)
+    d.add_argument("--config", required=True)
+    d.add_argument("--data-root", required=True)
+    d.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result = compare(args) if args.command == "compare" else probe(args)
+    result = {"compare": compare, "probe": probe, "sides": sides}[args.command](args)
     text = json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2)
-    Path(args.out if args.command == "probe" else Path(args.out) / "compare.json").write_text(text + "\n")
+    Path(args.out if args.command != "compare" else Path(args.out) / "compare.json").write_text(text + "\n")
     print(text)
     return 0
 
