@@ -35,9 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap-policy", choices=("priority", "per_target"), default="priority",
                         help="nifti only: one label map where later targets win, or one file per target")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: auto)")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="auto: bf16 where the GPU or CPU multiplies it natively (faster, masks within "
-                             "Dice 0.995), else float32; float32: full precision, bit-reproducible")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (default: bf16 where the GPU or CPU multiplies it natively, faster, masks within "
+                             "Dice 0.995; else float32), float32 (bit-reproducible) or bfloat16")
     parser.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
     parser.add_argument("--blending", choices=("gaussian", "uniform"), default="gaussian")
     parser.add_argument("--batch-size", type=int, default=2,
@@ -154,10 +154,9 @@ def run(args: argparse.Namespace) -> int:
             image = imaging.read_image(path, frame=args.frame)
             result = segment_image(
                 image, modality=modality, targets=targets, model=model, device=str(device), precision=args.precision,
-                overlap=args.overlap,
-                blending=args.blending, batch_size=args.batch_size, fast=args.fast, crop_to_body=not args.no_body_crop,
-                threshold=args.threshold, postprocess=options, keep_probabilities=args.probabilities,
-                progress=progress,
+                overlap=args.overlap, blending=args.blending, batch_size=args.batch_size, fast=args.fast,
+                crop_to_body=not args.no_body_crop, threshold=args.threshold, postprocess=options,
+                keep_probabilities=args.probabilities, progress=progress,
             )
             del image
             if args.format == "seg-nrrd":
