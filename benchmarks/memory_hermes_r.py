@@ -6,8 +6,10 @@ Two measurements, each the peak RSS of its own child process (so they do not mix
   1. the whole `hermes-segment segment` command on the benchmark CT with a package that has
      Hermes-R's input geometry (128^3 windows at 1.5 mm, 15 CT targets) but base 8 channels, so
      that what is measured is the engine (volumes, slab accumulators, results) and not the network;
-  2. one forward pass of the real Hermes-R network (random weights, 60.9 M parameters) on one
-     128^3 window with 15 tasks, under torch.inference_mode: the network's own share.
+  2. one forward pass of the real Hermes-R network (random weights, 60.9 M parameters) on a batch
+     of two 128^3 windows with 15 tasks, as the engine runs it on the CPU (inference_mode,
+     channels-last), in float32 and, where the CPU multiplies bf16 natively, in bf16 autocast
+     (what --precision auto picks there): the network's own share.
 The sum is what a CPU run needs; the engine's share does not depend on the network's width.
 """
 
@@ -26,18 +28,28 @@ sys.path.insert(0, str(REPO / "HermesSegment"))
 FORWARD = """
 import sys, torch
 sys.path.insert(0, {lib!r})
+from HermesSegmentLib.inference import autocast, compute_dtype
 from HermesSegmentLib.network import HermesNetwork
 
 def high_water_kb():  # this process's own peak (VmHWM), not what it shared with its parent before exec
     with open("/proc/self/status") as stream:
         return int(next(l for l in stream if l.startswith("VmHWM:")).split()[1])
 
-network = HermesNetwork().eval()
+cpu = torch.device("cpu")
+network = HermesNetwork().eval().to(memory_format=torch.channels_last_3d)
+images = torch.randn(2, 1, 128, 128, 128).contiguous(memory_format=torch.channels_last_3d)
 before = high_water_kb()
-with torch.inference_mode():
-    network(torch.randn(2, 1, 128, 128, 128), torch.arange(15)[None].expand(2, -1), torch.zeros(2, 1, dtype=torch.long))
+with torch.inference_mode(), autocast(cpu, compute_dtype(cpu, {precision!r})):
+    network(images, torch.arange(15)[None].expand(2, -1), torch.zeros(2, 1, dtype=torch.long))
 print(before, high_water_kb())
 """
+
+
+def forward_gb(precision: str) -> float:
+    """Peak RSS of one Hermes-R forward pass above the loaded model, in a child process."""
+    code = FORWARD.format(lib=str(REPO / "HermesSegment"), precision=precision)
+    before, after = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    return (int(after) - int(before)) / 2**20
 
 def geometry_package(path: Path) -> list[str]:
     import torch
@@ -77,17 +89,23 @@ def main() -> int:
         engine_gb, _ = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(tmp / "ct.nrrd"),
                                             "--modality", "CT", "--model", str(tmp / "geometry.safetensors"),
                                             "--out", str(tmp / "out"), "--device", "cpu"])
-    forward = subprocess.run([sys.executable, "-c", FORWARD.format(lib=str(REPO / "HermesSegment"))], check=True,
-                             capture_output=True, text=True).stdout.split()
-    network_gb = (int(forward[1]) - int(forward[0])) / 2**20
+    from HermesSegmentLib.inference.device import cpu_has_native_bf16
+
+    network_gb = forward_gb("float32")
+    mixed_gb = forward_gb("bfloat16") if cpu_has_native_bf16() else None
     text = (
         f"### Memory for a 512x512x300 CT with 15 targets and Hermes-R — {datetime.date.today().isoformat()}\n\n"
         f"Command: `python benchmarks/memory_hermes_r.py`. Targets: {', '.join(keys)}.\n\n"
         "| what | peak RSS, GB |\n|---|---:|\n"
         f"| whole `segment` command, Hermes-R geometry (128³ at 1.5 mm), 15 targets, base-8 network, batch 2 | {engine_gb:.2f} |\n"
-        f"| one Hermes-R forward pass (2 x 128³ windows, 15 tasks, CPU), above the loaded model | {network_gb:.2f} |\n"
-        f"| estimate for the real Hermes-R run (sum) | {engine_gb + network_gb:.2f} |\n"
+        f"| one Hermes-R forward pass (2 x 128³ windows, 15 tasks, CPU, float32), above the loaded model | {network_gb:.2f} |\n"
+        f"| estimate for the real Hermes-R run in float32 (sum) | {engine_gb + network_gb:.2f} |\n"
     )
+    if mixed_gb is not None:
+        text += (f"| the same forward pass in bf16 autocast (`--precision auto` on this CPU) | {mixed_gb:.2f} |\n"
+                 f"| estimate for the real Hermes-R run in bf16 (sum) | {engine_gb + mixed_gb:.2f} |\n")
+    else:
+        text += "\nThis CPU has no native bf16: the bf16 forward pass was not measured.\n"
     publish(text, args.write)
     return 0
 
