@@ -232,12 +232,15 @@ def test_midline_is_the_centre_of_the_body_across_the_patient(stored):
 
     x_mm = np.arange(100.0) if stored == "LPS" else 99.0 - np.arange(100.0)
     values = np.full((20, 20, 100), -1000, dtype=np.int16)
-    values[:, 6:14, (x_mm >= 20) & (x_mm < 50)] = 40  # tissue from 20 to 50 mm towards the patient's left
+    values[:, 2:14, (x_mm >= 20) & (x_mm < 50)] = 40  # tissue from 20 to 50 mm towards the patient's left
     model = imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT",
                                    crop_to_body=False)
     midline_mm = model.origin_xyz[0] + model.midline_x * model.spacing_zyx[2]
     assert abs(midline_mm - 34.5) <= 3.0  # the body is found on 3 mm blocks
-    values[:, 6:14, :] = 40  # a body cut by the field of view has no known centre
+    values[:, 18:19, :] = 40  # a thin table across the whole field of view, apart from the trunk
+    with_table = imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT")
+    assert with_table.midline_x == model.midline_x
+    values[:, 2:14, :] = 40  # a trunk cut by the field of view has no known centre
     assert imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                   modality="CT").midline_x is None
 

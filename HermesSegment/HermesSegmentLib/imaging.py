@@ -76,9 +76,8 @@ class ModelSpaceImage:
     ``grid_size_zyx``, ``origin_xyz`` (mm, LPS), ``spacing_zyx`` (mm), ``direction`` (identity,
     row-major 3x3 as SimpleITK gives it): the full model-space grid, to map results back.
     ``body_box``: ((z0, z1), (y0, y1), (x0, x1)) half-open box of the crop in the full grid.
-    ``midline_x``: the body's sagittal midline (centre of its right-left extent) as an x index of
-    the full grid, whose x runs toward the patient's left; None when no body was found or the
-    body reaches the right or left edge of the field of view (then its centre is unknown).
+    ``midline_x``: the body's sagittal midline as an x index of the full grid, whose x runs
+    toward the patient's left (see :func:`_find_body`); None when it is unknown.
     """
 
     array: np.ndarray
@@ -322,10 +321,7 @@ def to_model_space(
     del resampled
 
     full = tuple((0, n) for n in array.shape)
-    body = _body_box(array, spacing_zyx, modality or guess_modality(image))
-    midline_x = None
-    if body is not None and 0 < body[2][0] and body[2][1] < array.shape[2]:
-        midline_x = (body[2][0] + body[2][1] - 1) / 2.0  # the margin is the same on both sides
+    body, midline_x = _find_body(array, spacing_zyx, modality or guess_modality(image))
     if crop_to_body:
         body_box = body or full
         if window_lattice is not None:
@@ -408,12 +404,13 @@ def _antialias(image: sitk.Image, spacing_xyz: np.ndarray) -> sitk.Image:
     return smoothed
 
 
-def _body_box(array: np.ndarray, spacing_zyx: Sequence[float], modality: Optional[str]):
-    """Half-open ((z0, z1), (y0, y1), (x0, x1)) box of the body in ``array`` (raw intensities).
+def _find_body(array: np.ndarray, spacing_zyx: Sequence[float], modality: Optional[str]):
+    """(box, midline_x) of the body in ``array`` (raw intensities); (None, None) if none is found.
 
     Foreground = above a modality threshold; computed on a 3 mm-ish coarse grid (block max) so
-    the labelling stays cheap; components of at least 10% of the largest are kept (the largest
-    alone would drop one leg below the pelvis), then a 10 mm margin. None if nothing is found.
+    the labelling stays cheap. ``box``: half-open ((z0, z1), (y0, y1), (x0, x1)) around the
+    components of at least 10% of the largest (the largest alone would drop one leg below the
+    pelvis), plus a 10 mm margin. ``midline_x``: see :func:`_midline_x`.
     """
     from scipy import ndimage
 
@@ -426,7 +423,7 @@ def _body_box(array: np.ndarray, spacing_zyx: Sequence[float], modality: Optiona
     coarse = _block_any(array, threshold, step)
     labels, count = ndimage.label(coarse, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
-        return None
+        return None, None
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
     body = np.isin(labels, keep)
@@ -438,7 +435,32 @@ def _body_box(array: np.ndarray, spacing_zyx: Sequence[float], modality: Optiona
         start = max(0, hits[0] * step[axis] - margin)
         stop = min(array.shape[axis], (hits[-1] + 1) * step[axis] + margin)
         box.append((int(start), int(stop)))
-    return tuple(box)
+    return tuple(box), _midline_x(body, int(step[2]))
+
+
+def _midline_x(body: np.ndarray, step_x: int) -> Optional[float]:
+    """The body's sagittal midline as a full-grid x index, from its coarse mask [z, y, x].
+
+    In each axial plane, the centre of the largest 2D component's right-left extent (the trunk:
+    arms and the table are separate components there), where that component stays clear of the
+    field of view's right and left edges; the median over those planes. None when fewer than a
+    quarter of the body's planes qualify (a body cut by the field of view has no known centre).
+    """
+    from scipy import ndimage
+
+    centres, planes = [], 0
+    for plane in body:
+        if not plane.any():
+            continue
+        planes += 1
+        labels, _ = ndimage.label(plane)
+        trunk = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        columns = np.flatnonzero(trunk.any(axis=0))
+        if columns[0] > 0 and columns[-1] < plane.shape[1] - 1:
+            centres.append((columns[0] + columns[-1] + 1) * step_x / 2.0 - 0.5)
+    if not centres or len(centres) < planes / 4:
+        return None
+    return float(np.median(centres))
 
 
 def _strided_view(array: np.ndarray, target: int = 2_000_000) -> np.ndarray:

@@ -149,7 +149,7 @@ def segment_image(
         side = vocabulary.target(key).side
         if options.side_constraint and side:
             if model_space.midline_x is None:
-                log.info("%s: the body reaches the edge of the field of view; its side is not checked", key)
+                log.info("%s: the trunk reaches the edge of the field of view; its side is not checked", key)
             else:
                 keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
                              model_space.spacing_zyx[2])

@@ -35,7 +35,7 @@ class PostprocessOptions:
     than this volume in mL (None: keep all). ``active``: whether any of these three is on (they
     run on the input grid, after mapping back).
     ``side_constraint``: keep a left (right) organ on the left (right) of the body's midline;
-    skipped where the midline is unknown (the body reaches the edge of the field of view)."""
+    skipped where the midline is unknown (imaging.ModelSpaceImage.midline_x)."""
 
     keep_largest: bool = False
     fill_holes: bool = False
