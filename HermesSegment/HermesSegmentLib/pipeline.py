@@ -101,8 +101,10 @@ def segment_image(
     natively), ``float32`` or ``bfloat16`` (see inference.device.compute_dtype). ``batch_size``:
     windows per forward pass. Two is also the faster choice on the CPU (PyTorch convolves
     one-sample 3D batches with a slow non-oneDNN kernel: 2x per window, measured), at the price of
-    memory (Hermes-R on the CPU: 5.9 GB of activations for two windows, 3.1 GB in bf16). ``threshold`` applies to each
-    target's own sigmoid, so targets may overlap (a tumour inside its organ).
+    memory (Hermes-R on the CPU: 5.9 GB of activations for two windows, 3.1 GB in bf16).
+    ``threshold`` applies to each target's own sigmoid, so targets may overlap (a tumour inside
+    its organ). ``postprocess``: see postprocess.PostprocessOptions (the side constraint is on by
+    default).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
