@@ -46,7 +46,8 @@ def test_segment_image_returns_masks_on_the_input_grid(tiny_package):
 
 def test_probabilities_are_kept_on_request(tiny_package):
     result = segment_image(ct_like(), modality="CT", targets=["spleen"], model=tiny_package, device="cpu",
-                           keep_probabilities=True)
+                           keep_probabilities=True, precision="float32")
+    assert result.precision == "float32"
     (key, probabilities), = list(result.probability_maps())
     assert key == "spleen" and probabilities.dtype == np.uint8 and probabilities.shape == ct_like().GetSize()[::-1]
 
@@ -82,6 +83,7 @@ def test_a_left_organ_is_kept_on_the_left_of_the_body(tiny_package, monkeypatch,
     (dict(modality="CT", targets="livr"), "did you mean: liver"),
     (dict(modality="CT", targets="heart"), "has no target 'heart'"),
     (dict(modality="CT", targets=""), "no targets given"),
+    (dict(modality="CT", targets="all", precision="fp8"), "unknown precision 'fp8'"),
 ])
 def test_request_mistakes_are_one_line_errors(tiny_package, kwargs, message):
     with pytest.raises(HermesError) as error:

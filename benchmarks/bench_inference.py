@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import imaging  # noqa: E402
-from HermesSegmentLib.inference import compute_dtype, select_device  # noqa: E402
+from HermesSegmentLib.inference import compute_dtype, precision_name, select_device  # noqa: E402
 from HermesSegmentLib.models import load  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
 from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
@@ -197,8 +197,7 @@ def main() -> int:
     (whole, t_whole, m_whole) = timed(lambda: ours(keys, crop_to_body=False))
     ((masks_b, infer_b), t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, False, 0.5))
     infer_ours = result.seconds["inference"]
-    dtype = compute_dtype(device, "auto")
-    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+    precision = precision_name(compute_dtype(device, "auto"))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ct.nrrd"

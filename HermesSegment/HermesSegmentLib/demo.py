@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     truth = {key: truth_all[key] for key in predicted if key in truth_all}
     scores = {row["target"]: row for row in evaluate_masks(predicted, truth, spacing_zyx)}
 
-    print(f"\nsegmented {len(result.masks)} targets in {result.seconds['total']:.1f} s on {result.device}")
+    print(f"\nsegmented {len(result.masks)} targets in {result.seconds['total']:.1f} s on {result.device} ({result.precision})")
     print(f"{'target':<18} {'volume mL':>10} {'truth mL':>10} {'Dice':>7}")
     rows = []
     for mask in result.masks:

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 from . import imaging, vocabulary
 from .errors import HermesError
-from .inference import CancelToken, ProgressCallback, predict_volume, report, select_device
+from .inference import (CancelToken, ProgressCallback, compute_dtype, precision_name, predict_volume, report,
+                        select_device)
 from .models import DEFAULT_MODEL, LoadedModel, load
 from .models.manifest import task_terminology_entry
 from .outputs import TargetMask
@@ -33,6 +34,7 @@ class SegmentationResult:
     """Masks on the input grid, one per requested target, and what produced them.
 
     ``reference``: a UInt8 image with the input's geometry (see imaging.reference_geometry).
+    ``device`` and ``precision`` (float32, bfloat16 or float16): where and how the network ran.
     ``seconds``: wall time per stage. ``model_space`` and ``probabilities`` (uint8, one map per
     target in model space) are kept only when ``keep_probabilities`` was asked for.
     """
@@ -42,6 +44,7 @@ class SegmentationResult:
     modality: str
     model_name: str
     device: str
+    precision: str = "float32"
     seconds: dict[str, float] = field(default_factory=dict)
     model_space: Optional[imaging.ModelSpaceImage] = None
     probabilities: Optional[np.ndarray] = None
@@ -109,6 +112,7 @@ def segment_image(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     torch_device = select_device(device)
+    dtype = compute_dtype(torch_device, precision)  # a wrong precision fails before any work
     loaded = model if isinstance(model, LoadedModel) else load(model)
     modality_key = vocabulary.modality(modality).key
     entry = loaded.modality_entry(modality_key)
@@ -165,7 +169,7 @@ def segment_image(
     timings["total"] = time.perf_counter() - started
     return SegmentationResult(
         masks=masks, reference=reference, modality=modality_key, model_name=loaded.name,
-        device=str(torch_device), seconds=timings,
+        device=str(torch_device), precision=precision_name(dtype), seconds=timings,
         model_space=model_space if keep_probabilities else None,
         probabilities=probabilities if keep_probabilities else None,
     )

@@ -116,7 +116,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from .. import imaging, outputs, postprocess, vocabulary
-    from ..inference import compute_dtype, describe, select_device
+    from ..inference import compute_dtype, describe, precision_name, select_device
     from ..models import load
     from ..pipeline import resolve_targets, segment_image
 
@@ -129,14 +129,15 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, device="cpu")
     targets = resolve_targets(model, modality, args.targets)
     paths = expand_inputs(args.inputs)
-    options = postprocess.PostprocessOptions(side_constraint=not args.no_side_constraint, keep_largest=args.keep_largest,
-                                             fill_holes=args.fill_holes, min_island_ml=args.min_island_ml)
+    options = postprocess.PostprocessOptions(keep_largest=args.keep_largest, fill_holes=args.fill_holes,
+                                             min_island_ml=args.min_island_ml,
+                                             side_constraint=not args.no_side_constraint)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = OUTPUT_SUFFIX[args.format]
     log_line = (lambda text: print(json.dumps({"message": text}), flush=True)) if args.progress_json else \
         (lambda text: print(text, file=sys.stderr))
-    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
-    log_line(f"{model.name} on {describe(device)} ({precision}): {len(paths)} case(s), {modality}, targets: {', '.join(targets)}")
+    log_line(f"{model.name} on {describe(device)} ({precision_name(dtype)}): {len(paths)} case(s), {modality}, "
+             f"targets: {', '.join(targets)}")
 
     from tqdm import tqdm
 

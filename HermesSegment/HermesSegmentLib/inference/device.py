@@ -72,6 +72,11 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """``float32``, ``bfloat16`` or ``float16`` for a :func:`compute_dtype` result."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
     """Mixed precision in ``dtype`` on ``device`` (from :func:`compute_dtype`), or nothing."""
     if dtype is None:
