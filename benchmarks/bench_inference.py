@@ -98,8 +98,8 @@ def dice(a, b, shape) -> float:
     return array_dice(a.full(shape), b.full(shape))
 
 
-def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
-    """Path (b)/(c): same preprocessing and mapping back, MONAI's sliding window in between."""
+def monai_masks(image, model, modality, keys, device, overlap):
+    """Path (b): same preprocessing (no body crop) and mapping back, MONAI's sliding window in between."""
     from monai.inferers import sliding_window_inference
 
     from HermesSegmentLib.outputs import TargetMask
@@ -107,8 +107,7 @@ def monai_masks(image, model, modality, keys, device, crop_to_body, overlap):
     entry = model.modality_entry(modality)
     window = tuple(model.manifest["input"]["window_size_zyx"])
     ms = imaging.to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
-                                normalization=entry["normalization"], crop_to_body=crop_to_body, modality=modality,
-                                window_lattice=(window, overlap))
+                                normalization=entry["normalization"], crop_to_body=False, modality=modality)
     tasks = torch.tensor([[model.task_index(k, modality) for k in keys]], device=device)
     slot = torch.tensor([[entry["slot"]]], device=device)
     # As a MONAI user runs it: our engine switched the shared network to channels-last; undo that.
@@ -195,7 +194,7 @@ def main() -> int:
     (_, t_one, _) = timed(lambda: ours(keys[:1]))
     (full, t_full, m_full) = timed(lambda: ours(keys, precision="float32"))
     (whole, t_whole, m_whole) = timed(lambda: ours(keys, crop_to_body=False))
-    ((masks_b, infer_b), t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, False, 0.5))
+    ((masks_b, infer_b), t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, 0.5))
     infer_ours = result.seconds["inference"]
     precision = precision_name(compute_dtype(device, "auto"))
 

@@ -12,7 +12,6 @@ sliding-window inference users run, and exports the EMA weights as a model packa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -27,6 +26,7 @@ import torch
 
 from .. import models, vocabulary
 from ..errors import HermesError
+from ..inference.device import autocast
 from ..models.manifest import FORMAT, FORMAT_VERSION, modality_entries
 from ..network import HermesConfig, HermesNetwork
 from . import checkpoint, distributed
@@ -164,9 +164,8 @@ class Trainer:
                 "consistency": consistency.item(), "query_consistency": query_term.item()}
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        # bf16 on CUDA only: on the CPU, bf16 autocast made a training step slower (1.7 s vs 1.1-1.4 s).
+        return autocast(self.device, torch.bfloat16 if self.device.type == "cuda" else None)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
