@@ -49,6 +49,7 @@ class HermesSegmentParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     sideConstraint: bool = True
+    singlePiece: bool = True
     keepLargest: bool = False
     fillHoles: bool = False
     removeIslands: bool = True
@@ -224,8 +225,8 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.volume_to_sitk(volume), Path(slicer.util.tempDirectory("HermesSegment")),
             modality=self.ui.modalityComboBox.currentData, targets=targets, model=self.ui.modelComboBox.currentData,
             device=DEVICES[self.ui.deviceComboBox.currentText], **process.PRESETS[self.ui.presetComboBox.currentText],
-            side_constraint=p.sideConstraint, keep_largest=p.keepLargest, fill_holes=p.fillHoles,
-            min_island_ml=p.minIslandMl if p.removeIslands else None,
+            side_constraint=p.sideConstraint, single_piece=p.singlePiece, keep_largest=p.keepLargest,
+            fill_holes=p.fillHoles, min_island_ml=p.minIslandMl if p.removeIslands else None,
         )
         self.ui.logTextEdit.clear()
         self.ui.segmentButton.text = "Cancel"

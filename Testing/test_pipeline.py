@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import CancelledError, HermesError
@@ -207,3 +208,23 @@ def test_targets_command_lists_per_modality(tiny_package, capsys):
     assert cli_main(["targets", "--model", str(tiny_package), "--modality", "MR"]) == 0
     out = capsys.readouterr().out
     assert "MR (1 targets)" in out and "liver" in out and "spleen" not in out
+
+
+def test_a_one_piece_organ_keeps_its_largest_part(tiny_package, monkeypatch):
+    """A model that finds a big and a small blob: the liver (one piece) keeps the big one, unless asked not to."""
+    import HermesSegmentLib.pipeline as pipeline
+    from HermesSegmentLib.postprocess import PostprocessOptions
+
+    def two_blobs(network, volume, tasks, *args, **kwargs):
+        probabilities = np.zeros((len(tasks), *volume.shape), np.uint8)
+        probabilities[:, 2:8, 2:8, 2:8] = 255
+        probabilities[:, 2:4, 2:4, -4:-2] = 255
+        return probabilities
+
+    monkeypatch.setattr(pipeline, "predict_volume", two_blobs)
+    request = dict(modality="CT", targets=["liver"], model=tiny_package, device="cpu")
+    one = segment_image(ct_like(), **request).masks[0].array
+    both = segment_image(ct_like(), postprocess=PostprocessOptions(single_piece=False), **request).masks[0].array
+    labels, count = ndimage.label(one, structure=np.ones((3, 3, 3)))
+    assert count == 1 and ndimage.label(both, structure=np.ones((3, 3, 3)))[1] == 2
+    assert one.sum() < both.sum() and not (one & ~both).any()

@@ -72,3 +72,13 @@ def test_keep_to_side_zeroes_what_lies_across_the_midline():
     keep_to_side(right, "right", midline_x=20.0, offset_x=10, spacing_x=2.0, tolerance_mm=8.0)
     assert np.flatnonzero(left[0, 0]).tolist() == list(range(6, 20))   # full-grid x >= 16
     assert np.flatnonzero(right[0, 0]).tolist() == list(range(0, 15))  # full-grid x <= 24
+
+
+def test_one_piece_organs_keep_their_largest_component():
+    mask = two_blobs()
+    options = PostprocessOptions()
+    assert options.for_target("liver").keep_largest and not options.for_target("aorta").keep_largest
+    assert apply(mask, SPACING, options.for_target("liver")).sum() == 1000
+    np.testing.assert_array_equal(apply(mask, SPACING, options.for_target("vertebrae")), mask)
+    assert not PostprocessOptions(single_piece=False).for_target("liver").keep_largest
+    assert PostprocessOptions(keep_largest=True).for_target("aorta").keep_largest  # every target when asked

@@ -134,12 +134,14 @@ def test_parsing_helpers():
     assert "--progress-json" in command and "--fast" in command and "--keep-largest" not in command
     assert command[command.index("--min-island-ml") + 1] == "0.5"
     assert "--precision" not in command and "--no-side-constraint" not in command  # the engine's defaults
+    assert "--no-single-piece" not in command
     from HermesSegmentLib.cli import build_parser
     from HermesSegmentLib.process import PRESETS
 
     for preset in PRESETS.values():  # the engine accepts what the Slicer module sends
-        sent = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], side_constraint=False, **preset)
+        sent = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], side_constraint=False,
+                               single_piece=False, **preset)
         parsed = build_parser().parse_args(sent[3:])
-        assert parsed.no_side_constraint and parsed.targets == "liver"
+        assert parsed.no_side_constraint and parsed.no_single_piece and parsed.targets == "liver"
         assert (parsed.overlap, parsed.fast, parsed.precision) == (preset.get("overlap"), preset.get("fast", False),
                                                                    preset.get("precision", "auto"))

@@ -271,3 +271,21 @@ def test_paired_organs_know_their_side():
     assert sides["lung_left"] == "left" and sides["kidney_right"] == "right" and sides["liver"] is None
     assert all(side == key.rsplit("_", 1)[1] for key, side in sides.items() if side)
     assert sum(side is not None for side in sides.values()) >= 20
+
+
+def test_single_piece_marks_compact_organs_only(raw):
+    from HermesSegmentLib import vocabulary
+
+    one_piece = {key for key, target in vocabulary.load_vocabulary().targets.items() if target.single_piece}
+    assert {"liver", "spleen", "kidney_left", "lung_right", "heart", "urinary_bladder"} <= one_piece
+    # Both kidneys, tubes a coarse prediction may break, the spine's many bones and lesions are not.
+    assert not one_piece & {"kidney", "aorta", "esophagus", "vertebrae", "liver_tumor", "fdg_avid_lesion"}
+    assert all(isinstance(t.get("single_piece", False), bool) for t in raw["targets"])
+
+
+def test_single_piece_must_be_a_boolean(raw):
+    from HermesSegmentLib import vocabulary
+
+    raw["targets"][0]["single_piece"] = "yes"
+    with pytest.raises(ValueError, match="single_piece: expected true or false"):
+        vocabulary._parse_vocabulary(raw)

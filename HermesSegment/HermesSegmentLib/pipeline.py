@@ -160,7 +160,8 @@ def segment_image(
                 keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
                              model_space.spacing_zyx[2])
         crop = imaging.probabilities_to_mask(probabilities[number], model_space, reference, threshold)
-        array = apply_postprocess(crop.array, input_spacing_zyx, options) if options.active else crop.array
+        cleanup = options.for_target(key)
+        array = apply_postprocess(crop.array, input_spacing_zyx, cleanup) if cleanup.active else crop.array
         task = loaded.task(index)
         masks.append(TargetMask(key=key, name=task["name"], color=tuple(task["color"]),
                                 terminology=task_terminology_entry(task), offset_zyx=crop.offset_zyx, array=array))

@@ -1,6 +1,13 @@
 """Per-target cleanup: the side of the body a paired organ lies on; small islands, largest
 component, holes.
 
+One piece: an organ the vocabulary marks ``single_piece`` (liver, spleen, one kidney, one lung,
+heart, ...: one connected piece of tissue in every patient) keeps its largest component by
+default, whatever ``keep_largest`` (which applies to every target) says. A false-positive blob
+elsewhere in the body (a "left kidney" in the spleen) is then dropped. Tubes (aorta, oesophagus),
+vertebrae and lesions are not marked: a coarse prediction may break a tube into parts that are
+all right. Measured with the demo model on held-out phantoms (docs/experiments.md, section 1c).
+
 Side: one of a pair of organs (left/right lung, kidney, ...: the vocabulary's laterality) is kept
 on its side of the body's midline, up to ``SIDE_TOLERANCE_MM`` across it. This runs on the
 model-space probabilities, before they are mapped back (see :func:`keep_to_side`). A small model
@@ -16,11 +23,13 @@ complementary 6-connectivity for the background, so the two never leak through e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from . import vocabulary
 
 _FOREGROUND_26 = np.ones((3, 3, 3), dtype=bool)
 # How far a left organ may reach across the midline (and a right one): the lungs meet at the
@@ -35,16 +44,26 @@ class PostprocessOptions:
     than this volume in mL (None: keep all). ``active``: whether any of these three is on (they
     run on the input grid, after mapping back).
     ``side_constraint``: keep a left (right) organ on the left (right) of the body's midline;
-    skipped where the midline is unknown (imaging.ModelSpaceImage.midline_x)."""
+    skipped where the midline is unknown (imaging.ModelSpaceImage.midline_x).
+    ``single_piece``: keep the largest component of targets the vocabulary marks as one piece
+    (see :meth:`for_target`)."""
 
     keep_largest: bool = False
     fill_holes: bool = False
     min_island_ml: Optional[float] = None
     side_constraint: bool = True
+    single_piece: bool = True
 
     @property
     def active(self) -> bool:
         return self.keep_largest or self.fill_holes or bool(self.min_island_ml)
+
+    def for_target(self, target: str) -> "PostprocessOptions":
+        """The options that apply to ``target`` (a vocabulary key): ``keep_largest`` turned on for
+        a one-piece organ when ``single_piece`` is set."""
+        if self.single_piece and not self.keep_largest and vocabulary.target(target).single_piece:
+            return replace(self, keep_largest=True)
+        return self
 
 
 def keep_to_side(probabilities: np.ndarray, side: str, midline_x: float, offset_x: int, spacing_x: float,

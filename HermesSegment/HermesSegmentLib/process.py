@@ -70,6 +70,7 @@ def segment_command(
     overlap: float | None = None,
     fast: bool = False,
     side_constraint: bool = True,
+    single_piece: bool = True,
     keep_largest: bool = False,
     fill_holes: bool = False,
     min_island_ml: float | None = None,
@@ -93,6 +94,8 @@ def segment_command(
         command.append("--fast")
     if not side_constraint:
         command.append("--no-side-constraint")
+    if not single_piece:
+        command.append("--no-single-piece")
     if keep_largest:
         command.append("--keep-largest")
     if fill_holes:

@@ -87,6 +87,12 @@ def _optional_code(value: object, what: str) -> Optional[Code]:
     return None if value is None else _code(value, what)
 
 
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
 def _serialize_code(code: Optional[Sequence[str]]) -> str:
     if code is None:
         return "^^"
@@ -187,7 +193,10 @@ class Target:
 
     ``category``/``type``/``modifier`` are SNOMED CT triplets as Slicer's terminology uses them;
     ``modifier`` is the laterality (or ``None``). ``anatomic_region`` is set for lesions (e.g. a
-    Neoplasm in the Liver). ``color`` is RGB 0-255.
+    Neoplasm in the Liver). ``color`` is RGB 0-255. ``single_piece``: the structure is one
+    connected piece of tissue in every patient (a compact organ such as the liver or one lung; not
+    tubes that a coarse prediction may break, such as the aorta, nor vertebrae or lesions), so a
+    prediction of it may keep its largest component (:class:`postprocess.PostprocessOptions`).
     """
 
     key: str
@@ -201,6 +210,7 @@ class Target:
     anatomic_region: Optional[Code] = None
     anatomic_region_modifier: Optional[Code] = None
     notes: str = ""
+    single_piece: bool = False
 
     @property
     def terminology(self) -> dict:
@@ -442,6 +452,7 @@ def _parse_vocabulary(doc: Mapping) -> Vocabulary:
             anatomic_region=_optional_code(t.get("anatomic_region"), f"{where} anatomic_region"),
             anatomic_region_modifier=_optional_code(t.get("anatomic_region_modifier"), f"{where} anatomic_region_modifier"),
             notes=t.get("notes", ""),
+            single_piece=_flag(t.get("single_piece", False), f"{where} single_piece"),
         )
     return Vocabulary(doc["version"], modalities, regions, targets)
 

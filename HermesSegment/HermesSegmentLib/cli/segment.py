@@ -46,7 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold per target (default 0.5)")
     parser.add_argument("--no-side-constraint", action="store_true",
                         help="do not keep left/right organs on their side of the body's midline")
-    parser.add_argument("--keep-largest", action="store_true", help="keep only each target's largest connected component")
+    parser.add_argument("--no-single-piece", action="store_true",
+                        help="do not reduce compact organs (liver, a kidney, a lung, ...) to their largest part")
+    parser.add_argument("--keep-largest", action="store_true",
+                        help="keep only the largest connected component of every target (tubes and lesions too)")
     parser.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in each target")
     parser.add_argument("--min-island-ml", type=float, help="remove islands smaller than this many mL")
     parser.add_argument("--no-body-crop", action="store_true", help="run windows over the whole field of view")
@@ -131,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     options = postprocess.PostprocessOptions(keep_largest=args.keep_largest, fill_holes=args.fill_holes,
                                              min_island_ml=args.min_island_ml,
-                                             side_constraint=not args.no_side_constraint)
+                                             side_constraint=not args.no_side_constraint,
+                                             single_piece=not args.no_single_piece)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = OUTPUT_SUFFIX[args.format]
     log_line = (lambda text: print(json.dumps({"message": text}), flush=True)) if args.progress_json else \
