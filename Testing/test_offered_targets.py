@@ -1,0 +1,63 @@
+"""tools/set_offered_targets.py: the demo model's offered pairs come from Dice measured on unseen
+test cases through the whole pipeline, and a package that reaches no bar is refused."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from HermesSegmentLib import models
+from HermesSegmentLib.errors import HermesError
+from HermesSegmentLib.training import phantoms
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "HermesSegment" / "Resources" / "Models" / "hermes-demo.safetensors"
+sys.path.insert(0, str(REPO / "tools"))
+
+import set_offered_targets  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mr_test_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("test_data")
+    phantoms.write_pseudo_datasets(folder, cases_per_dataset=1, seed=1000, datasets=["PhantomMR_T1"],
+                                   max_voxels=60000)
+    return folder
+
+
+def test_every_trained_pair_is_measured_offered_or_not(mr_test_data):
+    measured = set_offered_targets.measure(DEMO, mr_test_data / "phantom_config.yaml", mr_test_data,
+                                           progress=lambda message: None)
+    assert measured["test_cases"] == {"PhantomMR_T1": 1}
+    for metric in ("test_dice", "test_dice_raw"):
+        assert set(measured[metric]) == {"MR-T1"}
+        assert set(measured[metric]["MR-T1"]) == {"liver", "spleen", "kidney_left", "kidney_right"}
+        assert all(0.0 <= d <= 1.0 for d in measured[metric]["MR-T1"].values())
+    # A real model on a real (small) phantom: the liver is found.
+    assert measured["test_dice"]["MR-T1"]["liver"] > 0.5
+
+
+def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path):
+    out = tmp_path / "offered.safetensors"
+    assert set_offered_targets.main([str(DEMO), "--config", str(mr_test_data / "phantom_config.yaml"),
+                                     "--test-data", str(mr_test_data), "--min-dice", "0.0", "--version", "9.9",
+                                     "--out", str(out)]) == 0
+    loaded = models.load(out)
+    metrics = loaded.manifest["provenance"]["metrics"]
+    assert loaded.manifest["version"] == "9.9" and metrics["offer_min_dice"] == 0.0
+    assert set(loaded.targets_for("MR-T1")) == set(metrics["test_dice"]["MR-T1"])
+    assert list(loaded.manifest["defaults"]) == ["MR-T1"]  # only what the test data measured
+    weights, original = load_file(str(out)), load_file(str(DEMO))
+    assert weights.keys() == original.keys() and all(torch.equal(weights[k], original[k]) for k in weights)
+
+    manifest = models.read_manifest(DEMO)
+    scores = metrics["test_dice"]["MR-T1"]
+    bar = sorted(scores.values())[1]  # between the worst pair and the rest
+    offered = set_offered_targets.offer(manifest, {**metrics, "test_dice": {"MR-T1": scores}}, bar, "here")
+    assert set(offered["defaults"]["MR-T1"]) == {t for t, d in scores.items() if d >= bar}
+    with pytest.raises(HermesError, match="no \\(modality, target\\) pair reaches Dice 1.01"):
+        set_offered_targets.offer(manifest, metrics, 1.01, "here")
