@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from HermesSegmentLib import models
+from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.training import phantoms
 
@@ -41,7 +42,7 @@ def test_every_trained_pair_is_measured_offered_or_not(mr_test_data):
     assert measured["test_dice"]["MR-T1"]["liver"] > 0.5
 
 
-def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path):
+def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path, capsys):
     out = tmp_path / "offered.safetensors"
     assert set_offered_targets.main([str(DEMO), "--config", str(mr_test_data / "phantom_config.yaml"),
                                      "--test-data", str(mr_test_data), "--min-dice", "0.0", "--version", "9.9",
@@ -51,6 +52,11 @@ def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path):
     assert loaded.manifest["version"] == "9.9" and metrics["offer_min_dice"] == 0.0
     assert set(loaded.targets_for("MR-T1")) == set(metrics["test_dice"]["MR-T1"])
     assert list(loaded.manifest["defaults"]) == ["MR-T1"]  # only what the test data measured
+    capsys.readouterr()
+    assert cli_main(["models", "info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    liver = metrics["test_dice"]["MR-T1"]["liver"]
+    assert f"liver ({liver:.2f})" in shown and "on 1 test cases never trained on" in shown
     weights, original = load_file(str(out)), load_file(str(DEMO))
     assert weights.keys() == original.keys() and all(torch.equal(weights[k], original[k]) for k in weights)
 

@@ -103,12 +103,18 @@ def run_info(args: argparse.Namespace) -> int:
           f"{arch['num_task_priors']} task-prior rows, {arch['num_modality_slots']} modality slots")
     window, spacing = manifest["input"]["window_size_zyx"], manifest["input"]["spacing_zyx_mm"]
     print(f"input:         window {'x'.join(map(str, window))} voxels at {'x'.join(map(str, spacing))} mm (z,y,x), LPS")
+    metrics = manifest["provenance"].get("metrics") or {}
+    dice = metrics.get("test_dice") or metrics.get("validation_dice") or {}
     for modality in manifest["modalities"]:
         targets = manifest["defaults"].get(modality["key"], {})
-        print(f"  {modality['key']:<8} {len(targets):>2} targets: {', '.join(sorted(targets))}")
-    metrics = manifest["provenance"].get("metrics")
-    if metrics:
-        print(f"measured:      {json.dumps(metrics)[:400]}")
+        scores = dice.get(modality["key"], {})
+        listed = ", ".join(f"{t} ({scores[t]:.2f})" if t in scores else t for t in sorted(targets))
+        print(f"  {modality['key']:<8} {len(targets):>2} targets: {listed}")
+    if "test_dice" in metrics:
+        print(f"measured:      Dice (in brackets) on {sum(metrics['test_cases'].values())} test cases never trained on "
+              f"({metrics['test_data']}); offered at >= {metrics['offer_min_dice']}")
+    elif dice:
+        print("measured:      Dice (in brackets) on the training data's held-out split, in model space")
     print(f"provenance:    {manifest['provenance']['source']}")
     return 0
 
