@@ -19,7 +19,7 @@ input volume, its modality and the targets, then click <b>Segment</b>. A re-run 
 segments this module created; your own segments are never modified.<br><br>
 Python console (blocking, returns the segmentation node):<pre>
 from HermesSegmentLib import HermesSegmentLogic
-seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "spleen"], model="hermes-demo")</pre>
+seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "heart"], model="hermes-demo")</pre>
 The bundled demo model is trained on synthetic phantoms: not for clinical use. <a href="https://github.com/HermesSegment/SlicerHermesSegment">Documentation</a>."""
 
 
