@@ -7,6 +7,7 @@ default, whatever ``keep_largest`` (which applies to every target) says. A false
 elsewhere in the body (a "left kidney" in the spleen) is then dropped. Tubes (aorta, oesophagus),
 vertebrae and lesions are not marked: a coarse prediction may break a tube into parts that are
 all right. Measured with the demo model on held-out phantoms (docs/experiments.md, section 1c).
+The rule trusts size: where a model finds a false blob larger than the organ, the blob is kept.
 
 Side: one of a pair of organs (left/right lung, kidney, ...: the vocabulary's laterality) is kept
 on its side of the body's midline, up to ``SIDE_TOLERANCE_MM`` across it. This runs on the
