@@ -31,7 +31,7 @@ def mr_test_data(tmp_path_factory):
 
 
 def test_every_trained_pair_is_measured_offered_or_not(mr_test_data):
-    measured = set_offered_targets.measure(DEMO, mr_test_data / "phantom_config.yaml", mr_test_data,
+    measured = set_offered_targets.measure(models.load(DEMO), mr_test_data / "phantom_config.yaml", mr_test_data,
                                            progress=lambda message: None)
     assert measured["test_cases"] == {"PhantomMR_T1": 1}
     for metric in ("test_dice", "test_dice_raw"):

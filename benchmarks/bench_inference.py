@@ -11,8 +11,8 @@ filling about half of the field of view), the same network and weights run throu
       same window, overlap (0.5) and Gaussian blending in float32, sigmoid, the same mapping back;
   (c) our engine in float32 (`--precision float32`), to separate the engine from the precision;
   (d) our engine without the body crop (`--no-body-crop`): the very windows of (b).
-Our runs skip the side constraint (a post-processing step, not part of the engine), so that all
-four map back the same way.
+Our runs skip the post-processing (side constraint, organs in one piece: not part of the engine),
+so that all four map back the same way.
 It prints time ratios against (a), peak memory above the start of each run (RSS sampled every
 10 ms), the Dice of each of our runs' masks against (b) and of (a) and (b) against the phantom's
 truth, our time for one target vs all targets, and the peak RSS of the whole

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import models  # noqa: E402
 from HermesSegmentLib.errors import HermesError  # noqa: E402
-from HermesSegmentLib.models import LoadedModel, read_manifest, save  # noqa: E402
+from HermesSegmentLib.models import LoadedModel, save  # noqa: E402
 from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
 from HermesSegmentLib.training.config import load_config  # noqa: E402
 from HermesSegmentLib.training.datasets import find_cases, target_masks  # noqa: E402
@@ -51,16 +51,15 @@ def trained_pairs(manifest: dict) -> dict[str, dict[str, int]]:
     return pairs
 
 
-def measure(package: Path, config_path: Path, test_data: Path, progress=print) -> dict:
+def measure(loaded: LoadedModel, config_path: Path, test_data: Path, progress=print) -> dict:
     """Mean Dice per (modality, target) on every case of ``test_data``, with the default
     post-processing (``test_dice``) and without (``test_dice_raw``)."""
     import SimpleITK as sitk
 
     from HermesSegmentLib.pipeline import segment_image
 
-    loaded = models.load(package)
     pairs = trained_pairs(loaded.manifest)
-    everything = LoadedModel(network=loaded.network, manifest={**loaded.manifest, "defaults": pairs}, path=package)
+    everything = LoadedModel(network=loaded.network, manifest={**loaded.manifest, "defaults": pairs}, path=loaded.path)
     config = load_config(config_path, data_root=test_data)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {"test_dice": {}, "test_dice_raw": {}}
     cases: dict[str, int] = {}
@@ -113,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from safetensors.torch import load_file
 
-    measured = measure(args.package, args.config, args.test_data)
-    manifest = offer(read_manifest(args.package), measured, args.min_dice, args.data_label or str(args.test_data))
+    loaded = models.load(args.package)
+    measured = measure(loaded, args.config, args.test_data)
+    manifest = offer(loaded.manifest, measured, args.min_dice, args.data_label or str(args.test_data))
     if args.version:
         manifest["version"] = args.version
     state = load_file(str(args.package))
