@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from HermesSegmentLib import cli, evaluation, outputs
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.training.phantoms import target_masks
+from HermesSegmentLib.phantoms import target_masks
 
 SHAPE = (16, 24, 20)  # [z, y, x]
 SPACING_XYZ = (1.0, 1.0, 2.0)

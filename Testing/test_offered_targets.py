@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from HermesSegmentLib import models
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.training import phantoms
+from HermesSegmentLib import phantoms
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "HermesSegment" / "Resources" / "Models" / "hermes-demo.safetensors"

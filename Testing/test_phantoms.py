@@ -1,4 +1,4 @@
-"""Tests of the procedural phantom generator (training/phantoms.py) and its CLI (cli/phantoms.py).
+"""Tests of the procedural phantom generator (phantoms/) and its CLI (cli/phantoms.py).
 
 Cases are generated small (``max_voxels``) so the whole file runs in seconds on one core.
 """
@@ -16,7 +16,7 @@ import yaml
 
 from HermesSegmentLib.cli import phantoms as cli_phantoms
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.training import phantoms
+from HermesSegmentLib import phantoms
 
 SMALL = 200_000  # stored voxels: ~7 mm voxels over a whole torso
 

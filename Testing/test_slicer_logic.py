@@ -289,7 +289,7 @@ def test_modality_guesses():
 @pytest.mark.slow
 @pytest.mark.skipif(not DEMO_MODEL.exists(), reason="the demo model package is not built yet")
 def test_real_pipeline_with_demo_model(scene):
-    from HermesSegmentLib.training.phantoms import generate_case
+    from HermesSegmentLib.phantoms import generate_case
 
     image, _labelmap, _info = generate_case(0, "CT")
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")

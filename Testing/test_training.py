@@ -107,7 +107,7 @@ def test_config_errors_are_one_line(tmp_path, tiny_data):
 
 
 def test_ingestion_of_generated_phantoms_is_cached(tmp_path, monkeypatch):
-    from HermesSegmentLib.training import phantoms
+    from HermesSegmentLib import phantoms
 
     phantoms.write_pseudo_datasets(tmp_path / "ph", cases_per_dataset=2, datasets=["PhantomMR_T1"], max_voxels=40000)
     config = load_config(tmp_path / "ph" / "phantom_config.yaml", output=tmp_path / "run")

@@ -43,7 +43,7 @@ from HermesSegmentLib.inference import compute_dtype, precision_name, select_dev
 from HermesSegmentLib.models import load  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
 from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
-from HermesSegmentLib.training.phantoms import generate_case  # noqa: E402
+from HermesSegmentLib.phantoms import generate_case  # noqa: E402
 from HermesSegmentLib.training.trainer import dice as array_dice  # noqa: E402
 
 

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evaluation import evaluate_masks
     from .models import load
     from .pipeline import segment_image
-    from .training.phantoms import target_masks, write_single_case
+    from .phantoms import target_masks, write_single_case
 
     try:
         modality = vocabulary.modality(args.modality).key

@@ -30,7 +30,7 @@ Where masks come from (:func:`load_masks`):
 One label per voxel cannot say that a voxel is both liver and liver tumour. In a label map the
 tumour label hides the liver beneath it, but the liver *target* is the whole organ, tumour
 included (the phantom ground truth is defined that way, see
-:data:`HermesSegmentLib.training.phantoms.CONTAINS` and ``target_masks``). So in every label map,
+:data:`HermesSegmentLib.phantoms.CONTAINS` and ``target_masks``). So in every label map,
 a container target's mask also takes the values of the targets it contains when the table lists
 them: liver = liver ∪ liver_tumor. The same holds for our own priority label maps, where a later
 tumour label hides the liver prediction under it. ``.seg.nrrd`` files store overlaps and are
@@ -237,7 +237,7 @@ def read_label_table(source: Union[PathLike, Mapping]) -> Dict[str, Tuple[int, .
     phantom ``*_truth.json`` (``"labels": {name: value or [values]}``; value 0 is background).
     Container targets take the values of the targets they contain (module docstring).
     """
-    from .training.phantoms import CONTAINS
+    from .phantoms import CONTAINS
 
     where = source if not isinstance(source, Mapping) else "label table"
     doc = source if isinstance(source, Mapping) else _read_json(Path(source))

@@ -1,7 +1,7 @@
 """The phantom sample in Slicer's Sample Data module.
 
 No real scans can be shipped, so the sample is a procedurally generated CT phantom
-(``HermesSegmentLib.training.phantoms``), the same kind of image the demo model was trained on.
+(``HermesSegmentLib.phantoms``), the same kind of image the demo model was trained on.
 Without a URL it is generated locally on first use and cached; when :data:`PHANTOM_URL` is set,
 Sample Data downloads it and checks :data:`PHANTOM_SHA256`.
 
@@ -42,7 +42,7 @@ def phantom_file(folder: Path | None = None, seed: int = PHANTOM_SEED, modality:
         return path
     import SimpleITK as sitk
 
-    from .training.phantoms import generate_case
+    from .phantoms import generate_case
 
     image, _labelmap, _info = generate_case(seed, modality, orientation="LPS")
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import argparse
 
 from ..errors import HermesError
 
-# Kept here (not imported from training.phantoms) so that building the parser stays cheap:
+# Kept here (not imported from phantoms) so that building the parser stays cheap:
 # the generator pulls in numpy, scipy and SimpleITK.
 _MODALITIES = ("CT", "MR-T1", "MR-T2", "PET")
 _REGIONS = ("torso", "thorax", "abdomen", "abdomen_pelvis")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..training import phantoms
+    from .. import phantoms
 
     cap = {} if args.max_voxels is None else {"max_voxels": args.max_voxels}
     if args.single is not None:

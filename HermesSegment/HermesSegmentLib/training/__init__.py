@@ -1,1 +1,1 @@
-"""Training on partially labelled multi-modality datasets: ingestion, sampling, losses, trainer, phantoms."""
+"""Training on partially labelled multi-modality datasets: ingestion, sampling, losses, trainer."""
