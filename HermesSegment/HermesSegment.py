@@ -38,7 +38,7 @@ class HermesSegment(ScriptedLoadableModule):
 
 
 def _registerSampleData():
-    from HermesSegmentLib import sample_data
+    from HermesSegmentLib.slicer import sample_data
     sample_data.register()
 
 
@@ -73,10 +73,11 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HermesSegmentLogic()
-        from HermesSegmentLib import process, vocabulary
+        from HermesSegmentLib import vocabulary
+        from HermesSegmentLib.slicer import background
         for modality in vocabulary.load_vocabulary().modalities:
             self.ui.modalityComboBox.addItem(modality.label, modality.key)
-        self.ui.presetComboBox.addItems(list(process.PRESETS))
+        self.ui.presetComboBox.addItems(list(background.PRESETS))
         self.ui.deviceComboBox.addItems(list(DEVICES))
         self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.refreshTargets)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.refreshTargets)
@@ -204,27 +205,27 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAdvancedToggled(self, collapsed):
         if not collapsed and not self.ui.deviceLabel.text:
-            from HermesSegmentLib.install import describe_devices
+            from HermesSegmentLib.slicer.install import describe_devices
             self.ui.deviceLabel.text = describe_devices()
 
     def onSegmentButton(self):
         """Start a background run, or cancel the one in progress."""
         if self._run:
             return self.cancel()
-        from HermesSegmentLib import install, process
+        from HermesSegmentLib.slicer import background, install
         volume, targets = self._parameterNode.inputVolume, self.selectedTargets()
         if not volume or not targets:
             return slicer.util.errorDisplay("Select an input volume and at least one target.")
         with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
             if install.ensure_dependencies(slicer.util.confirmYesNoDisplay):
-                self._startRun(process, volume, targets)
+                self._startRun(background, volume, targets)
 
-    def _startRun(self, process, volume, targets):
+    def _startRun(self, background, volume, targets):
         p = self._parameterNode
-        self._run, self._resultPath = process.start_segmentation(
+        self._run, self._resultPath = background.start_segmentation(
             self.logic.volume_to_sitk(volume), Path(slicer.util.tempDirectory("HermesSegment")),
             modality=self.ui.modalityComboBox.currentData, targets=targets, model=self.ui.modelComboBox.currentData,
-            device=DEVICES[self.ui.deviceComboBox.currentText], **process.PRESETS[self.ui.presetComboBox.currentText],
+            device=DEVICES[self.ui.deviceComboBox.currentText], **background.PRESETS[self.ui.presetComboBox.currentText],
             side_constraint=p.sideConstraint, single_piece=p.singlePiece, keep_largest=p.keepLargest,
             fill_holes=p.fillHoles, min_island_ml=p.minIslandMl if p.removeIslands else None,
         )
@@ -238,7 +239,7 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.cancel()
 
     def onPoll(self):
-        from HermesSegmentLib.process import ProgressEvent
+        from HermesSegmentLib.slicer.background import ProgressEvent
         for event in self._run.poll():
             if isinstance(event, ProgressEvent):
                 self.ui.progressBar.value = int(100 * event.fraction)
@@ -262,12 +263,11 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class HermesSegmentLogic(ScriptedLoadableModuleLogic):
-    """Slicer's scripted logic (parameter node); every other attribute comes from
-    ``HermesSegmentLib.slicer_logic.HermesSegmentLogic`` (the console API, see the help)."""
+    """Parameter node; other attributes come from ``HermesSegmentLib.slicer.mrml_logic.HermesSegmentLogic``."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        from HermesSegmentLib.slicer_logic import HermesSegmentLogic as CoreLogic
+        from HermesSegmentLib.slicer.mrml_logic import HermesSegmentLogic as CoreLogic
         self.core = CoreLogic()
 
     def getParameterNode(self):
@@ -287,7 +287,7 @@ class HermesSegmentTest(ScriptedLoadableModuleTest):
         self.test_segment_phantom()
 
     def test_segment_phantom(self):
-        from HermesSegmentLib import sample_data
+        from HermesSegmentLib.slicer import sample_data
         volume, logic = sample_data.load_phantom(), HermesSegmentLogic()
         targets = logic.targets_for("hermes-demo", "CT")
         self.delayDisplay(f"Segmenting {len(targets)} targets with the demo model")

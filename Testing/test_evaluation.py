@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HermesSegmentLib import cli, evaluation, outputs
+from HermesSegmentLib import cli, evaluation, writers
+from HermesSegmentLib.mask import TargetMask
 from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.phantoms import target_masks
 
@@ -37,8 +38,8 @@ def box(lo, hi, shape=SHAPE) -> np.ndarray:
     return out
 
 
-def target(key: str, array: np.ndarray) -> outputs.TargetMask:
-    return outputs.TargetMask(key=key, name=key.title(), color=(200, 100, 50), terminology="",
+def target(key: str, array: np.ndarray) -> TargetMask:
+    return TargetMask(key=key, name=key.title(), color=(200, 100, 50), terminology="",
                               offset_zyx=(0, 0, 0), array=array)
 
 
@@ -164,10 +165,10 @@ def test_seg_nrrd_prediction_folder_against_nnunet_label_maps(tmp_path):
     for case in ("case_0000", "case_0001"):
         write_labelmap(gt_dir / f"{case}.nii.gz", truth, ref)
     write_labelmap(gt_dir / "case_0002.nii.gz", truth, ref)  # no prediction
-    outputs.write_seg_nrrd(pred_dir / "case_0000_0000.seg.nrrd",
+    writers.write_seg_nrrd(pred_dir / "case_0000_0000.seg.nrrd",
                            [target("liver", liver), target("liver_tumor", tumor), target("kidney_left", kidney)], ref)
     shifted = np.roll(kidney, 2, axis=2)
-    outputs.write_seg_nrrd(pred_dir / "case_0001.seg.nrrd",
+    writers.write_seg_nrrd(pred_dir / "case_0001.seg.nrrd",
                            [target("liver", liver), target("kidney_left", shifted)], ref)
     dataset = tmp_path / "dataset.json"
     dataset.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "liver_tumor": 2, "Kidney_Left": 3}}))
@@ -196,8 +197,8 @@ def test_sidecar_label_map_prediction_against_seg_nrrd_truth(tmp_path, capsys):
     """Our own NIfTI label map (+ sidecar) as the prediction, single files paired whatever their names."""
     ref = reference()
     spleen, empty = box((4, 4, 4), (10, 10, 10)), np.zeros(SHAPE, bool)
-    outputs.write_label_map_nifti(tmp_path / "result.nii.gz", [target("spleen", spleen), target("aorta", empty)], ref)
-    outputs.write_seg_nrrd(tmp_path / "truth.seg.nrrd", [target("spleen", spleen), target("aorta", empty)], ref)
+    writers.write_label_map_nifti(tmp_path / "result.nii.gz", [target("spleen", spleen), target("aorta", empty)], ref)
+    writers.write_seg_nrrd(tmp_path / "truth.seg.nrrd", [target("spleen", spleen), target("aorta", empty)], ref)
     out = tmp_path / "m.csv"
     assert cli.main(["evaluate", str(tmp_path / "result.nii.gz"), str(tmp_path / "truth.seg.nrrd"), "--out", str(out)]) == 0
     rows = {r["target"]: r for r in read_csv(out)}
@@ -213,7 +214,7 @@ def test_per_target_files_are_one_case(tmp_path):
     a, b = box((2, 2, 2), (8, 8, 8)), box((5, 5, 5), (12, 12, 12))  # overlapping targets
     pred = tmp_path / "pred"
     pred.mkdir()
-    outputs.write_label_map_nifti(pred / "case1.nii.gz", [target("liver", a), target("liver_tumor", b)], ref,
+    writers.write_label_map_nifti(pred / "case1.nii.gz", [target("liver", a), target("liver_tumor", b)], ref,
                                   overlap_policy="per_target")
     assert evaluation.find_cases(pred) == {"case1": pred / "case1.json"}
     masks = evaluation.load_masks(pred / "case1.json")

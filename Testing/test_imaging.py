@@ -1,4 +1,4 @@
-"""imaging.py: reading, model space, and mapping results back to the input grid (CPU, small)."""
+"""read.py, preprocess/ and postprocess/to_input_grid.py: reading, model space, and mapping results back to the input grid (CPU, small)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HermesSegmentLib import imaging
+from HermesSegmentLib import read
+from HermesSegmentLib.postprocess import to_input_grid
+from HermesSegmentLib.preprocess import model_space
 from HermesSegmentLib.errors import HermesError
 
 CT_NORM = {"method": "clip_zscore", "clip": [-991, 500]}
@@ -58,7 +60,7 @@ def make_image(direction: np.ndarray, spacing=(0.8, 0.9, 2.0), size=(48, 44, 24)
     return out
 
 
-def sphere_probability(model: imaging.ModelSpaceImage, radius: float, width: float) -> np.ndarray:
+def sphere_probability(model: model_space.ModelSpaceImage, radius: float, width: float) -> np.ndarray:
     """Smooth indicator of the sphere around CENTRE, sampled on the model crop's grid."""
     crop = model.crop_image(np.zeros(model.array.shape, dtype=np.uint8))
     dist = np.linalg.norm(physical_points(crop) - CENTRE, axis=-1)
@@ -69,7 +71,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def full_mask(crop: imaging.TargetMaskCrop, shape) -> np.ndarray:
+def full_mask(crop: to_input_grid.TargetMaskCrop, shape) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     z, y, x = crop.offset_zyx
     dz, dy, dx = crop.array.shape
@@ -84,13 +86,13 @@ def full_mask(crop: imaging.TargetMaskCrop, shape) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(DIRECTIONS))
 def test_sphere_comes_back_in_the_same_physical_place(name):
     image = make_image(DIRECTIONS[name])
-    model = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+    model = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                    modality="CT")
     assert model.array.dtype == np.float32
     assert model.direction == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     prob = sphere_probability(model, radius=8.0, width=0.5)
-    reference = imaging.reference_geometry(image)
-    crop = imaging.probabilities_to_mask(prob, model, reference)
+    reference = to_input_grid.reference_geometry(image)
+    crop = to_input_grid.probabilities_to_mask(prob, model, reference)
 
     shape = image.GetSize()[::-1]
     mask = full_mask(crop, shape)
@@ -102,7 +104,7 @@ def test_sphere_comes_back_in_the_same_physical_place(name):
     # The crop is the tight bounding box of the mask.
     assert crop.array.any(axis=(1, 2))[[0, -1]].all()
     # from_model_space agrees with probabilities_to_mask (same linear resampling).
-    dense = imaging.from_model_space(prob, model, reference, interpolation="linear")
+    dense = to_input_grid.from_model_space(prob, model, reference, interpolation="linear")
     assert dense.shape == shape
     # The two paths resample different buffers (the target's box vs the whole crop); for an
     # oblique grid ITK's inside-the-buffer test at a box edge (index -0.5) is float-rounding
@@ -113,20 +115,20 @@ def test_sphere_comes_back_in_the_same_physical_place(name):
 def test_linear_probabilities_beat_nearest_labels():
     """The measurement behind the module docstring's resampling decision."""
     image = make_image(np.eye(3), spacing=(0.7, 0.7, 3.0), size=(64, 64, 16))
-    model = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+    model = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                    modality="CT")
     prob = sphere_probability(model, radius=12.0, width=0.75)
-    reference = imaging.reference_geometry(image)
+    reference = to_input_grid.reference_geometry(image)
     truth = np.linalg.norm(physical_points(image) - CENTRE, axis=-1) <= 12.0
     shape = truth.shape
 
-    linear = full_mask(imaging.probabilities_to_mask(prob, model, reference), shape)
+    linear = full_mask(to_input_grid.probabilities_to_mask(prob, model, reference), shape)
     quantised = np.round(prob * 255).astype(np.uint8)
-    linear_u8 = full_mask(imaging.probabilities_to_mask(quantised, model, reference), shape)
+    linear_u8 = full_mask(to_input_grid.probabilities_to_mask(quantised, model, reference), shape)
     labels = (prob >= 0.5).astype(np.uint8)
-    nearest = imaging.from_model_space(labels, model, reference, interpolation="nearest") > 0
+    nearest = to_input_grid.from_model_space(labels, model, reference, interpolation="nearest") > 0
     np.testing.assert_array_equal(
-        imaging.from_model_space(labels.astype(bool), model, reference, interpolation="nearest"),
+        to_input_grid.from_model_space(labels.astype(bool), model, reference, interpolation="nearest"),
         nearest)
 
     d_linear, d_u8, d_nearest = dice(linear, truth), dice(linear_u8, truth), dice(nearest, truth)
@@ -138,15 +140,15 @@ def test_linear_probabilities_beat_nearest_labels():
 
 def test_empty_probability_gives_empty_crop():
     image = make_image(np.eye(3))
-    model = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM)
-    crop = imaging.probabilities_to_mask(np.zeros(model.array.shape, np.float32), model,
-                                         imaging.reference_geometry(image))
+    model = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM)
+    crop = to_input_grid.probabilities_to_mask(np.zeros(model.array.shape, np.float32), model,
+                                         to_input_grid.reference_geometry(image))
     assert crop.array.shape == (0, 0, 0)
 
 
 def test_reference_geometry_keeps_the_grid():
     image = make_image(DIRECTIONS["oblique"])
-    ref = imaging.reference_geometry(image)
+    ref = to_input_grid.reference_geometry(image)
     assert ref.GetSize() == image.GetSize()
     assert ref.GetOrigin() == image.GetOrigin()
     assert ref.GetSpacing() == image.GetSpacing()
@@ -163,7 +165,7 @@ def test_clip_zscore_matches_definition():
     values = rng.normal(0, 800, size=(10, 12, 14)).astype(np.float32)
     image = sitk.GetImageFromArray(values)
     image.SetSpacing((1.5, 1.5, 1.5))
-    model = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+    model = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                    crop_to_body=False)
     clipped = np.clip(values.astype(np.float64), -991, 500)
     expected = (clipped - clipped.mean()) / clipped.std()
@@ -175,7 +177,7 @@ def test_percentile_clip_zscore_matches_definition():
     values = rng.exponential(3.0, size=(10, 12, 14)).astype(np.float32)
     image = sitk.GetImageFromArray(values)
     image.SetSpacing((1.5, 1.5, 1.5))
-    model = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=PCT_NORM,
+    model = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=PCT_NORM,
                                    crop_to_body=False)
     lo, hi = np.percentile(values, [2, 98])
     clipped = np.clip(values.astype(np.float64), lo, hi)
@@ -185,7 +187,7 @@ def test_percentile_clip_zscore_matches_definition():
 
 def test_unknown_normalization_is_a_hermes_error():
     with pytest.raises(HermesError, match="unsupported normalization"):
-        imaging.to_model_space(make_image(np.eye(3)), spacing_zyx=MODEL_SPACING,
+        model_space.to_model_space(make_image(np.eye(3)), spacing_zyx=MODEL_SPACING,
                                normalization={"method": "minmax"})
 
 
@@ -195,7 +197,7 @@ def test_body_crop_excludes_air():
     values[40:60, 30:50, 50:70] = 50
     image = sitk.GetImageFromArray(values)
     image.SetSpacing((1.5, 1.5, 1.5))
-    model = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+    model = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                    modality="CT")
     assert model.grid_size_zyx == (100, 100, 100)
     assert model.crop_offset_zyx == tuple(a for a, _ in model.body_box)
@@ -206,13 +208,13 @@ def test_body_crop_excludes_air():
     # MR-like: dark air, bright body, same crop logic with a percentile threshold.
     mr = sitk.GetImageFromArray(np.where(values > 0, 400.0, 3.0).astype(np.float32))
     mr.SetSpacing((1.5, 1.5, 1.5))
-    mr_model = imaging.to_model_space(mr, spacing_zyx=MODEL_SPACING, normalization=PCT_NORM,
+    mr_model = model_space.to_model_space(mr, spacing_zyx=MODEL_SPACING, normalization=PCT_NORM,
                                       modality="MR")
     assert mr_model.body_box == model.body_box
     # With the sliding window's lattice the crop grows to whole lattice windows around the body.
     from HermesSegmentLib.inference.windows import lattice_box
 
-    aligned = imaging.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+    aligned = model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                      modality="CT", window_lattice=((16, 16, 16), 0.5))
     assert aligned.body_box == lattice_box(model.body_box, (100, 100, 100), (16, 16, 16), 0.5)
     assert all(start % 8 == 0 for start, _ in aligned.body_box) and aligned.body_box != model.body_box
@@ -233,15 +235,15 @@ def test_midline_is_the_centre_of_the_body_across_the_patient(stored):
     x_mm = np.arange(100.0) if stored == "LPS" else 99.0 - np.arange(100.0)
     values = np.full((20, 20, 100), -1000, dtype=np.int16)
     values[:, 2:14, (x_mm >= 20) & (x_mm < 50)] = 40  # tissue from 20 to 50 mm towards the patient's left
-    model = imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT",
+    model = model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT",
                                    crop_to_body=False)
     midline_mm = model.origin_xyz[0] + model.midline_x * model.spacing_zyx[2]
     assert abs(midline_mm - 34.5) <= 3.0  # the body is found on 3 mm blocks
     values[:, 18:19, :] = 40  # a thin table across the whole field of view, apart from the trunk
-    with_table = imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT")
+    with_table = model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT")
     assert with_table.midline_x == model.midline_x
     values[:, 2:14, :] = 40  # a trunk cut by the field of view has no known centre
-    assert imaging.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+    assert model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
                                   modality="CT").midline_x is None
 
 
@@ -259,7 +261,7 @@ def test_read_nifti_keeps_oblique_geometry(tmp_path):
     image = make_image(DIRECTIONS["oblique"])
     for name in ("a.nii.gz", "a.nrrd", "a.mha"):
         sitk.WriteImage(image, str(tmp_path / name))
-        back = imaging.read_image(tmp_path / name)
+        back = read.read_image(tmp_path / name)
         np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-5)
         np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
@@ -269,7 +271,7 @@ def test_read_nifti_keeps_oblique_geometry(tmp_path):
 
 def test_read_missing_file(tmp_path):
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "nope.nii.gz")
+        read.read_image(tmp_path / "nope.nii.gz")
     assert_one_line_error(e, "no such file")
 
 
@@ -277,14 +279,14 @@ def test_read_corrupt_file(tmp_path):
     path = tmp_path / "bad.nii.gz"
     path.write_bytes(b"this is not an image" * 10)
     with pytest.raises(HermesError) as e:
-        imaging.read_image(path)
+        read.read_image(path)
     assert_one_line_error(e, "cannot read the image")
 
 
 def test_read_2d_image(tmp_path):
     sitk.WriteImage(sitk.Image([16, 16], sitk.sitkInt16), str(tmp_path / "flat.nii.gz"))
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "flat.nii.gz")
+        read.read_image(tmp_path / "flat.nii.gz")
     assert_one_line_error(e, "2D image")
     assert "needs a 3D volume" in str(e.value)
 
@@ -292,7 +294,7 @@ def test_read_2d_image(tmp_path):
 def test_read_3d_with_singleton_dimension(tmp_path):
     sitk.WriteImage(sitk.Image([16, 16, 1], sitk.sitkInt16), str(tmp_path / "slice.nrrd"))
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "slice.nrrd")
+        read.read_image(tmp_path / "slice.nrrd")
     assert_one_line_error(e, "2D image")
 
 
@@ -300,13 +302,13 @@ def test_read_4d_needs_a_frame(tmp_path):
     values = np.arange(3 * 4 * 5 * 6, dtype=np.float32).reshape(3, 4, 5, 6)  # [t, z, y, x]
     sitk.WriteImage(sitk.GetImageFromArray(values, isVector=False), str(tmp_path / "t.nii.gz"))
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "t.nii.gz")
+        read.read_image(tmp_path / "t.nii.gz")
     assert_one_line_error(e, "4D image with 3 frames; pick one with --frame N")
-    frame = imaging.read_image(tmp_path / "t.nii.gz", frame=2)
+    frame = read.read_image(tmp_path / "t.nii.gz", frame=2)
     assert frame.GetSize() == (6, 5, 4)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(frame), values[2])
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "t.nii.gz", frame=3)
+        read.read_image(tmp_path / "t.nii.gz", frame=3)
     assert_one_line_error(e, "frame 3 out of range")
 
 
@@ -314,7 +316,7 @@ def test_read_rgb_is_refused(tmp_path):
     rgb = sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)
     sitk.WriteImage(rgb, str(tmp_path / "rgb.mha"))
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "rgb.mha")
+        read.read_image(tmp_path / "rgb.mha")
     assert_one_line_error(e, "3 components per voxel")
 
 
@@ -323,12 +325,12 @@ def test_read_nan_and_inf_are_refused(tmp_path):
     values[2, 3, 4] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "nan.nrrd"))
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "nan.nrrd")
+        read.read_image(tmp_path / "nan.nrrd")
     assert_one_line_error(e, "image contains NaN values")
     values[2, 3, 4] = np.inf
     sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "inf.nrrd"))
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path / "inf.nrrd")
+        read.read_image(tmp_path / "inf.nrrd")
     assert_one_line_error(e, "infinite values")
 
 
@@ -362,38 +364,38 @@ def write_dicom_series(image: sitk.Image, folder, modality: str, series_uid: str
 def test_read_dicom_series_keeps_geometry(tmp_path, caplog):
     image = make_image(DIRECTIONS["oblique"], size=(20, 18, 8))
     write_dicom_series(image, tmp_path / "dcm", "CT", "1.2.826.0.1.3680043.2.1125.2")
-    back = imaging.read_image(tmp_path / "dcm")
+    back = read.read_image(tmp_path / "dcm")
     assert back.GetSize() == image.GetSize()
     np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-3)
     np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
-    assert imaging.dicom_modality(tmp_path / "dcm") == "CT"
-    assert imaging.guess_modality(back, imaging.dicom_modality(tmp_path / "dcm")) == "CT"
+    assert read.dicom_modality(tmp_path / "dcm") == "CT"
+    assert read.guess_modality(back, read.dicom_modality(tmp_path / "dcm")) == "CT"
 
     # A second, smaller series in the same folder: the larger one is read, with a warning.
     write_dicom_series(image[:, :, :3], tmp_path / "dcm", "CT", "1.2.826.0.1.3680043.2.1125.3")
-    with caplog.at_level(logging.WARNING, logger="HermesSegmentLib.imaging"):
-        again = imaging.read_image(tmp_path / "dcm")
+    with caplog.at_level(logging.WARNING, logger="HermesSegmentLib.read"):
+        again = read.read_image(tmp_path / "dcm")
     assert again.GetSize() == image.GetSize()
     assert "2 DICOM series" in caplog.text
 
 
 def test_empty_folder_is_refused(tmp_path):
     with pytest.raises(HermesError) as e:
-        imaging.read_image(tmp_path)
+        read.read_image(tmp_path)
     assert_one_line_error(e, "no DICOM series found")
 
 
 def test_guess_modality():
     ct = make_image(np.eye(3))
     ct_with_bone = sitk.Add(ct, sitk.Cast(sitk.Greater(ct, 0), sitk.sitkInt16) * 1200)
-    assert imaging.guess_modality(ct_with_bone) == "CT"
+    assert read.guess_modality(ct_with_bone) == "CT"
     rng = np.random.default_rng(2)
     pet = sitk.GetImageFromArray(rng.exponential(0.5, size=(20, 20, 20)).astype(np.float32))
-    assert imaging.guess_modality(pet) == "PET"
+    assert read.guess_modality(pet) == "PET"
     mr = sitk.GetImageFromArray(rng.uniform(0, 800, size=(20, 20, 20)).astype(np.float32))
-    assert imaging.guess_modality(mr) is None
-    assert imaging.guess_modality(mr, "MR") == "MR"
-    assert imaging.guess_modality(mr, "PT") == "PET"
-    assert imaging.dicom_modality("/nonexistent/file.dcm") is None
+    assert read.guess_modality(mr) is None
+    assert read.guess_modality(mr, "MR") == "MR"
+    assert read.guess_modality(mr, "PT") == "PET"
+    assert read.dicom_modality("/nonexistent/file.dcm") is None

@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from HermesSegmentLib import install
+from HermesSegmentLib.slicer import install
 from HermesSegmentLib.errors import HermesError
 
 

@@ -1,4 +1,4 @@
-"""outputs.py: .seg.nrrd (checked with slicerio), NIfTI label maps, CSV, atomic writes."""
+"""writers.py: .seg.nrrd (checked with slicerio), NIfTI label maps, CSV, atomic writes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import SimpleITK as sitk
 import slicerio
 from slicerio.segmentation import terminology_entry_to_string
 
-from HermesSegmentLib import outputs
+from HermesSegmentLib import writers
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.imaging import reference_geometry
-from HermesSegmentLib.outputs import TargetMask
+from HermesSegmentLib.mask import TargetMask
+from HermesSegmentLib.postprocess import reference_geometry
+from HermesSegmentLib.writers import nifti, seg_nrrd
 
 LIVER_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list"
               "~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^"
@@ -63,7 +64,7 @@ def test_seg_nrrd_round_trip_with_slicerio_and_overlap(tmp_path):
     reference = oblique_reference()
     masks = masks_with_overlap()
     path = tmp_path / "case.seg.nrrd"
-    outputs.write_seg_nrrd(path, masks, reference)
+    writers.write_seg_nrrd(path, masks, reference)
 
     seg = slicerio.read_segmentation(str(path))
     assert [s["name"] for s in seg["segments"]] == ["Liver", "Liver tumor", "Spleen"]
@@ -89,7 +90,7 @@ def test_seg_nrrd_round_trip_with_slicerio_and_overlap(tmp_path):
         assert info["extent"] == [box[2][0], box[2][1], box[1][0], box[1][1], box[0][0], box[0][1]]
 
     # And our own reader gives back the same masks and geometry.
-    back, ref_back = outputs.read_seg_nrrd(path)
+    back, ref_back = writers.read_seg_nrrd(path)
     assert [m.key for m in back] == ["liver", "liver_tumor", "spleen"]
     for a, b in zip(masks, back):
         assert (a.name, a.color, a.terminology) == (b.name, b.color, b.terminology)
@@ -105,24 +106,24 @@ def test_seg_nrrd_without_overlap_is_3d_and_keeps_empty_targets(tmp_path):
     liver, _, spleen = masks_with_overlap()
     empty = TargetMask("kidney", "Kidney", (185, 102, 83), "", (0, 0, 0), np.zeros((0, 0, 0), bool))
     path = tmp_path / "case.seg.nrrd"
-    outputs.write_seg_nrrd(path, [liver, spleen, empty], reference)
+    writers.write_seg_nrrd(path, [liver, spleen, empty], reference)
     seg = slicerio.read_segmentation(str(path))
     assert seg["voxels"].ndim == 3
     assert [s["labelValue"] for s in seg["segments"]] == [1, 2, 3]
     assert seg["segments"][2]["extent"] == [0, -1, 0, -1, 0, -1]
-    back, _ = outputs.read_seg_nrrd(path)
+    back, _ = writers.read_seg_nrrd(path)
     assert back[2].voxels == 0 and back[0].voxels == liver.voxels
 
 
 def test_read_seg_nrrd_missing_file(tmp_path):
     with pytest.raises(HermesError, match="cannot read the segmentation"):
-        outputs.read_seg_nrrd(tmp_path / "none.seg.nrrd")
+        writers.read_seg_nrrd(tmp_path / "none.seg.nrrd")
 
 
 def test_nifti_priority_later_target_wins(tmp_path):
     reference = oblique_reference()
     masks = masks_with_overlap()
-    written = outputs.write_label_map_nifti(tmp_path / "case.nii.gz", masks, reference)
+    written = writers.write_label_map_nifti(tmp_path / "case.nii.gz", masks, reference)
     assert [p.name for p in written] == ["case.nii.gz", "case.json"]
     image = sitk.ReadImage(str(written[0]))
     labels = sitk.GetArrayFromImage(image)
@@ -141,7 +142,7 @@ def test_nifti_priority_later_target_wins(tmp_path):
 
 def test_nifti_per_target_keeps_overlaps(tmp_path):
     masks = masks_with_overlap()
-    written = outputs.write_label_map_nifti(tmp_path / "case.nii.gz", masks, oblique_reference(),
+    written = writers.write_label_map_nifti(tmp_path / "case.nii.gz", masks, oblique_reference(),
                                             overlap_policy="per_target")
     assert [p.name for p in written] == ["case_liver.nii.gz", "case_liver_tumor.nii.gz",
                                          "case_spleen.nii.gz", "case.json"]
@@ -152,7 +153,7 @@ def test_nifti_per_target_keeps_overlaps(tmp_path):
 
 def test_probability_maps(tmp_path):
     prob = np.linspace(0, 1, np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
-    written = outputs.write_probability_maps(tmp_path / "case", [("liver", prob)], oblique_reference())
+    written = writers.write_probability_maps(tmp_path / "case", [("liver", prob)], oblique_reference())
     assert [p.name for p in written] == ["case_liver_prob.nii.gz"]
     back = sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
     assert back.dtype == np.uint8 and back.max() == 255 and back.min() == 0
@@ -160,17 +161,17 @@ def test_probability_maps(tmp_path):
 
 def test_summary_csv_appends_with_one_header(tmp_path):
     path = tmp_path / "summary.csv"
-    outputs.append_summary_csv(path, [{"case": "a", "target": "liver", "voxels": 10,
+    writers.append_summary_csv(path, [{"case": "a", "target": "liver", "voxels": 10,
                                        "volume_ml": 1.5, "seconds": 2.0}])
-    outputs.append_summary_csv(path, [{"case": "b", "target": "liver", "voxels": 0,
+    writers.append_summary_csv(path, [{"case": "b", "target": "liver", "voxels": 0,
                                        "volume_ml": 0.0, "seconds": 1.0}])
     rows = list(csv.DictReader(path.open()))
     assert [r["case"] for r in rows] == ["a", "b"]
-    assert list(rows[0]) == list(outputs.SUMMARY_COLUMNS)
+    assert list(rows[0]) == list(writers.SUMMARY_COLUMNS)
     bad = tmp_path / "other.csv"
     bad.write_text("x,y\n1,2\n")
     with pytest.raises(HermesError, match="other columns"):
-        outputs.append_summary_csv(bad, [])
+        writers.append_summary_csv(bad, [])
 
 
 def test_failed_writes_leave_no_partial_file(tmp_path, monkeypatch):
@@ -180,24 +181,24 @@ def test_failed_writes_leave_no_partial_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(outputs, "_write_image", boom)
+    monkeypatch.setattr(nifti, "write_image", boom)
     with pytest.raises(RuntimeError):
-        outputs.write_label_map_nifti(tmp_path / "case.nii.gz", masks, reference)
+        writers.write_label_map_nifti(tmp_path / "case.nii.gz", masks, reference)
     with pytest.raises(RuntimeError):
-        outputs.write_label_map_nifti(tmp_path / "case.nii.gz", masks, reference,
+        writers.write_label_map_nifti(tmp_path / "case.nii.gz", masks, reference,
                                       overlap_policy="per_target")
 
-    monkeypatch.setattr(outputs, "_seg_slab", boom)
+    monkeypatch.setattr(seg_nrrd, "_seg_slab", boom)
     with pytest.raises(RuntimeError):
-        outputs.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks, reference)
+        writers.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks, reference)
     assert list(tmp_path.iterdir()) == []
 
     # An existing file is left untouched by a failed rewrite.
     monkeypatch.undo()
-    outputs.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks, reference)
+    writers.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks, reference)
     before = (tmp_path / "case.seg.nrrd").read_bytes()
-    monkeypatch.setattr(outputs, "_seg_slab", boom)
+    monkeypatch.setattr(seg_nrrd, "_seg_slab", boom)
     with pytest.raises(RuntimeError):
-        outputs.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks[:1], reference)
+        writers.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks[:1], reference)
     assert (tmp_path / "case.seg.nrrd").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["case.seg.nrrd"]

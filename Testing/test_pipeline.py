@@ -56,7 +56,7 @@ def test_probabilities_are_kept_on_request(tiny_package):
 @pytest.mark.parametrize("direction", [None, (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
 def test_a_left_organ_is_kept_on_the_left_of_the_body(tiny_package, monkeypatch, direction):
     """A model that finds the organ on both sides (every probability 1) gives only the left one."""
-    import HermesSegmentLib.pipeline as pipeline
+    import HermesSegmentLib.pipeline.segment as pipeline
     from HermesSegmentLib.postprocess import PostprocessOptions
 
     monkeypatch.setattr(pipeline, "predict_volume", lambda network, volume, tasks, *args, **kwargs:
@@ -212,7 +212,7 @@ def test_targets_command_lists_per_modality(tiny_package, capsys):
 
 def test_a_one_piece_organ_keeps_its_largest_part(tiny_package, monkeypatch):
     """A model that finds a big and a small blob: the liver (one piece) keeps the big one, unless asked not to."""
-    import HermesSegmentLib.pipeline as pipeline
+    import HermesSegmentLib.pipeline.segment as pipeline
     from HermesSegmentLib.postprocess import PostprocessOptions
 
     def two_blobs(network, volume, tasks, *args, **kwargs):

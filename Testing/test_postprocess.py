@@ -1,4 +1,4 @@
-"""postprocess.py: each cleanup operation does what it says."""
+"""postprocess/: each cleanup operation does what it says."""
 
 import numpy as np
 

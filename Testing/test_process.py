@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from HermesSegmentLib.process import (
+from HermesSegmentLib.slicer.background import (
     BackgroundRun,
     LogLine,
     ProgressEvent,
@@ -136,7 +136,7 @@ def test_parsing_helpers():
     assert "--precision" not in command and "--no-side-constraint" not in command  # the engine's defaults
     assert "--no-single-piece" not in command
     from HermesSegmentLib.cli import build_parser
-    from HermesSegmentLib.process import PRESETS
+    from HermesSegmentLib.slicer.background import PRESETS
 
     for preset in PRESETS.values():  # the engine accepts what the Slicer module sends
         sent = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], side_constraint=False,

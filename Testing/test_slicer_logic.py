@@ -20,8 +20,9 @@ sitk = pytest.importorskip("SimpleITK")
 from vtk.util import numpy_support  # noqa: E402
 
 from HermesSegmentLib.errors import HermesError  # noqa: E402
-from HermesSegmentLib.outputs import TargetMask, write_seg_nrrd  # noqa: E402
-from HermesSegmentLib.slicer_logic import (  # noqa: E402
+from HermesSegmentLib.mask import TargetMask  # noqa: E402
+from HermesSegmentLib.writers import write_seg_nrrd  # noqa: E402
+from HermesSegmentLib.slicer.mrml_logic import (  # noqa: E402
     MODEL_TAG,
     TARGET_TAG,
     HermesSegmentLogic,
@@ -321,7 +322,7 @@ def _itk_into_volume(image: sitk.Image, node) -> None:
 
 @pytest.mark.slow
 def test_sample_phantom_is_generated_once_and_loads_as_a_volume(scene, tmp_path):
-    from HermesSegmentLib import sample_data
+    from HermesSegmentLib.slicer import sample_data
 
     path = sample_data.phantom_file(tmp_path)
     written = path.stat().st_mtime_ns

@@ -1,4 +1,4 @@
-"""Tests for the target vocabulary (HermesSegmentLib/vocabulary.py and its data files)."""
+"""Tests for the target vocabulary (HermesSegmentLib/vocabulary/ and its data files)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_json_loads_and_is_cached(raw, vocab):
     assert raw["version"] == 1
     assert {"modalities", "regions", "targets"} <= set(raw)
     assert v.load_vocabulary() is vocab
-    assert v.DATA_DIR == Path(v.__file__).parent / "data"
+    assert v.DATA_DIR == Path(v.__file__).parent.parent / "data"
 
 
 def test_modalities_and_slots(vocab):
@@ -288,4 +288,4 @@ def test_single_piece_must_be_a_boolean(raw):
 
     raw["targets"][0]["single_piece"] = "yes"
     with pytest.raises(ValueError, match="single_piece: expected true or false"):
-        vocabulary._parse_vocabulary(raw)
+        vocabulary.entries.parse_vocabulary(raw)

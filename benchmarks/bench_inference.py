@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
-from HermesSegmentLib import imaging  # noqa: E402
 from HermesSegmentLib.inference import compute_dtype, precision_name, select_device  # noqa: E402
 from HermesSegmentLib.models import load  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
-from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
+from HermesSegmentLib.postprocess import PostprocessOptions, probabilities_to_mask, reference_geometry  # noqa: E402
+from HermesSegmentLib.preprocess import to_model_space  # noqa: E402
 from HermesSegmentLib.phantoms import generate_case  # noqa: E402
 from HermesSegmentLib.training.trainer import dice as array_dice  # noqa: E402
 
@@ -102,12 +102,12 @@ def monai_masks(image, model, modality, keys, device, overlap):
     """Path (b): same preprocessing (no body crop) and mapping back, MONAI's sliding window in between."""
     from monai.inferers import sliding_window_inference
 
-    from HermesSegmentLib.outputs import TargetMask
+    from HermesSegmentLib.mask import TargetMask
 
     entry = model.modality_entry(modality)
     window = tuple(model.manifest["input"]["window_size_zyx"])
-    ms = imaging.to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
-                                normalization=entry["normalization"], crop_to_body=False, modality=modality)
+    ms = to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
+                        normalization=entry["normalization"], crop_to_body=False, modality=modality)
     tasks = torch.tensor([[model.task_index(k, modality) for k in keys]], device=device)
     slot = torch.tensor([[entry["slot"]]], device=device)
     # As a MONAI user runs it: our engine switched the shared network to channels-last; undo that.
@@ -123,10 +123,10 @@ def monai_masks(image, model, modality, keys, device, overlap):
         probabilities = (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).cpu().numpy()
     inference = time.perf_counter() - started
     del logits
-    reference = imaging.reference_geometry(image)
+    reference = reference_geometry(image)
     masks = []
     for number, key in enumerate(keys):
-        crop = imaging.probabilities_to_mask(probabilities[number], ms, reference)
+        crop = probabilities_to_mask(probabilities[number], ms, reference)
         masks.append(TargetMask(key, key, (0, 0, 0), "", crop.offset_zyx, crop.array))
     return masks, inference
 

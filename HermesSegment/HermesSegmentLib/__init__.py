@@ -1,11 +1,12 @@
 """HermesSegment core: universal medical image segmentation with the Hermes model.
 
-Importable without Slicer and without Qt. The data path is one straight line::
+Importable without Slicer and without Qt. The folders follow the data path (docs/architecture.md)::
 
-    imaging (read, reorient, resample, normalise)
+    read (files, DICOM series)
+      -> preprocess (model space: reorient, resample, body crop, normalise)
       -> inference (sliding window over the network)
-      -> postprocess (threshold, per-target cleanup)
-      -> outputs (.seg.nrrd, NIfTI, CSV) or slicer_logic (segmentation node)
+      -> postprocess (back to the input grid, threshold, per-target cleanup)
+      -> writers (.seg.nrrd, NIfTI, CSV) or slicer (segmentation node)
 
 Heavy dependencies (torch, SimpleITK) are imported by the submodules that need them, so that
 ``import HermesSegmentLib`` stays cheap inside Slicer.
@@ -21,7 +22,7 @@ __all__ = ["CancelledError", "HermesError", "__version__"]
 def __getattr__(name: str):
     """Lazy attributes: ``HermesSegmentLogic`` imports Slicer's MRML only when asked for."""
     if name == "HermesSegmentLogic":
-        from .slicer_logic import HermesSegmentLogic
+        from .slicer.mrml_logic import HermesSegmentLogic
 
         return HermesSegmentLogic
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

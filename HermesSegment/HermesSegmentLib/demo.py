@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import SimpleITK as sitk
 
-    from . import outputs, vocabulary
+    from . import vocabulary, writers
     from .errors import HermesError
     from .evaluation import evaluate_masks
     from .models import load
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     segmentation = args.out / "phantom.seg.nrrd"
-    outputs.write_seg_nrrd(segmentation, result.masks, result.reference)
+    writers.write_seg_nrrd(segmentation, result.masks, result.reference)
 
     shape = image.GetSize()[::-1]
     spacing_zyx = image.GetSpacing()[::-1]
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dices:
         print(f"{'mean':<18} {'':>10} {'':>10} {np.mean(dices):>7.3f}")
     (args.out / "summary.csv").unlink(missing_ok=True)  # a re-run replaces the demo's summary
-    outputs.append_summary_csv(args.out / "summary.csv", rows)
+    writers.append_summary_csv(args.out / "summary.csv", rows)
     picture = args.out / "phantom.png"
     render_overview(image, predicted, {m.key: m.color for m in result.masks}, picture,
                     f"{model.name} on a {modality} phantom (demo model; not for clinical use)")

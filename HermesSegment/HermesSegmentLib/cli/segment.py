@@ -118,7 +118,9 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import imaging, outputs, postprocess, vocabulary
+    from .. import vocabulary, writers
+    from ..postprocess import PostprocessOptions
+    from ..read import read_image
     from ..inference import compute_dtype, describe, precision_name, select_device
     from ..models import load
     from ..pipeline import resolve_targets, segment_image
@@ -132,10 +134,10 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, device="cpu")
     targets = resolve_targets(model, modality, args.targets)
     paths = expand_inputs(args.inputs)
-    options = postprocess.PostprocessOptions(keep_largest=args.keep_largest, fill_holes=args.fill_holes,
-                                             min_island_ml=args.min_island_ml,
-                                             side_constraint=not args.no_side_constraint,
-                                             single_piece=not args.no_single_piece)
+    options = PostprocessOptions(keep_largest=args.keep_largest, fill_holes=args.fill_holes,
+                                 min_island_ml=args.min_island_ml,
+                                 side_constraint=not args.no_side_constraint,
+                                 single_piece=not args.no_single_piece)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = OUTPUT_SUFFIX[args.format]
     log_line = (lambda text: print(json.dumps({"message": text}), flush=True)) if args.progress_json else \
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         progress = _Progress(name, args.progress_json)
         try:
             started = time.perf_counter()
-            image = imaging.read_image(path, frame=args.frame)
+            image = read_image(path, frame=args.frame)
             result = segment_image(
                 image, modality=modality, targets=targets, model=model, device=str(device), precision=args.precision,
                 overlap=args.overlap, blending=args.blending, batch_size=args.batch_size, fast=args.fast,
@@ -165,16 +167,16 @@ def run(args: argparse.Namespace) -> int:
             )
             del image
             if args.format == "seg-nrrd":
-                outputs.write_seg_nrrd(destination, result.masks, result.reference)
+                writers.write_seg_nrrd(destination, result.masks, result.reference)
             else:
-                outputs.write_label_map_nifti(destination, result.masks, result.reference,
+                writers.write_label_map_nifti(destination, result.masks, result.reference,
                                               overlap_policy=args.overlap_policy)
             if args.probabilities:
-                outputs.write_probability_maps(args.out / f"{name}_probabilities", result.probability_maps(),
+                writers.write_probability_maps(args.out / f"{name}_probabilities", result.probability_maps(),
                                                result.reference)
             seconds = time.perf_counter() - started
             spacing = result.reference.GetSpacing()
-            outputs.append_summary_csv(args.out / "summary.csv", [
+            writers.append_summary_csv(args.out / "summary.csv", [
                 {"case": name, "target": m.key, "voxels": m.voxels, "volume_ml": round(m.volume_ml(spacing), 3),
                  "seconds": round(seconds, 2)} for m in result.masks])
             log_line(f"{name}: {len(result.masks)} targets in {seconds:.1f} s -> {destination}")

@@ -9,7 +9,7 @@ quantised to uint8 and written to the output. Peak memory is therefore
   + tasks x depth x height x width x 1 byte          (the uint8 result)
 
 instead of tasks x depth x height x width x 4 bytes for a whole-volume float accumulator.
-Quantising probabilities to 1/255 costs nothing measurable (see imaging.py).
+Quantising probabilities to 1/255 costs nothing measurable (see docs/architecture.md).
 """
 
 from __future__ import annotations

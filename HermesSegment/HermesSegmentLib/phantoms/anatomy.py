@@ -246,5 +246,3 @@ def _paint_pet_lesions(cv: Canvas, rng: np.random.Generator, spine_y: float) -> 
         ok = np.isin(cv.label[sl], allowed) & ~np.isin(
             cv.tissue[sl], [TISSUE_ID["air"], TISSUE_ID["cortical_bone"], TISSUE_ID["table"]])
         cv.paint(sl, blob.radius(*q) < 1.0, "pet_lesion", "fdg_avid_lesion", ok)
-
-

@@ -143,5 +143,3 @@ def apply_modality(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator
     sigma = np.float32(rng.uniform(0.015, 0.04) * 1000.0)
     return np.sqrt((img + sigma * rng.normal(size=shape).astype(np.float32)) ** 2
                    + (sigma * rng.normal(size=shape).astype(np.float32)) ** 2)
-
-

@@ -186,5 +186,3 @@ class Canvas:
             mask = mask & where
         self.tissue[slices][mask] = TISSUE_ID[tissue]
         self.label[slices][mask] = LABELS[label] if label else 0
-
-

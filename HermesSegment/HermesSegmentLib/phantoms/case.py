@@ -148,5 +148,3 @@ def target_masks(labelmap_array: np.ndarray, labels: Mapping[str, int]) -> dict[
                 if key in masks:
                     masks[outer] = masks[outer] | masks[key]
     return masks
-
-

@@ -90,5 +90,3 @@ def oblique(image: sitk.Image, label: sitk.Image, rng: np.random.Generator,
     img = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, background, image.GetPixelID())
     lab = sitk.Resample(label, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
     return img, lab
-
-

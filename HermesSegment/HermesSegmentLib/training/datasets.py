@@ -1,6 +1,6 @@
 """Dataset ingestion: nnU-Net / MSD folders -> preprocessed model-space cases, cached on disk.
 
-Images go through :func:`imaging.to_model_space` -- the very function inference uses -- so the
+Images go through :func:`preprocess.to_model_space` -- the very function inference uses -- so the
 network is trained on exactly what it will see. Label maps are resampled onto the same
 model-space grid (the crop of the full grid that ``to_model_space`` returns) with nearest
 neighbour. Each case is preprocessed once; the result is cached as two ``.npy`` files keyed by the
@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import imaging
+from ..preprocess import ModelSpaceImage, to_model_space
+from ..read import read_image
 from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..models.manifest import default_normalization
@@ -109,10 +110,10 @@ def _cache_key(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float]) ->
 
 def preprocess_case(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(image float32 (D, H, W) normalised, label (D, H, W)) on the model-space body crop."""
-    image = imaging.read_image(files.image)
-    label = imaging.read_image(files.label)
-    model = imaging.to_model_space(image, spacing_zyx=spacing, normalization=default_normalization(spec.modality),
-                                   modality=spec.modality)
+    image = read_image(files.image)
+    label = read_image(files.label)
+    model = to_model_space(image, spacing_zyx=spacing, normalization=default_normalization(spec.modality),
+                           modality=spec.modality)
     label_array = resample_label(label, model)
     present = set(np.unique(label_array).tolist()) | set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
     unknown = sorted(v for v in present if v != 0 and v not in spec.labels)
@@ -122,7 +123,7 @@ def preprocess_case(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float
     return model.array, label_array
 
 
-def resample_label(label: sitk.Image, model: imaging.ModelSpaceImage) -> np.ndarray:
+def resample_label(label: sitk.Image, model: ModelSpaceImage) -> np.ndarray:
     """A label map (any geometry) onto ``model``'s crop grid with nearest neighbour -> (D, H, W)."""
     if label.GetNumberOfComponentsPerPixel() != 1:
         raise HermesError("label maps must be scalar images (one label value per voxel)")

@@ -1,7 +1,7 @@
 """segment_image(): the one function the CLI, the Slicer logic and the tests call.
 
-image -> imaging.to_model_space -> inference.predict_volume (network) -> per target:
-imaging.probabilities_to_mask -> postprocess.apply -> outputs.TargetMask on the input grid.
+image -> preprocess.to_model_space -> inference.predict_volume (network) -> per target:
+postprocess.probabilities_to_mask -> postprocess.apply -> mask.TargetMask on the input grid.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from . import imaging, vocabulary
-from .errors import HermesError
-from .inference import (CancelToken, ProgressCallback, compute_dtype, precision_name, predict_volume, report,
-                        select_device)
-from .models import DEFAULT_MODEL, LoadedModel, load
-from .models.manifest import task_terminology_entry
-from .outputs import TargetMask
-from .postprocess import PostprocessOptions, apply as apply_postprocess, keep_to_side
+from .. import vocabulary
+from ..errors import HermesError
+from ..inference import (CancelToken, ProgressCallback, compute_dtype, precision_name, predict_volume, report,
+                         select_device)
+from ..mask import TargetMask
+from ..models import DEFAULT_MODEL, LoadedModel, load
+from ..models.manifest import task_terminology_entry
+from ..postprocess import (PostprocessOptions, apply as apply_postprocess, from_model_space, keep_to_side,
+                           probabilities_to_mask, reference_geometry)
+from ..preprocess import ModelSpaceImage, to_model_space
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ FAST_OVERLAP = 0.25
 class SegmentationResult:
     """Masks on the input grid, one per requested target, and what produced them.
 
-    ``reference``: a UInt8 image with the input's geometry (see imaging.reference_geometry).
+    ``reference``: a UInt8 image with the input's geometry (see postprocess.reference_geometry).
     ``device`` and ``precision`` (float32, bfloat16 or float16): where and how the network ran.
     ``seconds``: wall time per stage. ``model_space`` and ``probabilities`` (uint8, one map per
     target in model space) are kept only when ``keep_probabilities`` was asked for.
@@ -46,7 +48,7 @@ class SegmentationResult:
     device: str
     precision: str = "float32"
     seconds: dict[str, float] = field(default_factory=dict)
-    model_space: Optional[imaging.ModelSpaceImage] = None
+    model_space: Optional[ModelSpaceImage] = None
     probabilities: Optional[np.ndarray] = None
 
     def probability_maps(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -54,7 +56,7 @@ class SegmentationResult:
         if self.probabilities is None or self.model_space is None:
             raise HermesError("probabilities were not kept; segment again with keep_probabilities=True")
         for mask, probabilities in zip(self.masks, self.probabilities):
-            yield mask.key, imaging.from_model_space(probabilities, self.model_space, self.reference)
+            yield mask.key, from_model_space(probabilities, self.model_space, self.reference)
 
 
 def resolve_targets(model: LoadedModel, modality: str, targets: Union[str, Sequence[str]]) -> list[str]:
@@ -126,10 +128,10 @@ def segment_image(
     mark = time.perf_counter()
     spacing = loaded.manifest["input"]["spacing_zyx_mm"]
     window = loaded.manifest["input"]["window_size_zyx"]
-    model_space = imaging.to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
-                                         crop_to_body=crop_to_body, modality=modality_key,
-                                         window_lattice=(window, overlap))
-    reference = imaging.reference_geometry(image)
+    model_space = to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
+                                 crop_to_body=crop_to_body, modality=modality_key,
+                                 window_lattice=(window, overlap))
+    reference = reference_geometry(image)
     timings["preprocess"] = time.perf_counter() - mark
     report(progress, "preprocess", 1.0, f"model space {'x'.join(map(str, model_space.array.shape))} voxels")
     if cancel is not None:
@@ -159,7 +161,7 @@ def segment_image(
             else:
                 keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
                              model_space.spacing_zyx[2])
-        crop = imaging.probabilities_to_mask(probabilities[number], model_space, reference, threshold)
+        crop = probabilities_to_mask(probabilities[number], model_space, reference, threshold)
         cleanup = options.for_target(key)
         array = apply_postprocess(crop.array, input_spacing_zyx, cleanup) if cleanup.active else crop.array
         task = loaded.task(index)

@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import HermesError
+from ..errors import HermesError
 
-REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[2] / "Resources" / "requirements.txt"
 TORCH_REQUIREMENT = ">=2.1"
 
 

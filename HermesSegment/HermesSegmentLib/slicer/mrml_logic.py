@@ -28,7 +28,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .errors import HermesError
+from ..errors import HermesError
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class HermesSegmentLogic:
         """
         segmenter = self._segmenter
         if segmenter is None:
-            from .pipeline import segment_image as segmenter
+            from ..pipeline import segment_image as segmenter
         result = segmenter(
             volume_to_sitk(volumeNode),
             modality=modality,
@@ -212,7 +212,7 @@ class HermesSegmentLogic:
         The file must be on the volume's voxel grid (it is when the run's input was written from
         :func:`volume_to_sitk`); segment IDs in the file are the target keys.
         """
-        from .outputs import read_seg_nrrd
+        from ..writers.seg_nrrd import read_seg_nrrd
 
         masks, reference = read_seg_nrrd(path)
         dimensions = tuple(volumeNode.GetImageData().GetDimensions())
@@ -334,14 +334,14 @@ class HermesSegmentLogic:
     @staticmethod
     def available_models() -> list[Any]:
         """The model catalog: ``models.ModelListing`` for bundled, downloadable and user models."""
-        from . import models
+        from .. import models
 
         return models.list_models()
 
     @staticmethod
     def targets_for(model: str | Path, modality: str) -> list[str]:
         """Target keys that ``model`` offers for ``modality`` (keys of ``defaults[modality]``, task order)."""
-        from . import models
+        from .. import models
 
         defaults = models.read_manifest(models.resolve(model)).get("defaults", {}).get(modality, {})
         return sorted(defaults, key=defaults.__getitem__)
@@ -349,7 +349,7 @@ class HermesSegmentLogic:
     @staticmethod
     def target_groups(target_keys: Iterable[str]) -> list[tuple[str, list[tuple[str, str]]]]:
         """``[(region label, [(target key, display name), ...]), ...]`` for the grouped checklist."""
-        from .vocabulary import load_vocabulary
+        from ..vocabulary import load_vocabulary
 
         vocabulary = load_vocabulary()
         groups: dict[str, list[tuple[str, str]]] = {region.label: [] for region in vocabulary.regions}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Union
 
 #: Folder holding ``HermesSegmentLib``: put on the child's PYTHONPATH so ``-m`` finds it.
-MODULE_DIR = Path(__file__).resolve().parent.parent
+MODULE_DIR = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

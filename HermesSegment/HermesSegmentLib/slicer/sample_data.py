@@ -24,12 +24,12 @@ PHANTOM_URL: str | None = None
 #: SHA-256 of the file at :data:`PHANTOM_URL` (required when the URL is set).
 PHANTOM_SHA256: str | None = None
 
-ICON = Path(__file__).resolve().parent.parent / "Resources" / "Icons" / "HermesSegment.png"
+ICON = Path(__file__).resolve().parents[2] / "Resources" / "Icons" / "HermesSegment.png"
 
 
 def cache_dir() -> Path:
     """Folder for generated sample images (``$HERMES_SEGMENT_HOME/sample-data``)."""
-    from .models.catalog import user_home
+    from ..models.catalog import user_home
 
     return user_home() / "sample-data"
 
@@ -42,7 +42,7 @@ def phantom_file(folder: Path | None = None, seed: int = PHANTOM_SEED, modality:
         return path
     import SimpleITK as sitk
 
-    from .phantoms import generate_case
+    from ..phantoms import generate_case
 
     image, _labelmap, _info = generate_case(seed, modality, orientation="LPS")
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,4 @@
-"""Writing results: Slicer .seg.nrrd, NIfTI label maps, probability maps, summary.csv.
-
-Every file is written to a temporary name in its destination folder (``.partial-<id>-<name>``)
-and moved into place with ``os.replace``; if anything fails, the temporary files are removed and
-no partial output exists under the final name. Files that belong together (a label map and its
-JSON sidecar) are all written before any is moved into place.
+"""Slicer .seg.nrrd: write (slab by slab, overlaps in layers) and read back.
 
 ``.seg.nrrd`` layout (what Slicer's segmentation storage node writes and reads): the voxels lie
 on the reference (input) grid, ``space: left-posterior-superior``, ``space directions`` =
@@ -17,95 +12,18 @@ slice, whatever the number of targets.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Literal, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_paths
-from .errors import HermesError
+from ..atomic import atomic_paths
+from ..errors import HermesError
+from ..mask import TargetMask, check_on_grid
 
 PathLike = Union[str, Path]
-SUMMARY_COLUMNS = ("case", "target", "voxels", "volume_ml", "seconds")
-
-
-@dataclass
-class TargetMask:
-    """One target's binary mask on the input grid, stored as its bounding-box crop.
-
-    ``key``: vocabulary target key (e.g. "liver"); ``name``: display name; ``color``: (r, g, b)
-    0-255; ``terminology``: Slicer TerminologyEntry string ("context~cat~type~modifier~..."), or
-    "" when unknown; ``offset_zyx``: index of ``array[0, 0, 0]`` in the input grid;
-    ``array``: bool [z, y, x] crop (shape (0, 0, 0) when the target was not found).
-    """
-
-    key: str
-    name: str
-    color: Tuple[int, int, int]
-    terminology: str
-    offset_zyx: Tuple[int, int, int]
-    array: np.ndarray
-
-    @property
-    def voxels(self) -> int:
-        return int(np.count_nonzero(self.array))
-
-    def volume_ml(self, spacing: Sequence[float]) -> float:
-        """Volume in mL for a voxel ``spacing`` in mm (any axis order)."""
-        return self.voxels * float(np.prod(spacing)) / 1000.0
-
-    def full(self, shape: Sequence[int]) -> np.ndarray:
-        """The mask on the whole grid ``shape`` ([z, y, x]) as bool."""
-        out = np.zeros(tuple(shape), dtype=bool)
-        out[self.slices] = self.array
-        return out
-
-    @property
-    def slices(self) -> Tuple[slice, slice, slice]:
-        """Where ``array`` lies in the full grid."""
-        return tuple(slice(o, o + n) for o, n in zip(self.offset_zyx, self.array.shape))
-
-    def tight_box(self) -> Tuple[Tuple[int, int], ...] | None:
-        """Inclusive ((z0, z1), (y0, y1), (x0, x1)) full-grid box of the True voxels, or None."""
-        box = []
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            hits = np.flatnonzero(self.array.any(axis=other)) if self.array.size else []
-            if len(hits) == 0:
-                return None
-            box.append((self.offset_zyx[axis] + int(hits[0]), self.offset_zyx[axis] + int(hits[-1])))
-        return tuple(box)
-
-
-# --------------------------------------------------------------------------------------------
-# Writing helpers
-
-
-def _write_image(image: sitk.Image, path: Path) -> None:
-    sitk.WriteImage(image, str(path), useCompression=True)
-
-
-def _on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetOrigin(reference.GetOrigin())
-    image.SetSpacing(reference.GetSpacing())
-    image.SetDirection(reference.GetDirection())
-    return image
-
-
-def _check_masks(masks: Sequence[TargetMask], reference: sitk.Image) -> Tuple[int, int, int]:
-    shape = tuple(reference.GetSize()[::-1])
-    for m in masks:
-        if any(o < 0 or o + n > s for o, n, s in zip(m.offset_zyx, m.array.shape, shape)) and m.array.size:
-            raise ValueError(f"mask {m.key!r} (offset {m.offset_zyx}, shape {m.array.shape}) "
-                             f"lies outside the reference grid {shape}")
-    return shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +36,7 @@ def write_seg_nrrd(path: PathLike, masks: Sequence[TargetMask], reference: sitk.
     Segment i gets ID = target key (made unique), Name, Color, Extent, Layer, LabelValue and
     Tags "TerminologyEntry:<terminology>|".
     """
-    shape = _check_masks(masks, reference)
+    shape = check_on_grid(masks, reference)
     layers, labels = _assign_layers(masks)
     n_layers = max(layers, default=0) + 1
     dtype = np.dtype("<u1") if max(labels, default=0) <= 255 else np.dtype("<u2")
@@ -247,7 +165,7 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
     The reference is a zero UInt8 image on the stored grid (for our files: the input grid).
     ``TargetMask.key`` is the segment ID.
     """
-    from .imaging import reference_geometry
+    from ..postprocess.to_input_grid import reference_geometry
 
     try:
         image = sitk.ReadImage(str(path))
@@ -282,114 +200,3 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
     if voxels.shape[-1] > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
     return masks, reference_geometry(image)
-
-
-# --------------------------------------------------------------------------------------------
-# NIfTI
-
-
-def _nifti_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    raise HermesError(f"{path}: a NIfTI output needs a .nii or .nii.gz name; rename it")
-
-
-def write_label_map_nifti(
-    path: PathLike,
-    masks: Sequence[TargetMask],
-    reference: sitk.Image,
-    *,
-    overlap_policy: Literal["priority", "per_target"] = "priority",
-) -> List[Path]:
-    """Write a NIfTI label map (and its JSON sidecar) on ``reference``'s grid; return the paths.
-
-    ``"priority"``: one file, labels 1..N in the order of ``masks`` (uint8, uint16 above 255);
-    where targets overlap the LATER target wins -- list small structures last. The sidecar
-    ``<stem>.json`` maps label value -> key, name, color, terminology, and records for each
-    target how many of its voxels a later target hid (``hidden_voxels``).
-    ``"per_target"``: one uint8 0/1 file per target, ``<stem>_<key>.nii.gz``, nothing hidden,
-    plus the same sidecar (label value 1 in every file).
-    """
-    path = Path(path)
-    stem = _nifti_stem(path)
-    shape = _check_masks(masks, reference)
-    sidecar = path.with_name(stem + ".json")
-    entries = [{"value": i + 1, "key": m.key, "name": m.name, "color": list(m.color),
-                "terminology": m.terminology} for i, m in enumerate(masks)]
-    if overlap_policy == "priority":
-        dtype = np.uint8 if len(masks) <= 255 else np.uint16
-        labels = np.zeros(shape, dtype=dtype)
-        hidden = np.zeros(len(masks) + 1, dtype=np.int64)
-        for value, mask in enumerate(masks, start=1):
-            region = labels[mask.slices]
-            hidden += np.bincount(region[mask.array], minlength=len(masks) + 1)
-            region[mask.array] = value
-        for entry in entries:
-            entry["hidden_voxels"] = int(hidden[entry["value"]])
-        finals = [path, sidecar]
-        with atomic_paths(finals) as (temp, temp_json):
-            _write_image(_on_grid(labels, reference), temp)
-            temp_json.write_text(json.dumps({"overlap_policy": "priority: later target wins",
-                                             "labels": entries}, indent=2))
-        return finals
-    if overlap_policy != "per_target":
-        raise ValueError(f"unknown overlap_policy {overlap_policy!r}")
-    files = [path.with_name(f"{stem}_{m.key}.nii.gz") for m in masks]
-    for entry, file in zip(entries, files):
-        entry.update(value=1, file=file.name)
-    with atomic_paths(files + [sidecar]) as temps:
-        for mask, temp in zip(masks, temps):
-            _write_image(_on_grid(mask.full(shape).view(np.uint8), reference), temp)
-        temps[-1].write_text(json.dumps({"overlap_policy": "per_target: one file per target",
-                                         "labels": entries}, indent=2))
-    return files + [sidecar]
-
-
-def write_probability_maps(
-    stem: PathLike,
-    maps: Iterable[Tuple[str, np.ndarray]],
-    reference: sitk.Image,
-) -> List[Path]:
-    """Write ``<stem>_<key>_prob.nii.gz`` for each (key, probability) on ``reference``'s grid.
-
-    ``probability``: [z, y, x] float in [0, 1] (stored as uint8 round(255 p)) or uint8 0..255.
-    ``maps`` may be a generator so that only one full-size map is in memory at a time.
-    """
-    stem = Path(stem)
-    written = []
-    for key, probability in maps:
-        if probability.dtype != np.uint8:
-            probability = np.rint(np.clip(probability, 0.0, 1.0) * 255).astype(np.uint8)
-        final = stem.with_name(f"{stem.name}_{key}_prob.nii.gz")
-        with atomic_paths([final]) as (temp,):
-            _write_image(_on_grid(probability, reference), temp)
-        written.append(final)
-    return written
-
-
-# --------------------------------------------------------------------------------------------
-# summary.csv
-
-
-def append_summary_csv(path: PathLike, rows: Iterable[Mapping[str, object]]) -> None:
-    """Append rows (keys: case, target, voxels, volume_ml, seconds) to a CSV; header if new.
-
-    Atomic: the old content plus the new rows go to a temporary file that replaces the old one.
-    Not safe against two processes appending at once (batch shards: one summary per shard).
-    """
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and old.splitlines()[0].split(",") != list(SUMMARY_COLUMNS):
-        raise HermesError(f"{path}: existing file has other columns than {','.join(SUMMARY_COLUMNS)}; "
-                          "move it away or choose another output folder")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="raise",
-                            lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    with atomic_paths([path]) as (temp,):
-        temp.write_text(old + buffer.getvalue(), encoding="utf-8")

@@ -1,0 +1,15 @@
+"""Evaluation against ground truth: metrics, masks from files, case matching.
+
+- ``metrics.py``: Dice, HD95 and surface Dice (MONAI's), per case and target; summaries; the CSV
+- ``mask_files.py``: a case's masks from a .seg.nrrd, a label map or per-target files; grid checks
+- ``cases.py``: case names, the cases of a folder, predictions paired with ground truth
+"""
+
+from .cases import CASE_SUFFIXES, case_name, find_cases, match_cases
+from .mask_files import MaskSet, check_same_grid, load_masks, read_label_table, target_key
+from .metrics import METRIC_COLUMNS, evaluate_case, evaluate_masks, summarize, write_metrics_csv
+
+__all__ = [
+    "CASE_SUFFIXES", "METRIC_COLUMNS", "MaskSet", "case_name", "check_same_grid", "evaluate_case", "evaluate_masks",
+    "find_cases", "load_masks", "match_cases", "read_label_table", "summarize", "target_key", "write_metrics_csv",
+]

@@ -1,0 +1,186 @@
+"""Images in: NIfTI, NRRD, MHA/MHD, DICOM files and series folders, with one-line errors.
+
+Reading (:func:`read_image`) refuses what the model cannot use (2D, 4D without a frame, RGB/vector,
+NaN/Inf, empty) with a one-line :class:`HermesError`. Geometry is kept exactly: origin, spacing and
+any direction matrix. :func:`guess_modality` reads the DICOM tag or the intensities.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import HermesError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+# DICOM Modality (0008,0060) values -> vocabulary modality keys.
+_DICOM_MODALITY_KEYS = {"CT": "CT", "PT": "PET", "MR": "MR"}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_image(path: PathLike, *, frame: Optional[int] = None) -> sitk.Image:
+    """Read a 3D scalar image (NIfTI, NRRD, MHA/MHD, a DICOM file or a DICOM series folder).
+
+    The pixel type is kept (e.g. int16 CT stays int16: half the memory of float32);
+    :func:`to_model_space` casts. ``frame`` picks one frame of a 4D image (or one component of a
+    vector image). Raises :class:`HermesError` (one line) for anything the model cannot use.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise HermesError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        image = _read_dicom_series(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:
+            raise HermesError(
+                f"{path}: cannot read the image (unsupported format or corrupt file); "
+                "use NIfTI, NRRD, MHA/MHD or a DICOM series folder"
+            ) from None
+    image = _select_frame(image, frame, path)
+    _check_scalar_3d(image, path)
+    _check_finite(image, path)
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    files = _dicom_series_files(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise HermesError(f"{folder}: cannot read the DICOM series (corrupt or unsupported files); "
+                          "check the folder holds one complete series") from None
+
+
+def _dicom_series_files(folder: Path) -> Sequence[str]:
+    """Files of the DICOM series with the most files in ``folder`` (warns when there are several)."""
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise HermesError(f"{folder}: no DICOM series found in this folder; "
+                          "give a folder of DICOM files or an image file")
+    by_id = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    chosen = max(by_id, key=lambda sid: len(by_id[sid]))
+    if len(by_id) > 1:
+        log.warning("%s holds %d DICOM series; using %s (%d files), the one with the most files",
+                    folder, len(by_id), chosen, len(by_id[chosen]))
+    return by_id[chosen]
+
+
+def _select_frame(image: sitk.Image, frame: Optional[int], path: Path) -> sitk.Image:
+    dim = image.GetDimension()
+    components = image.GetNumberOfComponentsPerPixel()
+    if dim == 4:
+        frames = image.GetSize()[3]
+        if frame is None:
+            raise HermesError(f"{path}: 4D image with {frames} frames; pick one with --frame N "
+                              f"(0..{frames - 1})")
+        if not 0 <= frame < frames:
+            raise HermesError(f"{path}: frame {frame} out of range; this 4D image has frames "
+                              f"0..{frames - 1}")
+        size = list(image.GetSize())
+        size[3] = 0  # 0 = collapse this dimension
+        return sitk.Extract(image, size, [0, 0, 0, frame])
+    if components > 1 and frame is not None:
+        # A 4D series stored as a vector image (e.g. NRRD "list" axis): one component per frame.
+        if not 0 <= frame < components:
+            raise HermesError(f"{path}: frame {frame} out of range; this image has frames "
+                              f"0..{components - 1}")
+        return sitk.VectorIndexSelectionCast(image, frame)
+    if frame not in (None, 0):
+        raise HermesError(f"{path}: frame {frame} out of range; this image has a single frame "
+                          "(leave out --frame)")
+    return image
+
+
+def _check_scalar_3d(image: sitk.Image, path: Path) -> None:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        raise HermesError(f"{path}: image has {components} components per voxel (RGB/vector); "
+                          "HermesSegment needs a scalar (grayscale) volume")
+    size = image.GetSize()
+    if 0 in size:
+        raise HermesError(f"{path}: the image is empty (size {size}); check the file")
+    if image.GetDimension() < 3 or min(size) == 1:
+        raise HermesError(f"{path}: 2D image (size {'x'.join(map(str, size))}); "
+                          "HermesSegment needs a 3D volume")
+    if image.GetDimension() > 3:
+        raise HermesError(f"{path}: {image.GetDimension()}D image; HermesSegment needs a 3D volume")
+
+
+def _check_finite(image: sitk.Image, path: Path) -> None:
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return  # integer voxels cannot be NaN or Inf
+    view = sitk.GetArrayViewFromImage(image)
+    for z in range(view.shape[0]):  # slice by slice: no volume-sized boolean temporary
+        sl = view[z]
+        if not np.isfinite(sl).all():
+            what = "NaN" if np.isnan(sl).any() else "infinite"
+            raise HermesError(f"{path}: image contains {what} values; "
+                              "fix or replace them (e.g. with the background value) and retry")
+
+
+# --------------------------------------------------------------------------------------------
+# Modality
+
+
+def dicom_modality(path: PathLike) -> Optional[str]:
+    """The DICOM Modality tag (0008,0060), e.g. "CT", "PT", "MR", of a series folder or a file.
+
+    None when the path is not DICOM or the tag is missing.
+    """
+    path = Path(path)
+    try:
+        file = _dicom_series_files(path)[0] if path.is_dir() else str(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(file)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0008|0060"):
+            return None
+        value = reader.GetMetaData("0008|0060").strip()
+    except (RuntimeError, HermesError):
+        return None
+    return value or None
+
+
+def guess_modality(image: sitk.Image, dicom_modality: Optional[str] = None) -> Optional[str]:
+    """Guess the vocabulary modality key ("CT", "PET", "MR") or None when unsure.
+
+    The DICOM Modality tag wins when given. Otherwise from intensities, on a strided sample:
+    CT has air near -1024 HU (min between -3100 and -900) and bone above 1000 HU; PET is
+    non-negative with small values (SUV, max <= 100) and a long tail (99.9th percentile at least
+    5x the median of the positive voxels). MR intensities are arbitrary, so MR is never guessed
+    from values alone.
+    """
+    if dicom_modality:
+        key = _DICOM_MODALITY_KEYS.get(dicom_modality.strip().upper())
+        if key:
+            return key
+    sample = _strided_sample(image)
+    lo, hi = float(sample.min()), float(sample.max())
+    if -3100.0 <= lo <= -900.0 and hi > 1000.0:
+        return "CT"
+    positive = sample[sample > 0]
+    if lo >= 0.0 and 0.0 < hi <= 100.0 and positive.size:
+        if np.percentile(positive, 99.9) >= 5.0 * np.median(positive):
+            return "PET"
+    return None
+
+
+def _strided_sample(image: sitk.Image, target: int = 2_000_000) -> np.ndarray:
+    """A regularly strided float32 sample of about ``target`` voxels (no full-volume copy)."""
+    view = sitk.GetArrayViewFromImage(image)
+    step = max(1, int(round((view.size / target) ** (1 / 3))))
+    return np.asarray(view[::step, ::step, ::step], dtype=np.float32)

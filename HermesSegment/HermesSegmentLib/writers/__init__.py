@@ -1,0 +1,17 @@
+"""Writers: results to files on the input grid (Slicer .seg.nrrd, NIfTI label maps, probabilities, summary.csv).
+
+Every file is written to a temporary name in its destination folder and moved into place
+(:mod:`HermesSegmentLib.atomic`): if anything fails, no partial output exists under the final name,
+and files that belong together (a label map and its JSON sidecar) are all written before any is
+moved into place.
+"""
+
+from .nifti import write_label_map_nifti
+from .probabilities import write_probability_maps
+from .seg_nrrd import read_seg_nrrd, write_seg_nrrd
+from .summary_csv import SUMMARY_COLUMNS, append_summary_csv
+
+__all__ = [
+    "SUMMARY_COLUMNS", "append_summary_csv", "read_seg_nrrd", "write_label_map_nifti", "write_probability_maps",
+    "write_seg_nrrd",
+]
