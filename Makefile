@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(PY) -m HermesSegmentLib.demo --out demo-output $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -8,8 +8,12 @@ import qt
 import slicer
 import vtk
 from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                          ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 DEVICES = {"Automatic": "auto", "GPU": "cuda", "CPU": "cpu"}
@@ -18,7 +22,7 @@ HELP = """Segment anatomical structures in CT, PET and MR with the Hermes univer
 input volume, its modality and the targets, then click <b>Segment</b>. A re-run replaces only the
 segments this module created; your own segments are never modified.<br><br>
 Python console (blocking, returns the segmentation node):<pre>
-from HermesSegmentLib import HermesSegmentLogic
+from HermesSegment import HermesSegmentLogic
 seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "heart"], model="hermes-demo")</pre>
 The bundled demo model is trained on synthetic phantoms: not for clinical use. <a href="https://github.com/HermesSegment/SlicerHermesSegment">Documentation</a>."""
 
@@ -74,10 +78,10 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HermesSegmentLogic()
         from HermesSegmentLib import vocabulary
-        from HermesSegmentLib.slicer import background
+        from HermesSegmentLib.pipeline.options import PRESETS
         for modality in vocabulary.load_vocabulary().modalities:
             self.ui.modalityComboBox.addItem(modality.label, modality.key)
-        self.ui.presetComboBox.addItems(list(background.PRESETS))
+        self.ui.presetComboBox.addItems(list(PRESETS))
         self.ui.deviceComboBox.addItems(list(DEVICES))
         self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.refreshTargets)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.refreshTargets)
@@ -130,9 +134,11 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshModels(self):
         self.ui.modelComboBox.clear()
         try:
-            listings = [(m.title + ("" if m.available else " (not installed)"), m.name) for m in self.logic.available_models()]
+            listings = [(m.title + ("" if m.available else " (not installed)"), m.name)
+                        for m in self.logic.available_models()]
         except ImportError:  # dependencies are installed on the first Segment
-            listings = [("Hermes demo model", "hermes-demo")]
+            from HermesSegmentLib.pipeline.options import DEFAULT_MODEL
+            listings = [("Hermes demo model", DEFAULT_MODEL)]
         for title, name in listings:
             self.ui.modelComboBox.addItem(title, name)
         self.refreshTargets()
@@ -175,7 +181,8 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSearch(self, text):
         for item in self.targetItems():
-            item.setHidden(text.lower() not in item.text(0).lower() and text.lower() not in item.data(0, qt.Qt.UserRole))
+            query = text.lower()
+            item.setHidden(query not in item.text(0).lower() and query not in item.data(0, qt.Qt.UserRole))
 
     def onTargetsChanged(self, *_args):
         selected = self.selectedTargets()
@@ -221,14 +228,18 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._startRun(background, volume, targets)
 
     def _startRun(self, background, volume, targets):
+        from HermesSegmentLib.pipeline.options import PRESETS, SegmentOptions
+        from HermesSegmentLib.postprocess import PostprocessOptions
         p = self._parameterNode
+        postprocess = PostprocessOptions(side_constraint=p.sideConstraint, single_piece=p.singlePiece,
+                                         keep_largest=p.keepLargest, fill_holes=p.fillHoles,
+                                         min_island_ml=p.minIslandMl if p.removeIslands else None)
+        options = SegmentOptions(model=self.ui.modelComboBox.currentData,
+                                 device=DEVICES[self.ui.deviceComboBox.currentText], postprocess=postprocess,
+                                 **PRESETS[self.ui.presetComboBox.currentText])
         self._run, self._resultPath = background.start_segmentation(
             self.logic.volume_to_sitk(volume), Path(slicer.util.tempDirectory("HermesSegment")),
-            modality=self.ui.modalityComboBox.currentData, targets=targets, model=self.ui.modelComboBox.currentData,
-            device=DEVICES[self.ui.deviceComboBox.currentText], **background.PRESETS[self.ui.presetComboBox.currentText],
-            side_constraint=p.sideConstraint, single_piece=p.singlePiece, keep_largest=p.keepLargest,
-            fill_holes=p.fillHoles, min_island_ml=p.minIslandMl if p.removeIslands else None,
-        )
+            modality=self.ui.modalityComboBox.currentData, targets=targets, options=options)
         self.ui.logTextEdit.clear()
         self.ui.segmentButton.text = "Cancel"
         self.ui.statusLabel.text = self._run.status_line()
@@ -263,20 +274,42 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class HermesSegmentLogic(ScriptedLoadableModuleLogic):
-    """Parameter node; other attributes come from ``HermesSegmentLib.slicer.mrml_logic.HermesSegmentLogic``."""
+    """The module's logic and the console API (see the help): the parameter node, and the MRML work of
+    ``HermesSegmentLib.slicer.mrml_logic.MRMLLogic`` (no Qt; tested under slicer-core)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        from HermesSegmentLib.slicer.mrml_logic import HermesSegmentLogic as CoreLogic
-        self.core = CoreLogic()
+        from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
+        self.mrml = MRMLLogic()
 
     def getParameterNode(self):
         return HermesSegmentParameterNode(super().getParameterNode())
 
-    def __getattr__(self, name):
-        if "core" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["core"], name)
+    def segment(self, volumeNode, modality, targets, **options):
+        """Blocking: segment and return the segmentation node (options: ``MRMLLogic.segment``)."""
+        return self.mrml.segment(volumeNode, modality, targets, **options)
+
+    def import_file(self, path, volumeNode, segmentationNode=None, model_name=""):
+        return self.mrml.import_file(path, volumeNode, segmentationNode, model_name)
+
+    def owned_segments(self, segmentationNode):
+        return self.mrml.owned_segments(segmentationNode)
+
+    def guess_modality(self, volumeNode):
+        return self.mrml.guess_modality(volumeNode)
+
+    def available_models(self):
+        return self.mrml.available_models()
+
+    def targets_for(self, model, modality):
+        return self.mrml.targets_for(model, modality)
+
+    def target_groups(self, targetKeys):
+        return self.mrml.target_groups(targetKeys)
+
+    def volume_to_sitk(self, volumeNode):
+        from HermesSegmentLib.slicer.mrml_logic import volume_to_sitk
+        return volume_to_sitk(volumeNode)
 
 
 class HermesSegmentTest(ScriptedLoadableModuleTest):
@@ -289,11 +322,13 @@ class HermesSegmentTest(ScriptedLoadableModuleTest):
     def test_segment_phantom(self):
         from HermesSegmentLib.slicer import sample_data
         volume, logic = sample_data.load_phantom(), HermesSegmentLogic()
-        targets = logic.targets_for("hermes-demo", "CT")
+        from HermesSegmentLib.pipeline.options import DEFAULT_MODEL
+        targets = logic.targets_for(DEFAULT_MODEL, "CT")
         self.delayDisplay(f"Segmenting {len(targets)} targets with the demo model")
-        segmentation = logic.segment(volume, "CT", targets, model="hermes-demo")
+        segmentation = logic.segment(volume, "CT", targets, model=DEFAULT_MODEL)
         owned = logic.owned_segments(segmentation)
         self.assertEqual(set(owned), set(targets))
         for key, segmentId in owned.items():
-            self.assertTrue(segmentation.GetSegmentation().GetSegment(segmentId).GetTag("TerminologyEntry", vtk.reference("")))
+            segment = segmentation.GetSegmentation().GetSegment(segmentId)
+            self.assertTrue(segment.GetTag("TerminologyEntry", vtk.reference("")))
             self.assertTrue(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume).any(), key)

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from HermesSegmentLib import read
+from HermesSegmentLib.mask import TargetMask
 from HermesSegmentLib.postprocess import to_input_grid
 from HermesSegmentLib.preprocess import model_space
 from HermesSegmentLib.errors import HermesError
@@ -71,14 +72,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def full_mask(crop: to_input_grid.TargetMaskCrop, shape) -> np.ndarray:
-    out = np.zeros(shape, dtype=bool)
-    z, y, x = crop.offset_zyx
-    dz, dy, dx = crop.array.shape
-    out[z:z + dz, y:y + dy, x:x + dx] = crop.array
-    return out
-
-
 # ------------------------------------------------------------------------------------------
 # Geometry round trip
 
@@ -95,7 +88,7 @@ def test_sphere_comes_back_in_the_same_physical_place(name):
     crop = to_input_grid.probabilities_to_mask(prob, model, reference)
 
     shape = image.GetSize()[::-1]
-    mask = full_mask(crop, shape)
+    mask = crop.full(shape)
     pts = physical_points(image)
     truth = np.linalg.norm(pts - CENTRE, axis=-1) <= 8.0
     assert dice(mask, truth) > 0.93
@@ -122,9 +115,9 @@ def test_linear_probabilities_beat_nearest_labels():
     truth = np.linalg.norm(physical_points(image) - CENTRE, axis=-1) <= 12.0
     shape = truth.shape
 
-    linear = full_mask(to_input_grid.probabilities_to_mask(prob, model, reference), shape)
+    linear = to_input_grid.probabilities_to_mask(prob, model, reference).full(shape)
     quantised = np.round(prob * 255).astype(np.uint8)
-    linear_u8 = full_mask(to_input_grid.probabilities_to_mask(quantised, model, reference), shape)
+    linear_u8 = to_input_grid.probabilities_to_mask(quantised, model, reference).full(shape)
     labels = (prob >= 0.5).astype(np.uint8)
     nearest = to_input_grid.from_model_space(labels, model, reference, interpolation="nearest") > 0
     np.testing.assert_array_equal(
@@ -399,3 +392,45 @@ def test_guess_modality():
     assert read.guess_modality(mr, "MR") == "MR"
     assert read.guess_modality(mr, "PT") == "PET"
     assert read.dicom_modality("/nonexistent/file.dcm") is None
+
+
+def test_the_manifest_schema_names_the_registry_normalisations():
+    from HermesSegmentLib.models.manifest import manifest_schema
+    from HermesSegmentLib.preprocess.normalization import NORMALIZATIONS
+
+    entry = manifest_schema()["properties"]["modalities"]["items"]["properties"]["normalization"]
+    in_schema = {choice["properties"]["method"]["const"] for choice in entry["oneOf"]}
+    assert in_schema == set(NORMALIZATIONS)
+    for choice in entry["oneOf"]:  # and each method's parameters are the ones its class reads
+        method = choice["properties"]["method"]["const"]
+        assert set(choice["required"]) - {"method"} == set(NORMALIZATIONS[method].parameters), method
+
+
+def test_a_new_normalisation_is_one_class_and_one_registry_line(monkeypatch, tiny_package):
+    """The extension point works end to end: a class and a registry entry, and a model naming it."""
+    from HermesSegmentLib import models
+    from HermesSegmentLib.pipeline import segment_image
+    from HermesSegmentLib.preprocess.normalization import NORMALIZATIONS, Normalization
+
+    class Shift(Normalization):
+        method = "toy_shift"
+        parameters = ("offset",)
+
+        def __call__(self, array):
+            array += np.float32(self.entry["offset"])
+
+    monkeypatch.setitem(NORMALIZATIONS, Shift.method, Shift)  # the one registry line
+    image = make_image(np.eye(3), size=(24, 20, 16))
+    shifted, plain = (model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, crop_to_body=False,
+                                                 normalization={"method": "toy_shift", "offset": offset})
+                      for offset in (1000.0, 0.0))
+    np.testing.assert_allclose(shifted.array, plain.array + 1000.0, atol=1e-3)
+
+    loaded = models.load(tiny_package)
+    for entry in loaded.manifest["modalities"]:
+        entry["normalization"] = {"method": "toy_shift", "offset": 0.0}
+    result = segment_image(image, modality="CT", targets=["liver"], model=loaded, device="cpu",
+                           keep_probabilities=True)
+    assert result.model_space is not None and result.model_space.array.min() < -500  # HU, not z-scores
+    with pytest.raises(HermesError, match="lacks offset"):
+        model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization={"method": "toy_shift"})

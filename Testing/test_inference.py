@@ -8,7 +8,7 @@ import torch
 
 from HermesSegmentLib.errors import CancelledError, HermesError
 from HermesSegmentLib.inference import CancelToken, predict_volume, select_device
-from HermesSegmentLib.network import HermesNetwork
+from HermesSegmentLib.network import HermesNetwork, HermesPredictor
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def _forward_probabilities(network, volume, tasks, slot):
 
 def test_one_window_covering_the_volume_equals_a_whole_volume_forward(network):
     volume = np.random.default_rng(0).normal(size=(32, 48, 32)).astype(np.float32)
-    ours = predict_volume(network, volume, [0, 2], 1, window_zyx=(32, 48, 32), precision="float32")
+    ours = predict_volume(HermesPredictor(network, [0, 2], 1, precision="float32"), volume, window_zyx=(32, 48, 32))
     np.testing.assert_array_equal(ours, _forward_probabilities(network, volume, [0, 2], 1))
 
 
@@ -35,8 +35,8 @@ def test_matches_monai_sliding_window_inference(network, overlap, mode):
 
     volume = np.random.default_rng(1).normal(size=(50, 40, 57)).astype(np.float32)
     tasks = [0, 3, 1]
-    ours = predict_volume(network, volume, tasks, 2, window_zyx=(32, 32, 32), overlap=overlap, blending=mode, batch_size=3,
-                          precision="float32")
+    ours = predict_volume(HermesPredictor(network, tasks, 2, precision="float32"), volume, window_zyx=(32, 32, 32),
+                          overlap=overlap, blending=mode, batch_size=3)
 
     def predictor(x):
         n = x.shape[0]
@@ -59,8 +59,8 @@ def test_a_lattice_crop_gives_the_whole_volume_result_inside_the_box(network, ov
     window = (32, 32, 32)
 
     def run(array):
-        return predict_volume(network, array, [0, 1], 1, window_zyx=window, overlap=overlap, batch_size=1,
-                              precision="float32")
+        return predict_volume(HermesPredictor(network, [0, 1], 1, precision="float32"), array, window_zyx=window,
+                              overlap=overlap, batch_size=1)
 
     whole = run(volume)
     box = ((40, 70), (5, 60), (0, 32))
@@ -78,15 +78,16 @@ def test_a_lattice_crop_gives_the_whole_volume_result_inside_the_box(network, ov
 
 def test_batch_size_does_not_change_the_result(network):
     volume = np.random.default_rng(2).normal(size=(40, 40, 40)).astype(np.float32)
-    one = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=1, precision="float32")
-    five = predict_volume(network, volume, [1], 0, window_zyx=(32, 32, 32), batch_size=5, precision="float32")
+    predictor = HermesPredictor(network, [1], 0, precision="float32")
+    one = predict_volume(predictor, volume, window_zyx=(32, 32, 32), batch_size=1)
+    five = predict_volume(predictor, volume, window_zyx=(32, 32, 32), batch_size=5)
     # Batched convolutions may round differently: at most one quantisation step apart.
     assert np.abs(one.astype(int) - five.astype(int)).max() <= 1
 
 
 def test_volume_smaller_than_the_window_is_padded(network):
     volume = np.random.default_rng(3).normal(size=(20, 32, 10)).astype(np.float32)
-    out = predict_volume(network, volume, [0], 0, window_zyx=(32, 32, 32))
+    out = predict_volume(HermesPredictor(network, [0], 0), volume, window_zyx=(32, 32, 32))
     assert out.shape == (1, 20, 32, 10)
 
 
@@ -100,11 +101,13 @@ def test_cancel_stops_within_one_batch_and_progress_is_reported(network):
             token.cancel()
 
     with pytest.raises(CancelledError):
-        predict_volume(network, volume, [0], 0, window_zyx=(32, 32, 32), batch_size=2, progress=progress, cancel=token)
+        predict_volume(HermesPredictor(network, [0], 0), volume, window_zyx=(32, 32, 32), batch_size=2, progress=progress,
+                       cancel=token)
     assert seen[0] == 0.0 and 0 < seen[-1] < 1 and len(seen) == 2
 
     seen.clear()
-    predict_volume(network, volume, [0], 0, window_zyx=(32, 32, 32), progress=lambda s, f, m: seen.append(f))
+    predict_volume(HermesPredictor(network, [0], 0), volume, window_zyx=(32, 32, 32),
+                   progress=lambda s, f, m: seen.append(f))
     assert seen == sorted(seen) and seen[-1] == 1.0
 
 
@@ -120,7 +123,8 @@ def test_device_policy():
 
 def test_bad_overlap_is_a_one_line_error(network):
     with pytest.raises(HermesError, match="overlap"):
-        predict_volume(network, np.zeros((32, 32, 32), np.float32), [0], 0, window_zyx=(32, 32, 32), overlap=1.0)
+        predict_volume(HermesPredictor(network, [0], 0), np.zeros((32, 32, 32), np.float32), window_zyx=(32, 32, 32),
+                       overlap=1.0)
 
 
 def test_precision_policy(monkeypatch):
@@ -141,8 +145,8 @@ def test_precision_policy(monkeypatch):
 
 def test_bfloat16_runs_mixed_precision_close_to_float32(network):
     volume = np.random.default_rng(5).normal(size=(40, 40, 40)).astype(np.float32)
-    full = predict_volume(network, volume, [0, 1], 0, window_zyx=(32, 32, 32), precision="float32")
-    mixed = predict_volume(network, volume, [0, 1], 0, window_zyx=(32, 32, 32), precision="bfloat16")
+    full = predict_volume(HermesPredictor(network, [0, 1], 0, precision="float32"), volume, window_zyx=(32, 32, 32))
+    mixed = predict_volume(HermesPredictor(network, [0, 1], 0, precision="bfloat16"), volume, window_zyx=(32, 32, 32))
     difference = np.abs(full.astype(int) - mixed.astype(int))
     assert difference.max() > 0  # autocast really ran
     assert difference.mean() < 3.0, difference.mean()

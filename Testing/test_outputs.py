@@ -14,7 +14,7 @@ from slicerio.segmentation import terminology_entry_to_string
 from HermesSegmentLib import writers
 from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.mask import TargetMask
-from HermesSegmentLib.postprocess import reference_geometry
+from HermesSegmentLib.postprocess.to_input_grid import reference_geometry
 from HermesSegmentLib.writers import nifti, seg_nrrd
 
 LIVER_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list"
@@ -57,7 +57,14 @@ def test_target_mask_helpers():
     assert full.sum() == m.voxels == 2 * 3 * 4
     assert full[1:3, 2:5, 3:7].all()
     assert m.volume_ml((2.0, 1.0, 0.5)) == pytest.approx(24 * 1.0 / 1000)
-    assert m.tight_box() == ((1, 2), (2, 4), (3, 6))
+    assert m.bbox() == (slice(1, 3), slice(2, 5), slice(3, 7))
+    m.array[0] = False  # a cleanup emptied the first plane: the box shrinks, the crop does not
+    assert m.bbox() == (slice(2, 3), slice(2, 5), slice(3, 7)) and m.slices[0] == slice(1, 3)
+    cropped = TargetMask.cropped(m.full(SHAPE), key="a")
+    assert (cropped.offset_zyx, cropped.array.shape, cropped.key) == ((2, 2, 3), (1, 3, 4), "a")
+    assert TargetMask.cropped(np.zeros(SHAPE, bool)).array.shape == (0, 0, 0)
+    image = m.image(sitk.Image(SHAPE[::-1], sitk.sitkUInt8))
+    assert image.GetSize() == SHAPE[::-1] and sitk.GetArrayViewFromImage(image).sum() == m.voxels
 
 
 def test_seg_nrrd_round_trip_with_slicerio_and_overlap(tmp_path):
@@ -86,8 +93,9 @@ def test_seg_nrrd_round_trip_with_slicerio_and_overlap(tmp_path):
     for mask, info in zip(masks, seg["segments"]):
         got = slicerio.segment_mask(seg, info)        # x, y, z
         np.testing.assert_array_equal(got.transpose(2, 1, 0) > 0, mask.full(SHAPE))
-        box = mask.tight_box()
-        assert info["extent"] == [box[2][0], box[2][1], box[1][0], box[1][1], box[0][0], box[0][1]]
+        box = mask.bbox()
+        assert info["extent"] == [box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1,
+                                  box[0].start, box[0].stop - 1]
 
     # And our own reader gives back the same masks and geometry.
     back, ref_back = writers.read_seg_nrrd(path)
@@ -202,3 +210,25 @@ def test_failed_writes_leave_no_partial_file(tmp_path, monkeypatch):
         writers.write_seg_nrrd(tmp_path / "case.seg.nrrd", masks[:1], reference)
     assert (tmp_path / "case.seg.nrrd").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["case.seg.nrrd"]
+
+
+def test_a_new_output_format_is_one_class_and_one_registry_line(monkeypatch, tmp_path, tiny_package):
+    """The extension point works end to end: `hermes-segment segment --format` offers and writes it."""
+    from HermesSegmentLib.cli import main as cli_main
+    from HermesSegmentLib.writers import FORMATS, SegmentationWriter
+
+    class VolumesJson(SegmentationWriter):
+        name, suffix, description = "volumes-json", ".volumes.json", "voxel counts per target"
+
+        def write(self, path, masks, reference, *, overlap_policy="priority"):
+            path.write_text(json.dumps({m.key: m.voxels for m in masks}))
+
+    monkeypatch.setitem(FORMATS, VolumesJson.name, VolumesJson())  # the one registry line
+    image = sitk.GetImageFromArray(np.where(np.indices((20, 24, 24)).sum(0) > 30, 40, -1000).astype(np.int16))
+    image.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
+    assert cli_main(["segment", str(tmp_path / "case.nii.gz"), "--modality", "CT", "--targets", "liver,spleen",
+                     "--model", str(tiny_package), "--out", str(tmp_path / "out"), "--format", "volumes-json",
+                     "--device", "cpu"]) == 0
+    written = json.loads((tmp_path / "out" / "case.volumes.json").read_text())
+    assert set(written) == {"liver", "spleen"} and all(isinstance(v, int) for v in written.values())

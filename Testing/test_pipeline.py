@@ -59,8 +59,8 @@ def test_a_left_organ_is_kept_on_the_left_of_the_body(tiny_package, monkeypatch,
     import HermesSegmentLib.pipeline.segment as pipeline
     from HermesSegmentLib.postprocess import PostprocessOptions
 
-    monkeypatch.setattr(pipeline, "predict_volume", lambda network, volume, tasks, *args, **kwargs:
-                        np.full((len(tasks), *volume.shape), 255, np.uint8))
+    monkeypatch.setattr(pipeline, "predict_volume", lambda predictor, volume, **kwargs:
+                        np.full((predictor.num_outputs, *volume.shape), 255, np.uint8))
     image = ct_like(shape_xyz=(80, 36, 30), direction=direction)  # air on both sides of the body
     x_mm = np.array([image.TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(image.GetWidth())])
     midline_mm = image.TransformContinuousIndexToPhysicalPoint((40.0, 18.0, 15.0))[0]  # the body's centre
@@ -185,15 +185,15 @@ def test_interrupt_leaves_no_output(cases, tmp_path, tiny_package, monkeypatch, 
     from HermesSegmentLib.inference import sliding_window
 
     calls = {"n": 0}
-    real_forward = sliding_window._forward
+    real_windows = sliding_window._windows
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_forward(*args, **kwargs)
+        return real_windows(*args, **kwargs)
 
-    monkeypatch.setattr(sliding_window, "_forward", interrupted)
+    monkeypatch.setattr(sliding_window, "_windows", interrupted)
     big = tmp_path / "big.nii.gz"
     sitk.WriteImage(ct_like(shape_xyz=(60, 60, 40)), str(big))
     out = tmp_path / "out"
@@ -215,8 +215,8 @@ def test_a_one_piece_organ_keeps_its_largest_part(tiny_package, monkeypatch):
     import HermesSegmentLib.pipeline.segment as pipeline
     from HermesSegmentLib.postprocess import PostprocessOptions
 
-    def two_blobs(network, volume, tasks, *args, **kwargs):
-        probabilities = np.zeros((len(tasks), *volume.shape), np.uint8)
+    def two_blobs(predictor, volume, **kwargs):
+        probabilities = np.zeros((predictor.num_outputs, *volume.shape), np.uint8)
         probabilities[:, 2:8, 2:8, 2:8] = 255
         probabilities[:, 2:4, 2:4, -4:-2] = 255
         return probabilities
@@ -228,3 +228,36 @@ def test_a_one_piece_organ_keeps_its_largest_part(tiny_package, monkeypatch):
     labels, count = ndimage.label(one, structure=np.ones((3, 3, 3)))
     assert count == 1 and ndimage.label(both, structure=np.ones((3, 3, 3)))[1] == 2
     assert one.sum() < both.sum() and not (one & ~both).any()
+
+
+def test_the_result_tells_the_device_the_run_finished_on(tiny_package, monkeypatch):
+    """An accelerator that runs out of memory even with one window: the run moves to the CPU, gives
+    the CPU's masks, and the result says where it finished."""
+    import torch
+
+    import HermesSegmentLib.pipeline.segment as pipeline
+    from HermesSegmentLib.network import HermesPredictor
+
+    request = dict(modality="CT", targets=["liver", "spleen"], model=tiny_package, precision="float32")
+    on_cpu = segment_image(ct_like(), device="cpu", **request)
+    real_to, real_call = HermesPredictor.to, HermesPredictor.__call__
+
+    def to(self, device):  # the "meta" device stands for a GPU; the weights stay where they are
+        if torch.device(device).type == "meta":
+            self.device = torch.device("meta")
+            return self
+        return real_to(self, device)
+
+    def call(self, windows):
+        if self.device.type == "meta":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_call(self, windows)
+
+    monkeypatch.setattr(pipeline, "select_device", lambda requested: torch.device("meta"))
+    monkeypatch.setattr(HermesPredictor, "to", to)
+    monkeypatch.setattr(HermesPredictor, "__call__", call)
+    fell_back = segment_image(ct_like(), **request)
+    assert (fell_back.device, fell_back.precision) == ("cpu", "float32")
+    assert [m.key for m in fell_back.masks] == [m.key for m in on_cpu.masks]
+    for a, b in zip(fell_back.masks, on_cpu.masks):
+        assert a.offset_zyx == b.offset_zyx and np.array_equal(a.array, b.array)

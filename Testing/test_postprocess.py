@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from HermesSegmentLib.postprocess import PostprocessOptions, apply, keep_to_side
+from HermesSegmentLib.postprocess import PostprocessOptions
+from HermesSegmentLib.postprocess.components import apply
+from HermesSegmentLib.postprocess.side import keep_to_side
 
 SPACING = (2.0, 1.0, 1.0)  # mm: one voxel = 2 mm^3 = 0.002 mL
 

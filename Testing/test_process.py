@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from HermesSegmentLib.pipeline import SegmentOptions
+from HermesSegmentLib.postprocess import PostprocessOptions
 from HermesSegmentLib.slicer.background import (
     BackgroundRun,
     LogLine,
@@ -126,9 +128,8 @@ def test_parsing_helpers():
     assert error_line(["x", "error: bad input; do Y", "tail"], 2) == "bad input; do Y"
     assert error_line(["Traceback", "RuntimeError: CUDA out of memory", ""], 1) == "RuntimeError: CUDA out of memory"
     assert "exit status 9" in error_line([], 9)
-    command = segment_command(
-        "in.nrrd", "out", modality="CT", targets=["liver", "spleen"], fast=True, min_island_ml=0.5, python="py"
-    )
+    options = SegmentOptions(fast=True, postprocess=PostprocessOptions(min_island_ml=0.5))
+    command = segment_command("in.nrrd", "out", modality="CT", targets=["liver", "spleen"], options=options, python="py")
     assert command[:4] == ["py", "-m", "HermesSegmentLib.cli", "segment"]
     assert command[command.index("--targets") + 1] == "liver,spleen"
     assert "--progress-json" in command and "--fast" in command and "--keep-largest" not in command
@@ -136,12 +137,13 @@ def test_parsing_helpers():
     assert "--precision" not in command and "--no-side-constraint" not in command  # the engine's defaults
     assert "--no-single-piece" not in command
     from HermesSegmentLib.cli import build_parser
-    from HermesSegmentLib.slicer.background import PRESETS
+    from HermesSegmentLib.pipeline.options import PRESETS, from_args
 
-    for preset in PRESETS.values():  # the engine accepts what the Slicer module sends
-        sent = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], side_constraint=False,
-                               single_piece=False, **preset)
+    for preset in PRESETS.values():  # the engine gets exactly the options the Slicer module sends
+        options = SegmentOptions(model="my-model", device="cpu", postprocess=PostprocessOptions(
+            side_constraint=False, single_piece=False, keep_largest=True, fill_holes=True, min_island_ml=2.0),
+            crop_to_body=False, batch_size=1, threshold=0.4, **preset)
+        sent = segment_command("in.nrrd", "out", modality="CT", targets=["liver"], options=options)
         parsed = build_parser().parse_args(sent[3:])
         assert parsed.no_side_constraint and parsed.no_single_piece and parsed.targets == "liver"
-        assert (parsed.overlap, parsed.fast, parsed.precision) == (preset.get("overlap"), preset.get("fast", False),
-                                                                   preset.get("precision", "auto"))
+        assert from_args(parsed) == options

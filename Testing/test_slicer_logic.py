@@ -1,4 +1,4 @@
-"""HermesSegmentLogic against Slicer's real MRML libraries (slicer-core): geometry, import, re-run, save.
+"""MRMLLogic (the module logic's MRML side) against Slicer's real MRML libraries (slicer-core): geometry, import, re-run, save.
 
 A stand-in segmenter (same call signature as ``pipeline.segment_image``) returns a sphere at a
 known physical point, so these tests pin down the volume-node <-> ITK geometry and the segment
@@ -22,14 +22,13 @@ from vtk.util import numpy_support  # noqa: E402
 from HermesSegmentLib.errors import HermesError  # noqa: E402
 from HermesSegmentLib.mask import TargetMask  # noqa: E402
 from HermesSegmentLib.writers import write_seg_nrrd  # noqa: E402
+from HermesSegmentLib.read import guess_modality  # noqa: E402
 from HermesSegmentLib.slicer.mrml_logic import (  # noqa: E402
     MODEL_TAG,
     TARGET_TAG,
-    HermesSegmentLogic,
+    MRMLLogic,
     color_01,
     mask_to_oriented_image,
-    modality_from_dicom,
-    modality_from_intensity,
     volume_to_sitk,
 )
 
@@ -169,7 +168,7 @@ def test_volume_to_sitk_keeps_physical_points(scene, geometry):
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
 def test_segments_have_names_colours_terminology_and_place(scene, geometry):
     volume = make_volume(scene, geometry)
-    logic = HermesSegmentLogic(segmenter=sphere_segmenter)
+    logic = MRMLLogic(segmenter=sphere_segmenter)
     seg_node = logic.segment(volume, "CT", ["liver", "spleen"], model="fake")
     segmentation = seg_node.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 2
@@ -191,7 +190,7 @@ def test_segments_have_names_colours_terminology_and_place(scene, geometry):
 
 def test_rerun_replaces_only_own_segments(scene):
     volume = make_volume(scene, "oblique")
-    logic = HermesSegmentLogic(segmenter=sphere_segmenter)
+    logic = MRMLLogic(segmenter=sphere_segmenter)
     seg_node = logic.segment(volume, "CT", ["liver"])
     user_id = seg_node.GetSegmentation().AddEmptySegment("my-edit", "My edit", [0.1, 0.9, 0.2])
     user_mask = np.zeros((10, 18, 20), dtype=bool)
@@ -222,14 +221,14 @@ def test_result_goes_into_the_input_study(scene):
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient")
     study = sh.CreateStudyItem(patient, "Study")
     sh.CreateItem(study, volume)
-    seg_node = HermesSegmentLogic(segmenter=sphere_segmenter).segment(volume, "CT", "liver")
+    seg_node = MRMLLogic(segmenter=sphere_segmenter).segment(volume, "CT", "liver")
     assert sh.GetItemParent(sh.GetItemByDataNode(seg_node)) == study
 
 
 def test_saves_as_seg_nrrd_and_reads_back(scene, tmp_path):
     volume = make_volume(scene, "oblique")
-    seg_node = HermesSegmentLogic(segmenter=sphere_segmenter).segment(volume, "CT", ["liver", "spleen"])
-    liver_id = HermesSegmentLogic.owned_segments(seg_node)["liver"]
+    seg_node = MRMLLogic(segmenter=sphere_segmenter).segment(volume, "CT", ["liver", "spleen"])
+    liver_id = MRMLLogic.owned_segments(seg_node)["liver"]
     expected_centroid, expected_count = segment_centroid_ras(seg_node, liver_id)
     path = tmp_path / "result.seg.nrrd"
     writer = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
@@ -241,7 +240,7 @@ def test_saves_as_seg_nrrd_and_reads_back(scene, tmp_path):
     reader = other.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     reader.SetFileName(str(path))
     assert reader.ReadData(loaded)
-    owned = HermesSegmentLogic.owned_segments(loaded)
+    owned = MRMLLogic.owned_segments(loaded)
     assert set(owned) == {"liver", "spleen"}
     liver = loaded.GetSegmentation().GetSegment(owned["liver"])
     assert liver.GetName() == "Liver"
@@ -257,8 +256,8 @@ def test_background_result_file_imports_in_place(scene, tmp_path):
     image = volume_to_sitk(volume)
     path = tmp_path / "input.seg.nrrd"
     write_seg_nrrd(path, sphere_segmenter(image, modality="CT", targets=["liver"]).masks, image)
-    seg_node = HermesSegmentLogic().import_file(path, volume, model_name="hermes-demo")
-    liver_id = HermesSegmentLogic.owned_segments(seg_node)["liver"]
+    seg_node = MRMLLogic().import_file(path, volume, model_name="hermes-demo")
+    liver_id = MRMLLogic.owned_segments(seg_node)["liver"]
     liver = seg_node.GetSegmentation().GetSegment(liver_id)
     assert liver.GetName() == "Liver"
     assert liver.GetTag("TerminologyEntry", value := vtk.reference("")) and str(value) == LIVER_TERM
@@ -266,24 +265,22 @@ def test_background_result_file_imports_in_place(scene, tmp_path):
     np.testing.assert_allclose(centroid, CENTER_RAS, atol=0.3)
 
 
-def test_importable_from_package_without_qt():
+def test_importable_without_qt():
     import sys
 
-    from HermesSegmentLib import HermesSegmentLogic as Lazy
-
-    assert Lazy is HermesSegmentLogic
-    assert "qt" not in sys.modules
+    assert "qt" not in sys.modules and MRMLLogic.__module__ == "HermesSegmentLib.slicer.mrml_logic"
 
 
 def test_modality_guesses():
-    assert modality_from_dicom("PT") == "PET"
-    assert modality_from_dicom("MR", "t2_tse_tra") == "MR-T2"
-    assert modality_from_dicom("MR", "CINE sax") == "cine-MR"
-    assert modality_from_dicom("MR") == "MR"
-    assert modality_from_dicom("US") is None
+    mr = np.random.default_rng(1).integers(0, 800, 2000)
+    assert guess_modality(mr, "PT") == "PET"
+    assert guess_modality(mr, "MR", "t2_tse_tra") == "MR-T2"
+    assert guess_modality(mr, "MR", "CINE sax") == "cine-MR"
+    assert guess_modality(mr, "MR") == "MR"
+    assert guess_modality(mr, "US") is None  # an unknown DICOM modality: the intensities decide
     rng = np.random.default_rng(1)
-    assert modality_from_intensity(np.r_[np.full(500, -1000), rng.integers(-100, 200, 1500)]) == "CT"
-    assert modality_from_intensity(rng.integers(0, 800, 2000)) is None
+    assert guess_modality(np.r_[np.full(500, -1000), rng.integers(-100, 200, 1500)]) == "CT"
+    assert guess_modality(rng.integers(0, 800, 2000)) is None
     assert color_01((255, 0, 51)) == (1.0, 0.0, 0.2)
 
 
@@ -295,12 +292,12 @@ def test_real_pipeline_with_demo_model(scene):
     image, _labelmap, _info = generate_case(0, "CT")
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
     _itk_into_volume(image, node)
-    targets = HermesSegmentLogic.targets_for("hermes-demo", "CT")
+    targets = MRMLLogic.targets_for("hermes-demo", "CT")
     events = []
-    seg_node = HermesSegmentLogic().segment(
+    seg_node = MRMLLogic().segment(
         node, "CT", targets, model="hermes-demo", device="cpu", progress=lambda *e: events.append(e)
     )
-    assert set(HermesSegmentLogic.owned_segments(seg_node)) == set(targets)
+    assert set(MRMLLogic.owned_segments(seg_node)) == set(targets)
     assert events and events[-1][1] == pytest.approx(1.0)
 
 
@@ -329,7 +326,7 @@ def test_sample_phantom_is_generated_once_and_loads_as_a_volume(scene, tmp_path)
     assert sample_data.phantom_file(tmp_path) == path and path.stat().st_mtime_ns == written  # cached
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", sample_data.SAMPLE_NAME)
     _itk_into_volume(sitk.ReadImage(str(path)), node)
-    assert HermesSegmentLogic.guess_modality(node) == "CT"
+    assert MRMLLogic.guess_modality(node) == "CT"
     assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left
 
 
@@ -337,7 +334,7 @@ def test_result_follows_the_volume_parent_transform(scene):
     volume = make_volume(scene, "identity")
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    logic = HermesSegmentLogic(segmenter=sphere_segmenter)
+    logic = MRMLLogic(segmenter=sphere_segmenter)
     seg_node = logic.segment(volume, "CT", "liver")
     assert seg_node.GetTransformNodeID() == transform.GetID()
     other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -348,8 +345,8 @@ def test_result_follows_the_volume_parent_transform(scene):
 def test_empty_mask_gives_an_empty_segment_and_no_image_is_a_clear_error(scene):
     volume = make_volume(scene, "flipped")
     empty = TargetMask("spleen", "Spleen", (157, 108, 162), "", (0, 0, 0), np.zeros((0, 0, 0), dtype=bool))
-    seg_node = HermesSegmentLogic().import_result([empty], volume)
-    segment_id = HermesSegmentLogic.owned_segments(seg_node)["spleen"]
+    seg_node = MRMLLogic().import_result([empty], volume)
+    segment_id = MRMLLogic.owned_segments(seg_node)["spleen"]
     assert segment_voxels(seg_node, segment_id)[2] == 0
     with pytest.raises(HermesError, match="no image data"):
         volume_to_sitk(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))

@@ -128,6 +128,12 @@ def test_ingestion_of_generated_phantoms_is_cached(tmp_path, monkeypatch):
     again = datasets.load_cases(config, "train")
     np.testing.assert_array_equal(again[0].image, case.image)
 
+    # The model's normalisation (a fine-tuned package's own) decides, not the default: a new cache entry.
+    monkeypatch.undo()
+    clipped = datasets.load_cases(config, "train", normalizations={
+        "MR-T1": {"method": "percentile_clip_zscore", "percentiles": [40.0, 60.0]}})
+    assert not np.array_equal(clipped[0].image, case.image)
+
 
 def test_unknown_label_value_in_data_is_a_one_line_error(tmp_path, tiny_data):
     config = load_config(_config_file(tmp_path, tiny_data, datasets=[
@@ -325,6 +331,8 @@ def test_adding_a_target_keeps_old_tasks_unchanged(tmp_path, tiny_data, tiny_pac
     trainer = Trainer(trainer.config, init=tiny_package, show_progress=False)
     assert trainer.plan.per_dataset == [{"liver": 0, "stomach": 6}]
     assert trainer.network_config.num_task_priors == 7
+    base = {m["key"]: m["normalization"] for m in models.read_manifest(tiny_package)["modalities"]}
+    assert trainer._normalizations() == {"CT": base["CT"], "MR": base["MR"]}  # the package's, for its data
     new = trainer.ema  # untrained: the package's weights plus the appended rows
     for name, value in old.state_dict().items():
         grown = new.state_dict()[name]

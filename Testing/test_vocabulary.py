@@ -289,3 +289,14 @@ def test_single_piece_must_be_a_boolean(raw):
     raw["targets"][0]["single_piece"] = "yes"
     with pytest.raises(ValueError, match="single_piece: expected true or false"):
         vocabulary.entries.parse_vocabulary(raw)
+
+
+def test_domain_rules_live_in_the_vocabulary():
+    """A tumour lies inside its organ: the vocabulary says so, the phantoms and evaluation read it."""
+    from HermesSegmentLib import phantoms
+
+    assert v.contained_targets() == {"liver": ("liver_tumor",)}
+    assert phantoms.CONTAINS == {"liver": ("liver_tumor",)}
+    assert v.modality_for_dicom("MR", "cine t1 sax") == "cine-MR"  # the longest keyword wins
+    assert v.modality_for_dicom("MR", "T1 vibe, not t2") == "MR-T1"  # then file order
+    assert v.modality_for_dicom("CT", "t2 in a CT description") == "CT"

@@ -40,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib.inference import compute_dtype, precision_name, select_device  # noqa: E402
 from HermesSegmentLib.models import load  # noqa: E402
-from HermesSegmentLib.pipeline import segment_image  # noqa: E402
-from HermesSegmentLib.postprocess import PostprocessOptions, probabilities_to_mask, reference_geometry  # noqa: E402
+from HermesSegmentLib.pipeline import DEFAULT_MODEL, segment_image  # noqa: E402
+from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
+from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry  # noqa: E402
 from HermesSegmentLib.preprocess import to_model_space  # noqa: E402
 from HermesSegmentLib.phantoms import generate_case  # noqa: E402
-from HermesSegmentLib.training.trainer import dice as array_dice  # noqa: E402
+from HermesSegmentLib.evaluation import dice as array_dice  # noqa: E402
 
 
 class PeakRSS:
@@ -170,7 +171,7 @@ def command_peak_rss_gb(path: Path, model: str, device: str) -> tuple[float, flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="hermes-demo")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"),
                         help="volume size in voxels (default 512 512 300; smaller for a quick check)")

@@ -39,10 +39,11 @@ sys.path.insert(0, str(REPO / "HermesSegment"))
 
 from HermesSegmentLib import models, vocabulary  # noqa: E402
 from HermesSegmentLib.inference import predict_volume  # noqa: E402
+from HermesSegmentLib.network import HermesPredictor  # noqa: E402
 from HermesSegmentLib.training.config import load_config  # noqa: E402
 from HermesSegmentLib.training.datasets import load_cases, target_masks  # noqa: E402
 from HermesSegmentLib.training.incremental import plan_tasks  # noqa: E402
-from HermesSegmentLib.training.trainer import dice  # noqa: E402
+from HermesSegmentLib.evaluation import dice  # noqa: E402
 
 # A plausible wrong modality for each: what a user picking the wrong item in the list would do.
 WRONG_MODALITY = {"CT": "PET", "PET": "CT", "MR-T1": "MR-T2", "MR-T2": "MR-T1"}
@@ -90,8 +91,8 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 def _scores(network, case, spec, tasks, targets, slot, window, overlap) -> dict[str, float]:
-    probabilities = predict_volume(network, np.array(case.image, np.float32), [tasks[t] for t in targets], slot,
-                                   window_zyx=window, overlap=overlap, precision="float32")
+    predictor = HermesPredictor(network, [tasks[t] for t in targets], slot, precision="float32")
+    probabilities = predict_volume(predictor, np.array(case.image, np.float32), window_zyx=window, overlap=overlap)
     truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)
     return {t: dice(probabilities[i] >= 128, truth[i]) for i, t in enumerate(targets)}
 

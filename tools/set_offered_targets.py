@@ -36,7 +36,7 @@ from HermesSegmentLib.models import LoadedModel, save  # noqa: E402
 from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
 from HermesSegmentLib.training.config import load_config  # noqa: E402
 from HermesSegmentLib.training.datasets import find_cases, target_masks  # noqa: E402
-from HermesSegmentLib.training.trainer import dice  # noqa: E402
+from HermesSegmentLib.evaluation import dice  # noqa: E402
 
 RAW = PostprocessOptions(side_constraint=False, single_piece=False)
 

@@ -18,11 +18,3 @@ __version__ = "0.1.0"
 
 __all__ = ["CancelledError", "HermesError", "__version__"]
 
-
-def __getattr__(name: str):
-    """Lazy attributes: ``HermesSegmentLogic`` imports Slicer's MRML only when asked for."""
-    if name == "HermesSegmentLogic":
-        from .slicer.mrml_logic import HermesSegmentLogic
-
-        return HermesSegmentLogic
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .pipeline.options import DEFAULT_MODEL
+
 
 def to_lps(image, masks: dict) -> tuple[np.ndarray, dict, tuple]:
     """Image and masks permuted/flipped to LPS axes (no resampling), for display in standard
@@ -61,7 +63,8 @@ def render_overview(image, masks: dict, colors: dict, path: Path, title: str) ->
         for key, mask in masks.items():
             section = flip(cut(mask))
             if section.any():
-                axis.contour(section.astype(float), levels=[0.5], colors=[np.array(colors[key]) / 255.0], linewidths=1.2)
+                axis.contour(section.astype(float), levels=[0.5], colors=[np.array(colors[key]) / 255.0],
+                             linewidths=1.2)
         axis.set_title(name, color="white")
         axis.axis("off")
     handles = [plt.Line2D([], [], color=np.array(colors[k]) / 255.0, label=k) for k in masks]
@@ -76,13 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--modality", default="CT", help="CT, MR-T1, MR-T2 or PET")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--model", default="hermes-demo")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-voxels", type=int, default=3_000_000, help="size cap of the generated phantom")
     # A whole torso holds every CT target the demo model offers. Demo model 1.0 was much worse on
     # it than on an abdomen (mean Dice 0.40 vs 0.58); 1.1, trained with crops that reach into the
     # air around the body, is not (0.52 vs 0.50 on this seed, measured 2026-11-22).
-    parser.add_argument("--region", default="torso", help="phantom field of view: torso, abdomen, thorax, abdomen_pelvis")
+    parser.add_argument("--region", default="torso",
+                        help="phantom field of view: torso, abdomen, thorax, abdomen_pelvis")
     args = parser.parse_args(argv)
 
     import SimpleITK as sitk
@@ -91,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import HermesError
     from .evaluation import evaluate_masks
     from .models import load
-    from .pipeline import segment_image
     from .phantoms import target_masks, write_single_case
+    from .pipeline import segment_image
 
     try:
         modality = vocabulary.modality(args.modality).key
@@ -117,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     truth = {key: truth_all[key] for key in predicted if key in truth_all}
     scores = {row["target"]: row for row in evaluate_masks(predicted, truth, spacing_zyx)}
 
-    print(f"\nsegmented {len(result.masks)} targets in {result.seconds['total']:.1f} s on {result.device} ({result.precision})")
+    print(f"\nsegmented {len(result.masks)} targets in {result.seconds['total']:.1f} s on {result.device} "
+          f"({result.precision})")
     print(f"{'target':<18} {'volume mL':>10} {'truth mL':>10} {'Dice':>7}")
     rows = []
     for mask in result.masks:

@@ -14,14 +14,17 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from . import vocabulary
 from .errors import HermesError
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-# DICOM Modality (0008,0060) values -> vocabulary modality keys.
-_DICOM_MODALITY_KEYS = {"CT": "CT", "PT": "PET", "MR": "MR"}
+#: File endings of the images HermesSegment reads (longest first: ".nii.gz" before ".nii").
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: File endings that hold a case: an image, or a segmentation (".seg.nrrd" before ".nrrd").
+CASE_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,22 +158,29 @@ def dicom_modality(path: PathLike) -> Optional[str]:
     return value or None
 
 
-def guess_modality(image: sitk.Image, dicom_modality: Optional[str] = None) -> Optional[str]:
-    """Guess the vocabulary modality key ("CT", "PET", "MR") or None when unsure.
+def guess_modality(voxels: Union[sitk.Image, np.ndarray], dicom_modality: Optional[str] = None,
+                   series_description: str = "") -> Optional[str]:
+    """Guess the vocabulary modality key of an image ("CT", "PET", "MR-T2", ...) or None when unsure.
 
-    The DICOM Modality tag wins when given. Otherwise from intensities, on a strided sample:
-    CT has air near -1024 HU (min between -3100 and -900) and bone above 1000 HU; PET is
-    non-negative with small values (SUV, max <= 100) and a long tail (99.9th percentile at least
-    5x the median of the positive voxels). MR intensities are arbitrary, so MR is never guessed
-    from values alone.
+    ``voxels``: a SimpleITK image or an array (e.g. ``slicer.util.arrayFromVolume``). The DICOM
+    Modality tag (0008,0060) wins when the vocabulary knows it, with the series description
+    (0008,103E) telling MR sequences apart (:func:`vocabulary.modality_for_dicom`). Otherwise from
+    intensities, on a strided sample: CT has air near -1000 HU and soft tissue or bone (1st
+    percentile below -500 and 99th above -200 HU, or a minimum between -3100 and -900 with bone
+    above 1000 HU); PET is non-negative with small values (SUV, max <= 100) and a long tail (99.9th
+    percentile at least 5x the median of the positive voxels). MR intensities are arbitrary, so MR
+    is never guessed from values alone.
     """
     if dicom_modality:
-        key = _DICOM_MODALITY_KEYS.get(dicom_modality.strip().upper())
+        key = vocabulary.modality_for_dicom(dicom_modality, series_description)
         if key:
             return key
-    sample = _strided_sample(image)
+    sample = _strided_sample(voxels)
+    if sample.size == 0:
+        return None
     lo, hi = float(sample.min()), float(sample.max())
-    if -3100.0 <= lo <= -900.0 and hi > 1000.0:
+    p1, p99 = (float(v) for v in np.percentile(sample, [1, 99]))
+    if (-3100.0 <= lo <= -900.0 and hi > 1000.0) or (p1 < -500.0 and p99 > -200.0):
         return "CT"
     positive = sample[sample > 0]
     if lo >= 0.0 and 0.0 < hi <= 100.0 and positive.size:
@@ -179,8 +189,23 @@ def guess_modality(image: sitk.Image, dicom_modality: Optional[str] = None) -> O
     return None
 
 
-def _strided_sample(image: sitk.Image, target: int = 2_000_000) -> np.ndarray:
+def _strided_sample(voxels: Union[sitk.Image, np.ndarray], target: int = 2_000_000) -> np.ndarray:
     """A regularly strided float32 sample of about ``target`` voxels (no full-volume copy)."""
-    view = sitk.GetArrayViewFromImage(image)
-    step = max(1, int(round((view.size / target) ** (1 / 3))))
-    return np.asarray(view[::step, ::step, ::step], dtype=np.float32)
+    view = sitk.GetArrayViewFromImage(voxels) if isinstance(voxels, sitk.Image) else np.asarray(voxels)
+    if view.ndim == 0:
+        return view.reshape(1).astype(np.float32)
+    step = max(1, int(round((view.size / target) ** (1 / view.ndim))))
+    return np.asarray(view[(slice(None, None, step),) * view.ndim], dtype=np.float32)
+
+
+def case_name(path: PathLike) -> str:
+    """The case a file belongs to: its name without the ending (:data:`CASE_SUFFIXES`, or ``.json``).
+
+    An nnU-Net channel suffix (``case_0007_0000``) is not removed here, because case names may end
+    in the same pattern (``case_0000``); ``evaluation.match_cases`` accepts it when pairing.
+    """
+    name = Path(path).name
+    for suffix in CASE_SUFFIXES + (".json",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -46,10 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates, writes the CSV, prints the table; returns 0. User mistakes raise HermesError."""
-    from tqdm import tqdm
-
     from .. import evaluation
-    from ..vocabulary import suggest
 
     if not args.tolerance_mm > 0:
         raise HermesError(f"--tolerance-mm must be positive, got {args.tolerance_mm}")
@@ -66,9 +63,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {len(no_truth)} prediction(s) have no ground truth and are left out: "
               f"{_listing(no_truth)}", file=sys.stderr)
 
-    rows = []
-    annotated: dict = {}  # every truth target seen -> cases, for the notes and suggestions
-    unpredicted: dict = {}  # target -> cases whose prediction lacks it
+    rows, annotated, unpredicted = _evaluate_pairs(pairs, labels, requested, args.tolerance_mm)
+    _explain_targets(requested, annotated, unpredicted, len(pairs))
+    if not rows:
+        raise HermesError("no target is both predicted and annotated; check the files or pass --targets")
+
+    out = evaluation.write_metrics_csv(args.out, rows)
+    _print_table(evaluation.summarize(rows))
+    print(f"wrote {out} ({len(rows)} rows, {len(pairs)} case(s))")
+    return 0
+
+
+def _evaluate_pairs(pairs: list, labels: dict | None, requested: list | None,
+                    tolerance_mm: float) -> tuple[list, dict, dict]:
+    """(metric rows, {truth target: cases annotating it}, {target: cases whose prediction lacks it})."""
+    from tqdm import tqdm
+
+    from .. import evaluation
+
+    rows: list = []
+    annotated: dict = {}
+    unpredicted: dict = {}
     for case, pred_file, truth_file in tqdm(pairs, desc="evaluate", unit="case", disable=len(pairs) < 2,
                                             file=sys.stderr):
         truth = evaluation.load_masks(truth_file, labels)
@@ -77,30 +92,26 @@ def run(args: argparse.Namespace) -> int:
             annotated.setdefault(key, []).append(case)
             if key not in pred.targets and (requested is None or key in requested):
                 unpredicted.setdefault(key, []).append(case)
-        if requested is None:
-            targets = [key for key in truth.targets if key in pred.targets]
-        else:
-            targets = requested
-        rows += evaluation.evaluate_case(case, pred, truth, targets, args.tolerance_mm)
+        targets = requested if requested is not None else [key for key in truth.targets if key in pred.targets]
+        rows += evaluation.evaluate_case(case, pred, truth, targets, tolerance_mm)
+    return rows, annotated, unpredicted
+
+
+def _explain_targets(requested: list | None, annotated: dict, unpredicted: dict, cases: int) -> None:
+    """Notes on stderr for targets left out or counted as empty; an unknown requested target is an error."""
+    from ..vocabulary import suggest
 
     for key in requested or ():
         if key not in annotated:
             raise HermesError(f"target {key!r} is not annotated in the ground truth; did you mean: "
                               f"{', '.join(suggest(key, list(annotated)))}?")
-        if len(annotated[key]) < len(pairs):
-            print(f"note: {key} is not annotated in {len(pairs) - len(annotated[key])} of {len(pairs)} "
+        if len(annotated[key]) < cases:
+            print(f"note: {key} is not annotated in {cases - len(annotated[key])} of {cases} "
                   "ground-truth case(s); those are not evaluated", file=sys.stderr)
-    for key, cases in unpredicted.items():
+    for key, missing in unpredicted.items():
         what = "counted as empty predictions" if requested else "not evaluated (pass --targets to count them)"
-        print(f"note: {key} is annotated but not predicted in {len(cases)} case(s), {what}: "
-              f"{_listing(cases)}", file=sys.stderr)
-    if not rows:
-        raise HermesError("no target is both predicted and annotated; check the files or pass --targets")
-
-    out = evaluation.write_metrics_csv(args.out, rows)
-    _print_table(evaluation.summarize(rows))
-    print(f"wrote {out} ({len(rows)} rows, {len(pairs)} case(s))")
-    return 0
+        print(f"note: {key} is annotated but not predicted in {len(missing)} case(s), {what}: "
+              f"{_listing(missing)}", file=sys.stderr)
 
 
 def _listing(names: list, limit: int = 5) -> str:

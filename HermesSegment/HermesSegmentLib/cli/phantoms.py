@@ -44,20 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Writes the phantoms; returns the exit status (0). Bad arguments raise HermesError."""
-    if (args.single is None) != (args.name is None):
-        raise HermesError("--single and --name go together: --single MODALITY --name NAME")
-    if args.single is not None and args.single not in _MODALITIES:
-        raise HermesError(f"unknown modality {args.single!r} for --single; choose one of "
-                          f"{', '.join(_MODALITIES)}")
-    if args.name is not None and (not args.name or "/" in args.name or "\\" in args.name):
-        raise HermesError(f"--name must be a plain file name stem, got {args.name!r}")
-    if args.region not in _REGIONS:
-        raise HermesError(f"unknown --region {args.region!r}; choose one of {', '.join(_REGIONS)}")
-    if args.cases_per_dataset < 1:
-        raise HermesError(f"--cases-per-dataset must be at least 1, got {args.cases_per_dataset}")
-    if args.max_voxels is not None and args.max_voxels < 1000:
-        raise HermesError(f"--max-voxels must be at least 1000, got {args.max_voxels}")
-
+    _check_arguments(args)
     from tqdm import tqdm
 
     from .. import phantoms
@@ -80,3 +67,19 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if (args.single is None) != (args.name is None):
+        raise HermesError("--single and --name go together: --single MODALITY --name NAME")
+    if args.single is not None and args.single not in _MODALITIES:
+        raise HermesError(f"unknown modality {args.single!r} for --single; choose one of "
+                          f"{', '.join(_MODALITIES)}")
+    if args.name is not None and (not args.name or "/" in args.name or "\\" in args.name):
+        raise HermesError(f"--name must be a plain file name stem, got {args.name!r}")
+    if args.region not in _REGIONS:
+        raise HermesError(f"unknown --region {args.region!r}; choose one of {', '.join(_REGIONS)}")
+    if args.cases_per_dataset < 1:
+        raise HermesError(f"--cases-per-dataset must be at least 1, got {args.cases_per_dataset}")
+    if args.max_voxels is not None and args.max_voxels < 1000:
+        raise HermesError(f"--max-voxels must be at least 1000, got {args.max_voxels}")

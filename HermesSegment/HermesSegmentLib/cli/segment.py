@@ -8,64 +8,47 @@ atomically, so an interrupted run leaves no partial output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import CancelledError, HermesError
+from ..read import IMAGE_SUFFIXES, case_name
+
+if TYPE_CHECKING:
+    from ..pipeline.options import SegmentOptions
+    from ..writers import SegmentationWriter
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-OUTPUT_SUFFIX = {"seg-nrrd": ".seg.nrrd", "nifti": ".nii.gz"}
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .. import writers
+    from ..pipeline import options
+
     parser = subparsers.add_parser("segment", help="segment images (files, folders, globs, DICOM series folders)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs or DICOM series folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders, globs or DICOM series folders")
     parser.add_argument("--modality", required=True, help="CT, PET, MR-T1, MR-T2, cine-MR or MR")
     parser.add_argument("--targets", default="all", help="comma-separated targets, or 'all' (default)")
-    parser.add_argument("--model", default="hermes-demo", help="model name or .safetensors file (default: hermes-demo)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--format", choices=sorted(OUTPUT_SUFFIX), default="seg-nrrd",
-                        help="seg-nrrd (Slicer, overlapping targets kept) or nifti (label map + JSON sidecar)")
+    formats = [f"{name} ({writer.description})" for name, writer in writers.FORMATS.items()]
+    parser.add_argument("--format", choices=sorted(writers.FORMATS), default="seg-nrrd",
+                        help=", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0])
     parser.add_argument("--overlap-policy", choices=("priority", "per_target"), default="priority",
                         help="nifti only: one label map where later targets win, or one file per target")
-    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: auto)")
-    parser.add_argument("--precision", default="auto",
-                        help="auto (default: bf16 where the GPU or CPU multiplies it natively, faster, masks within "
-                             "Dice 0.995; else float32), float32 (bit-reproducible) or bfloat16")
-    parser.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
-    parser.add_argument("--blending", choices=("gaussian", "uniform"), default="gaussian")
-    parser.add_argument("--batch-size", type=int, default=2,
-                        help="windows per forward pass (default 2; 1 halves the network's memory but is slower on the CPU)")
-    parser.add_argument("--fast", action="store_true", help="fewer windows (overlap 0.25): about 2x faster, slightly rougher")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold per target (default 0.5)")
-    parser.add_argument("--no-side-constraint", action="store_true",
-                        help="do not keep left/right organs on their side of the body's midline")
-    parser.add_argument("--no-single-piece", action="store_true",
-                        help="do not reduce compact organs (liver, a kidney, a lung, ...) to their largest part")
-    parser.add_argument("--keep-largest", action="store_true",
-                        help="keep only the largest connected component of every target (tubes and lesions too)")
-    parser.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in each target")
-    parser.add_argument("--min-island-ml", type=float, help="remove islands smaller than this many mL")
-    parser.add_argument("--no-body-crop", action="store_true", help="run windows over the whole field of view")
+    options.add_arguments(parser)
     parser.add_argument("--probabilities", action="store_true", help="also write per-target probability maps (uint8)")
     parser.add_argument("--frame", type=int, help="frame to segment in a 4D image")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
-    parser.add_argument("--progress-json", action="store_true", help="print progress as JSON lines (for the Slicer module)")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="print progress as JSON lines (for the Slicer module)")
     parser.set_defaults(func=run)
-
-
-def case_name(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -77,8 +60,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise HermesError(f"no file matches {item!r}")
         for path in matches:
             if path.is_dir():
-                images = [p for p in sorted(path.iterdir())
-                          if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.endswith(".seg.nrrd")]
+                images = [p for p in sorted(path.iterdir()) if p.is_file()
+                          and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.endswith(".seg.nrrd")]
                 cases.extend(images or [path])  # no image files: treat the folder as a DICOM series
             else:
                 cases.append(path)
@@ -119,79 +102,87 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from .. import vocabulary, writers
-    from ..postprocess import PostprocessOptions
-    from ..read import read_image
     from ..inference import compute_dtype, describe, precision_name, select_device
     from ..models import load
-    from ..pipeline import resolve_targets, segment_image
+    from ..pipeline import options as segment_options
+    from ..pipeline import resolve_targets
 
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise HermesError(f"--overlap must be in [0, 1), got {args.overlap}")
+    options = segment_options.from_args(args)
+    if options.overlap is not None and not 0 <= options.overlap < 1:
+        raise HermesError(f"--overlap must be in [0, 1), got {options.overlap}")
     # Mistakes in the request fail before any case is read.
     modality = vocabulary.modality(args.modality).key
-    device = select_device(args.device)
-    dtype = compute_dtype(device, args.precision)
-    model = load(args.model, device="cpu")
+    device = select_device(options.device)
+    dtype = compute_dtype(device, options.precision)
+    model = load(options.model, device="cpu")
+    options = dataclasses.replace(options, model=model, device=str(device))
     targets = resolve_targets(model, modality, args.targets)
     paths = expand_inputs(args.inputs)
-    options = PostprocessOptions(keep_largest=args.keep_largest, fill_holes=args.fill_holes,
-                                 min_island_ml=args.min_island_ml,
-                                 side_constraint=not args.no_side_constraint,
-                                 single_piece=not args.no_single_piece)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = OUTPUT_SUFFIX[args.format]
-    log_line = (lambda text: print(json.dumps({"message": text}), flush=True)) if args.progress_json else \
-        (lambda text: print(text, file=sys.stderr))
+    writer = writers.FORMATS[args.format]
+    log_line = _log_line(args.progress_json)
     log_line(f"{model.name} on {describe(device)} ({precision_name(dtype)}): {len(paths)} case(s), {modality}, "
              f"targets: {', '.join(targets)}")
 
     from tqdm import tqdm
 
-    failures: list[str] = []
-    names = _unique_names(paths)
-    for path, name in tqdm(list(zip(paths, names)), desc="cases", unit="case", disable=args.progress_json or len(paths) < 2,
-                           file=sys.stderr):
-        destination = args.out / f"{name}{suffix}"
-        if destination.exists() and not args.overwrite:
-            log_line(f"{name}: output exists, skipped (use --overwrite to redo)")
-            continue
-        progress = _Progress(name, args.progress_json)
-        try:
-            started = time.perf_counter()
-            image = read_image(path, frame=args.frame)
-            result = segment_image(
-                image, modality=modality, targets=targets, model=model, device=str(device), precision=args.precision,
-                overlap=args.overlap, blending=args.blending, batch_size=args.batch_size, fast=args.fast,
-                crop_to_body=not args.no_body_crop, threshold=args.threshold, postprocess=options,
-                keep_probabilities=args.probabilities, progress=progress,
-            )
-            del image
-            if args.format == "seg-nrrd":
-                writers.write_seg_nrrd(destination, result.masks, result.reference)
-            else:
-                writers.write_label_map_nifti(destination, result.masks, result.reference,
-                                              overlap_policy=args.overlap_policy)
-            if args.probabilities:
-                writers.write_probability_maps(args.out / f"{name}_probabilities", result.probability_maps(),
-                                               result.reference)
-            seconds = time.perf_counter() - started
-            spacing = result.reference.GetSpacing()
-            writers.append_summary_csv(args.out / "summary.csv", [
-                {"case": name, "target": m.key, "voxels": m.voxels, "volume_ml": round(m.volume_ml(spacing), 3),
-                 "seconds": round(seconds, 2)} for m in result.masks])
-            log_line(f"{name}: {len(result.masks)} targets in {seconds:.1f} s -> {destination}")
-        except CancelledError:
-            raise
-        except HermesError as error:
-            failures.append(name)
-            print(f"error: {name}: {error}", file=sys.stderr)
-        except Exception as error:  # noqa: BLE001 - one broken case must not stop a batch of hundreds
-            failures.append(name)
-            log.debug("case %s failed", name, exc_info=True)
-            print(f"error: {name}: unexpected {type(error).__name__}: {error} (please report this)", file=sys.stderr)
-        finally:
-            progress.close()
+    cases = list(zip(paths, _unique_names(paths)))
+    failures = [name for path, name in tqdm(cases, desc="cases", unit="case", file=sys.stderr,
+                                            disable=args.progress_json or len(paths) < 2)
+                if not _segment_case(path, name, args, modality=modality, targets=targets, options=options,
+                                     writer=writer, log_line=log_line)]
     if failures:
         print(f"error: {len(failures)} of {len(paths)} case(s) failed: {', '.join(failures)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _log_line(as_json: bool) -> Callable[[str], None]:
+    """Where a line for the user goes: a JSON message on stdout (the Slicer module reads it), or stderr."""
+    if as_json:
+        return lambda text: print(json.dumps({"message": text}), flush=True)
+    return lambda text: print(text, file=sys.stderr)
+
+
+def _segment_case(path: Path, name: str, args: argparse.Namespace, *, modality: str, targets: list[str],
+                  options: SegmentOptions, writer: SegmentationWriter, log_line: Callable[[str], None]) -> bool:
+    """Segment one case and write its outputs; False when it failed (the error is printed)."""
+    from .. import writers
+    from ..pipeline import segment_image
+    from ..read import read_image
+
+    destination = args.out / f"{name}{writer.suffix}"
+    if destination.resolve() == path.resolve():
+        print(f"error: {name}: the output would write over the input {path}; choose another --out", file=sys.stderr)
+        return False
+    if destination.exists() and not args.overwrite:
+        log_line(f"{name}: output exists, skipped (use --overwrite to redo)")
+        return True
+    progress = _Progress(name, args.progress_json)
+    try:
+        started = time.perf_counter()
+        image = read_image(path, frame=args.frame)
+        result = segment_image(image, modality=modality, targets=targets, options=options,
+                               keep_probabilities=args.probabilities, progress=progress)
+        del image
+        writer.write(destination, result.masks, result.reference, overlap_policy=args.overlap_policy)
+        if args.probabilities:
+            writers.write_probability_maps(args.out / f"{name}_probabilities", result.probability_maps(),
+                                           result.reference)
+        seconds = time.perf_counter() - started
+        spacing = result.reference.GetSpacing()
+        writers.append_summary_csv(args.out / "summary.csv", [
+            {"case": name, "target": m.key, "voxels": m.voxels, "volume_ml": round(m.volume_ml(spacing), 3),
+             "seconds": round(seconds, 2)} for m in result.masks])
+        log_line(f"{name}: {len(result.masks)} targets in {seconds:.1f} s -> {destination}")
+        return True
+    except CancelledError:
+        raise
+    except HermesError as error:
+        print(f"error: {name}: {error}", file=sys.stderr)
+    except Exception as error:  # one broken case must not stop a batch of hundreds
+        log.debug("case %s failed", name, exc_info=True)
+        print(f"error: {name}: unexpected {type(error).__name__}: {error} (please report this)", file=sys.stderr)
+    finally:
+        progress.close()
+    return False

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..pipeline.options import DEFAULT_MODEL
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("targets", help="list the targets a model offers (per modality)")
-    parser.add_argument("--model", default="hermes-demo", help="model name or .safetensors file")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name or .safetensors file")
     parser.add_argument("--modality", help="only this modality (CT, PET, MR-T1, MR-T2, cine-MR, MR)")
     parser.set_defaults(func=run)
 

@@ -7,9 +7,10 @@
 
 from .cases import CASE_SUFFIXES, case_name, find_cases, match_cases
 from .mask_files import MaskSet, check_same_grid, load_masks, read_label_table, target_key
-from .metrics import METRIC_COLUMNS, evaluate_case, evaluate_masks, summarize, write_metrics_csv
+from .metrics import METRIC_COLUMNS, dice, evaluate_case, evaluate_masks, summarize, write_metrics_csv
 
 __all__ = [
-    "CASE_SUFFIXES", "METRIC_COLUMNS", "MaskSet", "case_name", "check_same_grid", "evaluate_case", "evaluate_masks",
-    "find_cases", "load_masks", "match_cases", "read_label_table", "summarize", "target_key", "write_metrics_csv",
+    "CASE_SUFFIXES", "METRIC_COLUMNS", "MaskSet", "case_name", "check_same_grid", "dice", "evaluate_case",
+    "evaluate_masks", "find_cases", "load_masks", "match_cases", "read_label_table", "summarize", "target_key",
+    "write_metrics_csv",
 ]

@@ -1,4 +1,4 @@
-"""Case matching: the case a file belongs to, the cases of a folder, predictions paired with ground truth."""
+"""Case matching: the cases of a folder (named by ``read.case_name``), predictions paired with ground truth."""
 
 from __future__ import annotations
 
@@ -7,35 +7,17 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Tuple, Union
 
 from ..errors import HermesError
+from ..read import CASE_SUFFIXES, case_name
 
 PathLike = Union[str, Path]
 
-#: File endings that hold a case (longest first, so ".seg.nrrd" wins over ".nrrd").
-CASE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 _CHANNEL = "_0000"  # nnU-Net's image channel suffix: case_0007_0000.nii.gz is case_0007
-
-
-def case_name(path: PathLike) -> str:
-    """The case a file belongs to: its name without :data:`CASE_SUFFIXES` (or ``.json``).
-
-    An nnU-Net channel suffix (``case_0007_0000``) is not removed here, because case names may
-    end in the same pattern (``case_0000``); :func:`match_cases` accepts it when pairing.
-    """
-    name = Path(path).name
-    for suffix in CASE_SUFFIXES + (".json",):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-# --------------------------------------------------------------------------------------------
-# Cases
 
 
 def find_cases(path: PathLike) -> Dict[str, Path]:
     """{case name: file} for a file or a folder (not recursive).
 
-    In a folder: ``.seg.nrrd`` / NIfTI / NRRD / MHA files, plus per-target sidecars (whose listed
+    In a folder: files ending in one of ``read.CASE_SUFFIXES``, plus per-target sidecars (whose listed
     files then belong to that case). Hidden and ``.partial-`` files are skipped; two files for one
     case are an error.
     """
@@ -65,7 +47,7 @@ def find_cases(path: PathLike) -> Dict[str, Path]:
                               "keep one per case")
         cases[name] = file
     if not cases:
-        raise HermesError(f"{path}: no segmentation files (.seg.nrrd, .nii.gz, .nii, .nrrd, .mha) found")
+        raise HermesError(f"{path}: no segmentation files ({', '.join(CASE_SUFFIXES)}) found")
     return cases
 
 

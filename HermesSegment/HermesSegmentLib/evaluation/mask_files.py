@@ -20,8 +20,9 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from .. import vocabulary
 from ..errors import HermesError
-from .cases import case_name
+from ..read import case_name
 
 PathLike = Union[str, Path]
 
@@ -61,8 +62,6 @@ class MaskSet:
 
 def target_key(*names: str) -> str:
     """The vocabulary key of the first of ``names`` that is a known target, else ``names[0]``."""
-    from .. import vocabulary
-
     for name in names:
         try:
             return vocabulary.target(name).key
@@ -76,10 +75,8 @@ def read_label_table(source: Union[PathLike, Mapping]) -> Dict[str, Tuple[int, .
 
     Accepts our sidecar (``"labels": [{"value", "key"}, ...]``), an nnU-Net ``dataset.json`` or a
     phantom ``*_truth.json`` (``"labels": {name: value or [values]}``; value 0 is background).
-    Container targets take the values of the targets they contain (module docstring).
+    Container targets take the values of the targets they contain (``vocabulary.contained_targets``).
     """
-    from ..phantoms import CONTAINS
-
     where = source if not isinstance(source, Mapping) else "label table"
     doc = source if isinstance(source, Mapping) else _read_json(Path(source))
     labels = doc.get("labels") if isinstance(doc, Mapping) else None
@@ -99,7 +96,7 @@ def read_label_table(source: Union[PathLike, Mapping]) -> Dict[str, Tuple[int, .
     except (KeyError, TypeError, ValueError):
         raise HermesError(f"{where}: no usable \"labels\" table (expected {{name: value}} as in an "
                           "nnU-Net dataset.json, or a HermesSegment sidecar); check the file") from None
-    for outer, inners in CONTAINS.items():
+    for outer, inners in vocabulary.contained_targets().items():
         if outer in table:
             extra = tuple(v for inner in inners for v in table.get(inner, ()))
             table[outer] = tuple(dict.fromkeys(table[outer] + extra))

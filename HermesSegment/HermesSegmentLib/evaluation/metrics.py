@@ -1,4 +1,8 @@
-"""Dice, HD95 and surface Dice per (case, target): MONAI's metric functions, in millimetres.
+"""Dice, HD95 and surface Dice per (case, target), in millimetres.
+
+HD95 and surface Dice are MONAI's (``compute_hausdorff_distance`` with percentile 95,
+``compute_surface_dice``); Dice is :func:`dice`, the one the trainer, the benchmarks and the tools
+use too.
 
 Empty masks (MONAI returns NaN): both empty -> Dice 1, HD95 0 mm, surface Dice 1; exactly one empty
 -> Dice 0, surface Dice 0, HD95 ``inf`` (:func:`summarize` leaves non-finite values out of the means
@@ -18,6 +22,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import HermesError
+from ..mask import bounding_box
 from .mask_files import MaskSet, check_same_grid
 
 PathLike = Union[str, Path]
@@ -65,6 +70,12 @@ def evaluate_masks(
     return rows
 
 
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks of one shape, 2 |P & T| / (|P| + |T|), exact; 1 when both are empty."""
+    total = int(np.count_nonzero(prediction)) + int(np.count_nonzero(truth))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(np.logical_and(prediction, truth))) / total
+
+
 def _metrics(pred: np.ndarray, truth: np.ndarray, spacing: Tuple[float, ...],
              tolerance_mm: float) -> Dict[str, float]:
     has_pred, has_truth = bool(pred.any()), bool(truth.any())
@@ -75,11 +86,11 @@ def _metrics(pred: np.ndarray, truth: np.ndarray, spacing: Tuple[float, ...],
 
     try:
         import torch
-        from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+        from monai.metrics import compute_hausdorff_distance, compute_surface_dice
     except ImportError:
         raise HermesError("evaluation needs MONAI; install it with `pip install monai` "
                           "(or the extra: pip install hermes-segment[train])") from None
-    box = _union_box(pred, truth, margin=1)
+    box = bounding_box(pred, truth, margin=1)
     # [batch, channel, z, y, x]; float as MONAI's metrics expect one-hot float tensors.
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None].float()
     g = torch.from_numpy(np.ascontiguousarray(truth[box]))[None, None].float()
@@ -87,22 +98,11 @@ def _metrics(pred: np.ndarray, truth: np.ndarray, spacing: Tuple[float, ...],
         # MONAI warns about a deprecated argument that it passes itself; nothing for a user to do.
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        dice = compute_dice(p, g, include_background=True, ignore_empty=False)
         hd95 = compute_hausdorff_distance(p, g, include_background=True, percentile=95,
                                           spacing=list(spacing))
         nsd = compute_surface_dice(p, g, class_thresholds=[tolerance_mm], include_background=True,
                                    spacing=list(spacing))
-    return {"dice": float(dice), "hd95_mm": float(hd95), "surface_dice": float(nsd)}
-
-
-def _union_box(a: np.ndarray, b: np.ndarray, margin: int) -> Tuple[slice, ...]:
-    """Slices of the bounding box of ``a | b`` grown by ``margin`` voxels (clipped to the array)."""
-    box = []
-    for axis in range(a.ndim):
-        other = tuple(i for i in range(a.ndim) if i != axis)
-        hits = np.flatnonzero(a.any(axis=other) | b.any(axis=other))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, a.shape[axis])))
-    return tuple(box)
+    return {"dice": dice(pred[box], truth[box]), "hd95_mm": float(hd95), "surface_dice": float(nsd)}
 
 
 def summarize(rows: Sequence[Mapping[str, object]]) -> List[dict]:

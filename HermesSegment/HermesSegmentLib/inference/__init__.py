@@ -1,13 +1,16 @@
-"""Inference: sliding window over the network, blending, device policy, progress and cancel."""
+"""Inference: sliding window over a predictor callable, blending, device policy, progress and cancel.
+
+The sliding window knows nothing about the network: it calls a :class:`Predictor` on batches of
+windows, as MONAI's ``sliding_window_inference`` does (the Hermes one: ``network.predictor``).
+"""
 
 from .control import CancelToken, ProgressCallback, report
-from .device import (DEVICE_CHOICES, PRECISION_CHOICES, autocast, compute_dtype, describe, precision_name,
-                     select_device)
-from .sliding_window import predict_volume
+from .device import DEVICE_CHOICES, PRECISION_CHOICES, autocast, compute_dtype, describe, precision_name, select_device
+from .sliding_window import Predictor, predict_volume
 from .windows import blending_weights, window_starts
 
 __all__ = [
-    "CancelToken", "DEVICE_CHOICES", "PRECISION_CHOICES", "ProgressCallback", "autocast", "blending_weights",
-    "compute_dtype", "describe", "precision_name",
-    "predict_volume", "report", "select_device", "window_starts",
+    "CancelToken", "DEVICE_CHOICES", "PRECISION_CHOICES", "Predictor", "ProgressCallback", "autocast",
+    "blending_weights", "compute_dtype", "describe", "precision_name", "predict_volume", "report", "select_device",
+    "window_starts",
 ]

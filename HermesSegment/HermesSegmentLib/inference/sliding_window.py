@@ -15,26 +15,44 @@ Quantising probabilities to 1/255 costs nothing measurable (see docs/architectur
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import HermesError
 from .control import CancelToken, ProgressCallback, report
-from .device import autocast, compute_dtype, is_out_of_memory
+from .device import is_out_of_memory
 from .windows import blending_weights, padding_for, window_starts
 
 log = logging.getLogger(__name__)
 
 
-class _Slab:
-    """Float32 accumulators for the z-planes [base, base + depth) of the padded volume."""
+class Predictor(Protocol):
+    """What :func:`predict_volume` runs on each batch of windows (as MONAI's sliding window does).
 
-    def __init__(self, tasks: int, depth: int, height: int, width: int, device: torch.device) -> None:
+    ``predictor(windows)``: (B, 1, D, H, W) float32 on the predictor's device -> logits
+    (B, T, D, H, W), float32. ``predictor.to(device)`` moves it and returns the predictor to use
+    (a torch module's ``to`` does both). ``network.predictor.HermesPredictor`` is the Hermes one.
+    """
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Predictor: ...
+
+
+class _Slab:
+    """Float32 accumulators for the z-planes [base, base + depth) of the padded volume, and the uint8
+    result (T, D, H, W) of the unpadded volume that finished planes are written to."""
+
+    def __init__(self, tasks: int, depth: int, padded_shape: Sequence[int], pads: Sequence[tuple[int, int]],
+                 volume_shape: Sequence[int], device: torch.device) -> None:
+        _, height, width = padded_shape
         self.logits = torch.zeros((tasks, depth, height, width), dtype=torch.float32, device=device)
         self.weights = torch.zeros((depth, height, width), dtype=torch.float32, device=device)
         self.base = 0
+        self.pads, self.volume_shape = pads, tuple(volume_shape)
+        self.result = np.zeros((tasks, *volume_shape), dtype=np.uint8)
 
     def to(self, device: torch.device) -> None:
         self.logits, self.weights = self.logits.to(device), self.weights.to(device)
@@ -65,62 +83,49 @@ class _Slab:
         self.base += planes
         return quantised
 
+    def flush(self, planes: int) -> None:
+        """Finish the first ``planes`` planes and copy them, without their padding, into the result."""
+        block = self.release(planes)
+        start = self.base - planes  # planes [start, base) of the padded volume
+        (z_pad, _), (y_pad, _), (x_pad, _) = self.pads
+        depth, height, width = self.volume_shape
+        lo, hi = max(start, z_pad), min(self.base, z_pad + depth)
+        if hi > lo:
+            self.result[:, lo - z_pad:hi - z_pad] = block[:, lo - start:hi - start, y_pad:y_pad + height,
+                                                          x_pad:x_pad + width]
+
 
 def predict_volume(
-    network: torch.nn.Module,
+    predictor: Predictor,
     volume: np.ndarray,
-    task_indices: Sequence[int],
-    modality_slot: int,
     *,
     window_zyx: Sequence[int],
     overlap: float = 0.5,
     blending: str = "gaussian",
     batch_size: int = 2,
     device: torch.device | str = "cpu",
-    precision: str = "auto",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> np.ndarray:
-    """Per-task probabilities over a normalised model-space volume.
+    """Probabilities of every output of ``predictor`` over a normalised model-space volume.
 
-    ``volume``: float32 (D, H, W). ``task_indices``: the model's task rows to query (only these
-    tokens enter the network). Returns uint8 (T, D, H, W) = round(255 x sigmoid(blended logits)).
-    Axes shorter than the window are padded symmetrically with the volume's minimum (air).
-    On a CUDA out-of-memory error the batch is halved, then the run moves to the CPU with a
-    warning. The network is moved to ``device`` and put in eval mode; on the CPU its weights are
-    switched to the channels-last 3D layout, which oneDNN convolves about 25% faster (same values).
-    ``precision``: ``auto`` (mixed precision where the hardware multiplies it natively),
-    ``float32`` or ``bfloat16``; see :func:`inference.device.compute_dtype`. Blending and the
-    accumulators are float32 whatever the precision.
+    ``volume``: float32 (D, H, W). Returns uint8 (T, D, H, W) = round(255 x sigmoid(blended
+    logits)), T the predictor's outputs. Axes shorter than the window are padded symmetrically with
+    the volume's minimum (air). The predictor is moved to ``device``; when a GPU (CUDA, MPS) runs out
+    of memory the batch is halved, then the predictor moves to the CPU with a warning (a
+    ``HermesPredictor`` then tells where the run finished: its ``device``). Blending and the
+    accumulators are float32.
     """
     if not 0 <= overlap < 1:
         raise HermesError(f"overlap must be in [0, 1), got {overlap}")
-    if volume.ndim != 3:
-        raise HermesError(f"expected a 3D volume, got shape {volume.shape}")
     device = torch.device(device)
-    dtype = compute_dtype(device, precision)
-    window = tuple(int(w) for w in window_zyx)
-    pads = padding_for(volume.shape, window)
-    padded = np.pad(volume, pads, mode="constant", constant_values=float(volume.min())) if any(sum(p) for p in pads) else volume
-    padded = np.ascontiguousarray(padded, dtype=np.float32)
+    window = (int(window_zyx[0]), int(window_zyx[1]), int(window_zyx[2]))
+    padded, pads = _padded(volume, window)
     corners = window_starts(padded.shape, window, overlap)
-    tasks = torch.as_tensor(list(task_indices), dtype=torch.long)
-    modality = torch.tensor([[modality_slot]], dtype=torch.long)
 
-    network = _prepare(network, device)
+    predictor = predictor.to(device)
     weights = torch.from_numpy(blending_weights(window, blending)).to(device)
-    slab = _Slab(len(task_indices), window[0], padded.shape[1], padded.shape[2], device)
-    result = np.zeros((len(task_indices), *volume.shape), dtype=np.uint8)
-    (z_pad, _), (y_pad, _), (x_pad, _) = pads
-
-    def emit(block: np.ndarray) -> None:
-        """Copy finished padded planes into the unpadded result."""
-        start = slab.base - block.shape[1]  # planes [start, slab.base) of the padded volume
-        lo, hi = max(start, z_pad), min(slab.base, z_pad + volume.shape[0])
-        if hi > lo:
-            result[:, lo - z_pad:hi - z_pad] = block[:, lo - start:hi - start, y_pad:y_pad + volume.shape[1],
-                                                     x_pad:x_pad + volume.shape[2]]
-
+    slab: Optional[_Slab] = None  # made when the first logits tell how many outputs there are
     done = 0
     report(progress, "inference", 0.0, f"{len(corners)} windows")
     with torch.inference_mode():
@@ -129,48 +134,56 @@ def predict_volume(
                 cancel.raise_if_cancelled()
             batch = corners[done:done + batch_size]
             try:
-                logits = _forward(network, padded, batch, window, tasks, modality, device, dtype)
+                logits = predictor(_windows(padded, batch, window, device))
             except RuntimeError as error:
-                if not (device.type == "cuda" and is_out_of_memory(error)):
-                    raise
-                torch.cuda.empty_cache()
-                if batch_size > 1:
-                    batch_size //= 2
-                    log.warning("GPU out of memory: retrying with %d window(s) per batch", batch_size)
-                else:
-                    log.warning("GPU out of memory even with one window: continuing on the CPU (slower)")
-                    device = torch.device("cpu")
-                    dtype = compute_dtype(device, precision)
-                    network = _prepare(network, device)
-                    weights = weights.to(device)
-                    slab.to(device)
+                moved, batch_size = _after_out_of_memory(error, device, batch_size)
+                if moved != device:
+                    device, predictor = moved, predictor.to(moved)
+                    weights = torch.from_numpy(blending_weights(window, blending))
+                    if slab is not None:
+                        slab.to(device)
                 continue
+            if slab is None:
+                slab = _Slab(logits.shape[1], window[0], padded.shape, pads, volume.shape, device)
             for corner, window_logits in zip(batch, logits):
                 if corner[0] > slab.base:
-                    emit(slab.release(corner[0] - slab.base))
+                    slab.flush(corner[0] - slab.base)
                 slab.add(window_logits, weights, corner)
             done += len(batch)
             report(progress, "inference", done / len(corners), f"window {done}/{len(corners)}")
-    emit(slab.release(padded.shape[0] - slab.base))
-    return result
+        assert slab is not None, "a volume has at least one window"
+        slab.flush(padded.shape[0] - slab.base)
+    return slab.result
 
 
-def _prepare(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    network = network.to(device).eval()
-    return network.to(memory_format=torch.channels_last_3d) if device.type == "cpu" else network
+def _after_out_of_memory(error: RuntimeError, device: torch.device, batch_size: int) -> tuple[torch.device, int]:
+    """(device, batch size) to go on with after ``error``: half the batch, then the CPU, when a GPU
+    ran out of memory; any other error is raised again."""
+    if device.type == "cpu" or not is_out_of_memory(error):
+        raise error
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if batch_size > 1:
+        log.warning("GPU out of memory: retrying with %d window(s) per batch", batch_size // 2)
+        return device, batch_size // 2
+    log.warning("GPU out of memory even with one window: continuing on the CPU (slower)")
+    return torch.device("cpu"), batch_size
 
 
-def _forward(
-    network: torch.nn.Module, padded: np.ndarray, corners: Sequence[tuple[int, int, int]], window: tuple[int, int, int],
-    tasks: torch.Tensor, modality: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype],
-) -> torch.Tensor:
-    """Logits (B, T, *window) in float32 for a batch of windows."""
+def _padded(volume: np.ndarray, window: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(``volume`` as contiguous float32, padded with its minimum (air) to at least ``window`` on
+    every axis, the (before, after) padding per axis)."""
+    if volume.ndim != 3:
+        raise HermesError(f"expected a 3D volume, got shape {volume.shape}")
+    pads = padding_for(volume.shape, window)
+    if any(before or after for before, after in pads):
+        volume = np.pad(volume, pads, mode="constant", constant_values=float(volume.min()))
+    return np.ascontiguousarray(volume, dtype=np.float32), pads
+
+
+def _windows(padded: np.ndarray, corners: Sequence[tuple[int, int, int]], window: tuple[int, int, int],
+             device: torch.device) -> torch.Tensor:
+    """A batch of windows (B, 1, *window) cut from the padded volume, on ``device``."""
     dz, dy, dx = window
     crops = [torch.from_numpy(padded[z:z + dz, y:y + dy, x:x + dx]) for z, y, x in corners]
-    images = torch.stack(crops)[:, None].to(device, non_blocking=True)
-    if device.type == "cpu":
-        images = images.contiguous(memory_format=torch.channels_last_3d)
-    count = len(corners)
-    with autocast(device, dtype):
-        logits, _ = network(images, tasks.expand(count, -1).to(device), modality.expand(count, -1).to(device))
-    return logits.float()
+    return torch.stack(crops)[:, None].to(device, non_blocking=True)

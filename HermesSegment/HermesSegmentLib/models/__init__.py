@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .catalog import DEFAULT_MODEL, ModelListing, add, download, list_models, remove, resolve, user_models_dir
+from ..pipeline.options import DEFAULT_MODEL
+from .catalog import ModelListing, add, download, list_models, remove, resolve, user_models_dir
 from .manifest import MANIFEST_KEY, hermes_r_manifest, validate_manifest
 from .package import LoadedModel, read_manifest, save, sha256_file, verify
 from .package import load as _load_file

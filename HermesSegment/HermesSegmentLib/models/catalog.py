@@ -26,7 +26,6 @@ from .manifest import DATA_DIR
 from .package import read_manifest, sha256_file
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
-DEFAULT_MODEL = "hermes-demo"
 
 
 @dataclass
@@ -89,7 +88,8 @@ def list_models(catalog_path: str | Path | None = None) -> list[ModelListing]:
             local = user_models_dir() / f"{entry['name']}.safetensors"
             listings.append(
                 ModelListing(entry["name"], entry["title"], "catalog", local if local.is_file() else None,
-                             entry.get("url"), entry.get("sha256"), entry.get("how_to_get"), tuple(entry.get("aliases", ())))
+                             entry.get("url"), entry.get("sha256"), entry.get("how_to_get"),
+                             tuple(entry.get("aliases", ())))
             )
     known = {m.name for m in listings}
     folder = user_models_dir()
@@ -118,7 +118,8 @@ def resolve(model: str | Path) -> Path:
     if not listing.available:
         if listing.url:
             raise HermesError(f"model '{model}' is not downloaded yet; run `hermes-segment models download {model}`")
-        raise HermesError(f"model '{model}' is not installed; {listing.how_to_get or 'add its file with `hermes-segment models add FILE`'}")
+        raise HermesError(f"model '{model}' is not installed; "
+                          f"{listing.how_to_get or 'add its file with `hermes-segment models add FILE`'}")
     return listing.path  # type: ignore[return-value]
 
 
@@ -136,7 +137,7 @@ def download(
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_paths([target]) as (temp,):
-            with open(temp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (URL from our catalog)
+            with open(temp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # a URL of our catalog
                 total = int(response.headers.get("Content-Length") or 0) or None
                 done = 0
                 for chunk in iter(lambda: response.read(1 << 20), b""):
@@ -150,7 +151,8 @@ def download(
                                   f"expected {sha256[:12]}…); nothing was installed")
             read_manifest(temp)
     except (urllib.error.URLError, OSError) as error:
-        raise HermesError(f"could not download '{name}' from {url} ({error}); check the network or install the file by hand") from None
+        raise HermesError(f"could not download '{name}' from {url} ({error}); check the network or install the file "
+                          "by hand") from None
     return target
 
 
@@ -169,6 +171,7 @@ def remove(name: str) -> Path:
     """Delete a model from the user folder (bundled models cannot be removed)."""
     target = user_models_dir() / f"{name}.safetensors"
     if not target.is_file():
-        raise HermesError(f"'{name}' is not in the user model folder {user_models_dir()}; bundled models cannot be removed")
+        raise HermesError(f"'{name}' is not in the user model folder {user_models_dir()}; bundled models cannot be "
+                          "removed")
     target.unlink()
     return target

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Mapping
 
 from .. import vocabulary
 from ..errors import HermesError
-from ..network import HERMES_R, HermesConfig
+from ..network import HERMES_R
 
 MANIFEST_KEY = "hermes_manifest"
 FORMAT = "hermes-segment-model"
 FORMAT_VERSION = 1
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = vocabulary.DATA_DIR
 
 # Upstream Hermes-R preprocessing (DESIGN.md): CT clipped to [-991, 500], MR and PET clipped to
 # the volume's 2nd-98th percentile; then a per-volume z-score.
@@ -76,7 +75,8 @@ def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
         for target, index in targets.items():
             task = tasks.get(index)
             if task is None or task["target"] != target:
-                raise HermesError(f"{source}: invalid manifest: defaults[{modality}][{target}] -> {index} is not that target's task")
+                raise HermesError(f"{source}: invalid manifest: defaults[{modality}][{target}] -> {index} is not "
+                                  "that target's task")
 
 
 def task_entry(index: int, target_key: str, dataset: str, modalities: list[str]) -> dict[str, Any]:
@@ -110,10 +110,6 @@ def modality_entries(keys: list[str]) -> list[dict[str, Any]]:
 def hermes_r_manifest(*, checkpoint_sha256: str, weights: str) -> dict[str, Any]:
     """The full manifest of the released Hermes-R (71 tasks, 6 modality slots, 1.5 mm, 128^3)."""
     tasks = vocabulary.hermes_r_tasks()
-    defaults: dict[str, dict[str, int]] = {}
-    for task in tasks:
-        for modality in task.default_for:
-            defaults.setdefault(modality, {})[task.target] = task.index
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -132,7 +128,7 @@ def hermes_r_manifest(*, checkpoint_sha256: str, weights: str) -> dict[str, Any]
         "input": dict(HERMES_R_INPUT),
         "modalities": modality_entries([m.key for m in vocabulary.load_vocabulary().modalities]),
         "tasks": [task_entry(t.index, t.target, t.dataset, list(t.modalities)) for t in tasks],
-        "defaults": defaults,
+        "defaults": vocabulary.hermes_r_defaults(),
         "provenance": {
             "source": "upstream Hermes-R training checkpoint, imported by `hermes-segment models import-upstream`",
             "upstream_checkpoint_sha256": checkpoint_sha256,
@@ -143,5 +139,3 @@ def hermes_r_manifest(*, checkpoint_sha256: str, weights: str) -> dict[str, Any]
     return manifest
 
 
-def network_config(manifest: Mapping[str, Any]) -> HermesConfig:
-    return HermesConfig.from_manifest(manifest["architecture"])

@@ -10,11 +10,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..atomic import atomic_paths, give_default_permissions
 from ..errors import HermesError
-from .manifest import MANIFEST_KEY, network_config, validate_manifest
+from .manifest import MANIFEST_KEY, validate_manifest
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -48,6 +48,14 @@ class LoadedModel:
         self.modality_entry(modality)
         defaults = self.manifest["defaults"].get(modality, {})
         return sorted(defaults, key=defaults.__getitem__)
+
+    def predictor(self, task_indices: Sequence[int], modality_slot: int, *, precision: str = "auto") -> Any:
+        """The network as the sliding window's predictor (:class:`inference.Predictor`) for these
+        task rows and modality slot, as its architecture runs it."""
+        from ..network import architecture
+
+        return architecture(self.manifest["architecture"]).predictor(self.network, task_indices, modality_slot,
+                                                                      precision=precision)
 
     def task(self, index: int) -> dict[str, Any]:
         return next(t for t in self.manifest["tasks"] if t["index"] == index)
@@ -92,13 +100,16 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise HermesError(f"{path.name} is not a valid model package (unreadable header); download or export it again") from None
+        raise HermesError(f"{path.name} is not a valid model package (unreadable header); download or export it "
+                          "again") from None
     if not isinstance(header, dict):
         raise HermesError(f"{path.name} is not a valid model package (unexpected header)")
     metadata = header.pop("__metadata__", None) or {}
-    data_end = max((int(v["data_offsets"][1]) for v in header.values() if isinstance(v, dict) and "data_offsets" in v), default=0)
+    data_end = max((int(v["data_offsets"][1]) for v in header.values() if isinstance(v, dict) and "data_offsets" in v),
+                   default=0)
     if 8 + header_len + data_end > size:
-        raise HermesError(f"{path.name} is truncated ({size} bytes, needs {8 + header_len + data_end}); download it again")
+        raise HermesError(f"{path.name} is truncated ({size} bytes, needs {8 + header_len + data_end}); download it "
+                          "again")
     return header, metadata
 
 
@@ -123,12 +134,12 @@ def _manifest_from_metadata(path: Path, metadata: Mapping[str, str]) -> dict[str
 
 
 def _expected_shapes(manifest: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    from ..network import HermesNetwork
-
     import torch
 
+    from ..network import build_network
+
     with torch.device("meta"):
-        network = HermesNetwork(network_config(manifest))
+        network = build_network(manifest["architecture"])
     return {name: tuple(t.shape) for name, t in network.state_dict().items()}
 
 
@@ -145,7 +156,8 @@ def check_tensors(tensors: Mapping[str, tuple[int, ...]], manifest: Mapping[str,
         )
     for name, shape in expected.items():
         if tuple(tensors[name]) != shape:
-            raise HermesError(f"{source} does not match its architecture: {name} has shape {tuple(tensors[name])}, expected {shape}")
+            raise HermesError(f"{source} does not match its architecture: {name} has shape {tuple(tensors[name])}, "
+                              f"expected {shape}")
 
 
 def load(path: str | Path, device: str = "cpu") -> LoadedModel:
@@ -154,7 +166,7 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ..network import HermesNetwork
+    from ..network import build_network
 
     path = Path(path)
     header, metadata = read_header(path)
@@ -164,7 +176,7 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
         raise HermesError(f"{path.name} is corrupt ({error}); download or export it again") from None
-    network = HermesNetwork(network_config(manifest))
+    network = build_network(manifest["architecture"])
     network.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     return LoadedModel(network=network.to(device).eval(), manifest=manifest, path=path)
 

@@ -33,8 +33,9 @@ def read_upstream_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
             f"{path.name} needs arbitrary Python objects to load ({first[:160]}); refusing to unpickle it — "
             "re-save it with tensors only, e.g. torch.save({'model_state_dict': model.state_dict()}, ...)"
         ) from None
-    except Exception as error:  # noqa: BLE001 - a foreign file can fail inside the unpickler in any way
-        raise HermesError(f"{path.name} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error)[:120]})") from None
+    except Exception as error:  # a foreign file can fail inside the unpickler in any way
+        raise HermesError(f"{path.name} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+                          f"{str(error)[:120]})") from None
     if not isinstance(checkpoint, Mapping):
         raise HermesError(f"{path.name} is not an upstream Hermes checkpoint (expected a dict with 'model_state_dict')")
     for key in PREFERRED_STATE_KEYS:
@@ -44,7 +45,8 @@ def read_upstream_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
     if checkpoint and all(hasattr(v, "shape") for v in checkpoint.values()):
         return _strip_wrapper_prefix(dict(checkpoint)), "(bare state dict)"
     raise HermesError(
-        f"{path.name} has no 'model_state_dict' or 'ema_model_state_dict' (keys: {', '.join(map(str, list(checkpoint)[:6]))})"
+        f"{path.name} has no 'model_state_dict' or 'ema_model_state_dict' (keys: "
+        f"{', '.join(map(str, list(checkpoint)[:6]))})"
     )
 
 

@@ -59,7 +59,7 @@ class HermesConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
-    def from_manifest(cls, architecture: Mapping[str, Any]) -> "HermesConfig":
+    def from_manifest(cls, architecture: Mapping[str, Any]) -> HermesConfig:
         if architecture.get("name") != ARCHITECTURE_NAME:
             raise HermesError(
                 f"unsupported architecture {architecture.get('name')!r}; this version of HermesSegment "

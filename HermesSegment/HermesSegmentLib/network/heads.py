@@ -22,7 +22,8 @@ class PosteriorMaskHead(nn.Module):
     def __init__(self, posterior_dim: int, kernel_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(posterior_dim)
-        self.classifier_pred = nn.Sequential(Mlp(posterior_dim, out_dim=kernel_dim), Mlp(kernel_dim, out_dim=kernel_dim))
+        self.classifier_pred = nn.Sequential(Mlp(posterior_dim, out_dim=kernel_dim),
+                                             Mlp(kernel_dim, out_dim=kernel_dim))
         for module in self.classifier_pred.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)

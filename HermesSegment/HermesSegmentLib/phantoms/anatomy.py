@@ -42,8 +42,8 @@ def _paint_tube(cv: Canvas, points: np.ndarray, radius: float, tissue: str,
         cv.paint(sl, segment_distance(q, a, b) < radius, tissue, label, where)
 
 
-def render_anatomy(cv: Canvas, rng: np.random.Generator, modality: str) -> None:
-    """Paints the whole torso into the canvas (order matters: later structures win overlaps)."""
+def _paint_body_wall(cv: Canvas, rng: np.random.Generator) -> None:
+    """The body outline, skin, fat and muscle wall, mediastinal fat, bowel with gas, ribs and the table."""
     # Body: elliptic cross-section, flatter at the back (the patient lies on the table).
     bx, by = 165.0 * rng.uniform(0.92, 1.08), 112.0 * rng.uniform(0.9, 1.1)
     fat = rng.uniform(0.05, 0.16)  # subcutaneous fat, fraction of the body radius
@@ -75,8 +75,11 @@ def render_anatomy(cv: Canvas, rng: np.random.Generator, modality: str) -> None:
     # Scanner table under the back.
     table = (qy > by * 1.05 + 12.0) & (qy < by * 1.05 + 24.0) & (np.abs(qx) < 230.0)
     cv.paint(sl, table & ~body, "table", None)
-    del n1, n2, theta, zr, rib, rb, nx, ny, taper
 
+
+def render_anatomy(cv: Canvas, rng: np.random.Generator, modality: str) -> None:
+    """Paints the whole torso into the canvas (order matters: later structures win overlaps)."""
+    _paint_body_wall(cv, rng)
     spine_y = 55.0 * rng.uniform(0.9, 1.1)
     # Muscles around the spine.
     for side in (-1, 1):

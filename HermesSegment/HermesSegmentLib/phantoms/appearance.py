@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .atlas import TISSUES, TISSUE_ID
+from .atlas import TISSUE_ID, TISSUES
 
 # (mean, relative per-case jitter). CT values are for the portal-venous phase; ct_phase adjusts.
 APPEARANCE: dict[str, dict[str, tuple[float, float]]] = {

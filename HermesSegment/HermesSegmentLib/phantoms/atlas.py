@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import vocabulary
+
 #: Label value of each target in a generated case (the vocabulary keys). Dataset label values differ.
 LABELS: dict[str, int] = {
     "liver": 1,
@@ -29,8 +31,12 @@ LABELS: dict[str, int] = {
     "fdg_avid_lesion": 13,
 }
 
-#: Targets whose truth includes other targets' voxels (one label per voxel hides the overlap).
-CONTAINS: dict[str, tuple[str, ...]] = {"liver": ("liver_tumor",)}
+#: Targets whose truth includes other targets' voxels (one label per voxel hides the overlap): the
+#: vocabulary's rule (a tumour lies inside its organ), for the phantom's targets.
+CONTAINS: dict[str, tuple[str, ...]] = {
+    outer: tuple(key for key in inner if key in LABELS)
+    for outer, inner in vocabulary.contained_targets().items() if outer in LABELS
+}
 
 MODALITIES: tuple[str, ...] = ("CT", "MR-T1", "MR-T2", "PET")
 
@@ -77,7 +83,7 @@ class Blob:
     @staticmethod
     def make(rng: np.random.Generator, center: Sequence[float], semi: Sequence[float],
              rot_deg: Sequence[float] = (0, 0, 0), *, jitter_mm: float = 8.0,
-             size_var: float = 0.15, rot_var_deg: float = 8.0, wobble: float = 0.08) -> "Blob":
+             size_var: float = 0.15, rot_var_deg: float = 8.0, wobble: float = 0.08) -> Blob:
         """Draws one organ: nominal centre/semi-axes (mm) and orientation, then random variation."""
         scale = rng.uniform(1 - size_var, 1 + size_var) * rng.uniform(0.95, 1.05, 3)
         base = rotation_fixed(rot_deg)

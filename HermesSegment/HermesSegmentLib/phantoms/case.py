@@ -43,14 +43,7 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
         "spacing" (stored, x/y/z of the image axes, mm), "size", "orientation", "seed",
         "ct_phase" (CT only), "volumes_ml": {target: mL}}.
     """
-    if modality not in MODALITIES:
-        raise HermesError(f"unknown phantom modality {modality!r}; choose one of {', '.join(MODALITIES)}")
-    if region not in REGIONS:
-        raise HermesError(f"unknown phantom region {region!r}; choose one of {', '.join(REGIONS)}")
-    if orientation is not None and orientation not in STORAGE_FIXED:
-        raise HermesError(f"unknown orientation {orientation!r}; choose LPS, RAS, permuted or oblique")
-    if max_voxels < 1000:
-        raise HermesError(f"max_voxels={max_voxels} is too small; use at least 1000")
+    _check_arguments(modality, region, orientation, max_voxels)
     m_index = MODALITIES.index(modality)
     anatomy_rng = np.random.default_rng([seed & 0xFFFFFFFF, 0])
     geo_rng = np.random.default_rng([seed & 0xFFFFFFFF, 1, m_index])
@@ -72,18 +65,7 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
     zhi = z1 * scale[2] + t[2] + geo_rng.uniform(10, 40)
     extent = np.array([fov_xy, fov_xy, zhi - zlo])
     center = np.array([t[0] + geo_rng.uniform(-15, 15), t[1] + geo_rng.uniform(0, 25), (zlo + zhi) / 2])
-    n = np.maximum(np.round(extent / sp).astype(int), 8)
-    if n.prod() > max_voxels:
-        # Coarsen uniformly (keeps the anisotropy), but never past 10 mm slices: then in-plane only.
-        sp = sp * (n.prod() / max_voxels) ** (1 / 3)
-        if sp[2] > 10.0:
-            sp[:2] *= math.sqrt(sp[2] / 10.0)
-            sp[2] = 10.0
-        n = np.maximum(np.floor(extent / sp).astype(int), 8)
-    k = np.where(sp > 1.6, 3, 1) if supersample else np.ones(3, int)
-    while (n * k).prod() > min(FINE_MAX_VOXELS, 8 * max_voxels) and k.max() > 1:
-        # give up supersampling on the finest axis first: thick slices gain most from it
-        k[min((a for a in range(3) if k[a] > 1), key=lambda a: sp[a])] = 1
+    sp, n, k = _grids(extent, sp, max_voxels, supersample)
     fine_sp = sp / k
     origin_out = center - sp * (n - 1) / 2  # centre of the first stored voxel
     origin_fine = origin_out - fine_sp * (k - 1) / 2
@@ -110,24 +92,57 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
     if kind == "oblique":
         image, labelmap = oblique(image, labelmap, geo_rng, -1000.0 if modality == "CT" else 0.0)
 
+    truth = _truth_info(labelmap)
+    info = {"labels": truth["labels"], "modality": modality, "region": region, "spacing": truth["spacing"],
+            "size": truth["size"], "orientation": kind, "seed": int(seed), "volumes_ml": truth["volumes_ml"]}
+    if modality == "CT":
+        info["ct_phase"] = phase
+    return image, labelmap, info
+
+
+def _check_arguments(modality: str, region: str, orientation: str | None, max_voxels: int) -> None:
+    if modality not in MODALITIES:
+        raise HermesError(f"unknown phantom modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    if region not in REGIONS:
+        raise HermesError(f"unknown phantom region {region!r}; choose one of {', '.join(REGIONS)}")
+    if orientation is not None and orientation not in STORAGE_FIXED:
+        raise HermesError(f"unknown orientation {orientation!r}; choose LPS, RAS, permuted or oblique")
+    if max_voxels < 1000:
+        raise HermesError(f"max_voxels={max_voxels} is too small; use at least 1000")
+
+
+def _grids(extent: np.ndarray, sp: np.ndarray, max_voxels: int,
+           supersample: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stored spacing, stored size, supersampling factor per axis), all (x, y, z), for a field of
+    view of ``extent`` mm drawn at spacing ``sp``."""
+    n = np.maximum(np.round(extent / sp).astype(int), 8)
+    if n.prod() > max_voxels:
+        # Coarsen uniformly (keeps the anisotropy), but never past 10 mm slices: then in-plane only.
+        sp = sp * (n.prod() / max_voxels) ** (1 / 3)
+        if sp[2] > 10.0:
+            sp[:2] *= math.sqrt(sp[2] / 10.0)
+            sp[2] = 10.0
+        n = np.maximum(np.floor(extent / sp).astype(int), 8)
+    k = np.where(sp > 1.6, 3, 1) if supersample else np.ones(3, int)
+    while (n * k).prod() > min(FINE_MAX_VOXELS, 8 * max_voxels) and k.max() > 1:
+        # give up supersampling on the finest axis first: thick slices gain most from it
+        k[min((a for a in range(3) if k[a] > 1), key=lambda a: sp[a])] = 1
+    return sp, n, k
+
+
+def _truth_info(labelmap: sitk.Image) -> dict:
+    """The targets present (label values), the stored spacing and size, and each target's volume."""
     lab_arr = sitk.GetArrayViewFromImage(labelmap)
     voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
     counts = np.bincount(lab_arr.ravel(), minlength=max(LABELS.values()) + 1)
     present = {key: v for key, v in LABELS.items() if counts[v] > 0}
     masks = target_masks(lab_arr, present)
-    info = {
+    return {
         "labels": present,
-        "modality": modality,
-        "region": region,
         "spacing": [float(s) for s in labelmap.GetSpacing()],
         "size": [int(s) for s in labelmap.GetSize()],
-        "orientation": kind,
-        "seed": int(seed),
         "volumes_ml": {key: round(float(mk.sum()) * voxel_ml, 2) for key, mk in masks.items()},
     }
-    if modality == "CT":
-        info["ct_phase"] = phase
-    return image, labelmap, info
 
 
 def target_masks(labelmap_array: np.ndarray, labels: Mapping[str, int]) -> dict[str, np.ndarray]:

@@ -1,5 +1,25 @@
-"""The pipeline: segment_image(), the one function the CLI, the Slicer logic and the tests call."""
+"""The pipeline: :func:`segment_image`, the one function the CLI, the Slicer logic and the tests call,
+and :class:`SegmentOptions`, the one list of its options.
 
-from .segment import FAST_OVERLAP, SegmentationResult, resolve_targets, segment_image
+``segment_image`` and ``SegmentationResult`` are imported on first use (they pull in torch), so that
+the options stay cheap to import for the command-line parser and the Slicer module.
+"""
 
-__all__ = ["FAST_OVERLAP", "SegmentationResult", "resolve_targets", "segment_image"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .options import DEFAULT_MODEL, PRESETS, SegmentOptions
+
+if TYPE_CHECKING:
+    from .segment import SegmentationResult, resolve_targets, segment_image
+
+__all__ = ["DEFAULT_MODEL", "PRESETS", "SegmentOptions", "SegmentationResult", "resolve_targets", "segment_image"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SegmentationResult", "resolve_targets", "segment_image"):
+        from . import segment
+
+        return getattr(segment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

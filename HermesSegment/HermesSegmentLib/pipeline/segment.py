@@ -6,29 +6,36 @@ postprocess.probabilities_to_mask -> postprocess.apply -> mask.TargetMask on the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import vocabulary
 from ..errors import HermesError
-from ..inference import (CancelToken, ProgressCallback, compute_dtype, precision_name, predict_volume, report,
-                         select_device)
+from ..inference import (
+    CancelToken,
+    ProgressCallback,
+    compute_dtype,
+    precision_name,
+    predict_volume,
+    report,
+    select_device,
+)
 from ..mask import TargetMask
-from ..models import DEFAULT_MODEL, LoadedModel, load
+from ..models import LoadedModel, load
 from ..models.manifest import task_terminology_entry
-from ..postprocess import (PostprocessOptions, apply as apply_postprocess, from_model_space, keep_to_side,
-                           probabilities_to_mask, reference_geometry)
+from ..postprocess.components import apply as apply_postprocess
+from ..postprocess.side import keep_to_side
+from ..postprocess.to_input_grid import from_model_space, probabilities_to_mask, reference_geometry
 from ..preprocess import ModelSpaceImage, to_model_space
+from .options import SegmentOptions
 
 log = logging.getLogger(__name__)
-
-FAST_OVERLAP = 0.25
 
 
 @dataclass
@@ -36,7 +43,8 @@ class SegmentationResult:
     """Masks on the input grid, one per requested target, and what produced them.
 
     ``reference``: a UInt8 image with the input's geometry (see postprocess.reference_geometry).
-    ``device`` and ``precision`` (float32, bfloat16 or float16): where and how the network ran.
+    ``device`` and ``precision`` (float32, bfloat16 or float16): where and how the network ran to
+    the end (after a GPU out-of-memory fallback: the CPU).
     ``seconds``: wall time per stage. ``model_space`` and ``probabilities`` (uint8, one map per
     target in model space) are kept only when ``keep_probabilities`` was asked for.
     """
@@ -85,43 +93,39 @@ def segment_image(
     *,
     modality: str,
     targets: Union[str, Sequence[str]],
-    model: Union[str, Path, LoadedModel] = DEFAULT_MODEL,
-    device: str = "auto",
-    precision: str = "auto",
-    overlap: Optional[float] = None,
-    blending: str = "gaussian",
-    batch_size: int = 2,
-    fast: bool = False,
-    crop_to_body: bool = True,
-    threshold: float = 0.5,
-    postprocess: Optional[PostprocessOptions] = None,
+    options: Optional[SegmentOptions] = None,
     keep_probabilities: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    **overrides: Any,
 ) -> SegmentationResult:
     """Segment ``targets`` in ``image`` (any geometry) and return masks on the input grid.
 
-    ``modality``: CT, PET, MR-T1, MR-T2, cine-MR or MR (aliases accepted). ``overlap`` defaults to
-    0.5, or 0.25 with ``fast``. ``precision``: ``auto`` (bf16 where the GPU or CPU multiplies it
-    natively), ``float32`` or ``bfloat16`` (see inference.device.compute_dtype). ``batch_size``:
-    windows per forward pass. Two is also the faster choice on the CPU (PyTorch convolves
-    one-sample 3D batches with a slow non-oneDNN kernel: 2x per window, measured), at the price of
-    memory (Hermes-R on the CPU: 5.9 GB of activations for two windows, 3.1 GB in bf16).
-    ``threshold`` applies to each target's own sigmoid, so targets may overlap (a tumour inside
-    its organ). ``postprocess``: see postprocess.PostprocessOptions (the side constraint is on by
-    default).
+    ``modality``: CT, PET, MR-T1, MR-T2, cine-MR or MR (aliases accepted). ``targets``: keys,
+    names or synonyms, a comma-separated string, or ``"all"`` (every target the model offers for
+    the modality). ``options``: :class:`SegmentOptions` (model, device, precision, overlap,
+    postprocessing...); ``overrides`` replace some of its fields, e.g.
+    ``segment_image(image, modality="CT", targets="all", model="hermes-demo", fast=True)``.
+    ``keep_probabilities``: keep the model-space probabilities (for
+    :meth:`SegmentationResult.probability_maps`). ``progress(stage, fraction, message)`` is called
+    as the run goes; ``cancel`` stops it within one batch of windows (:class:`CancelledError`).
+    Raises :class:`HermesError` (one line) for a wrong request, before any work.
+
+    Two windows per forward pass (``batch_size``) is also the faster choice on the CPU (PyTorch
+    convolves one-sample 3D batches with a slow non-oneDNN kernel: 2x per window, measured), at the
+    price of memory (Hermes-R on the CPU: 5.9 GB of activations for two windows, 3.1 GB in bf16).
     """
+    options = dataclasses.replace(options or SegmentOptions(), **overrides)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    torch_device = select_device(device)
-    dtype = compute_dtype(torch_device, precision)  # a wrong precision fails before any work
-    loaded = model if isinstance(model, LoadedModel) else load(model)
+    torch_device = select_device(options.device)
+    compute_dtype(torch_device, options.precision)  # a wrong precision fails before any work
+    loaded = options.model if isinstance(options.model, LoadedModel) else load(options.model)
     modality_key = vocabulary.modality(modality).key
     entry = loaded.modality_entry(modality_key)
     keys = resolve_targets(loaded, modality_key, targets)
     task_indices = [loaded.task_index(k, modality_key) for k in keys]
-    if overlap is None:
-        overlap = FAST_OVERLAP if fast else 0.5
+    overlap = options.window_overlap
     timings["load"] = time.perf_counter() - started
 
     report(progress, "preprocess", 0.0, "resampling to model space")
@@ -129,7 +133,7 @@ def segment_image(
     spacing = loaded.manifest["input"]["spacing_zyx_mm"]
     window = loaded.manifest["input"]["window_size_zyx"]
     model_space = to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
-                                 crop_to_body=crop_to_body, modality=modality_key,
+                                 crop_to_body=options.crop_to_body, modality=modality_key,
                                  window_lattice=(window, overlap))
     reference = reference_geometry(image)
     timings["preprocess"] = time.perf_counter() - mark
@@ -138,16 +142,14 @@ def segment_image(
         cancel.raise_if_cancelled()
 
     mark = time.perf_counter()
-    probabilities = predict_volume(
-        loaded.network, model_space.array, task_indices, entry["slot"],
-        window_zyx=window, overlap=overlap, blending=blending,
-        batch_size=batch_size, device=torch_device, precision=precision,
-        progress=progress, cancel=cancel,
-    )
+    predictor = loaded.predictor(task_indices, entry["slot"], precision=options.precision)
+    probabilities = predict_volume(predictor, model_space.array, window_zyx=window, overlap=overlap,
+                                   blending=options.blending, batch_size=options.batch_size, device=torch_device,
+                                   progress=progress, cancel=cancel)
     timings["inference"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    options = postprocess or PostprocessOptions()
+    cleanup = options.postprocess
     input_spacing_zyx = image.GetSpacing()[::-1]
     masks = []
     for number, (key, index) in enumerate(zip(keys, task_indices)):
@@ -155,24 +157,25 @@ def segment_image(
             cancel.raise_if_cancelled()
         report(progress, "postprocess", number / len(keys), key)
         side = vocabulary.target(key).side
-        if options.side_constraint and side:
+        if cleanup.side_constraint and side:
             if model_space.midline_x is None:
                 log.info("%s: the trunk reaches the edge of the field of view; its side is not checked", key)
             else:
                 keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
                              model_space.spacing_zyx[2])
-        crop = probabilities_to_mask(probabilities[number], model_space, reference, threshold)
-        cleanup = options.for_target(key)
-        array = apply_postprocess(crop.array, input_spacing_zyx, cleanup) if cleanup.active else crop.array
+        crop = probabilities_to_mask(probabilities[number], model_space, reference, options.threshold)
+        per_target = cleanup.for_target(key)
+        array = apply_postprocess(crop.array, input_spacing_zyx, per_target) if per_target.active else crop.array
         task = loaded.task(index)
-        masks.append(TargetMask(key=key, name=task["name"], color=tuple(task["color"]),
-                                terminology=task_terminology_entry(task), offset_zyx=crop.offset_zyx, array=array))
+        masks.append(dataclasses.replace(crop, key=key, name=task["name"], color=tuple(task["color"]),
+                                         terminology=task_terminology_entry(task), array=array))
     timings["postprocess"] = time.perf_counter() - mark
     report(progress, "postprocess", 1.0, "done")
     timings["total"] = time.perf_counter() - started
+    # Where and how the run finished: after a GPU out-of-memory fallback, the CPU.
     return SegmentationResult(
         masks=masks, reference=reference, modality=modality_key, model_name=loaded.name,
-        device=str(torch_device), precision=precision_name(dtype), seconds=timings,
+        device=str(predictor.device), precision=precision_name(predictor.dtype), seconds=timings,
         model_space=model_space if keep_probabilities else None,
         probabilities=probabilities if keep_probabilities else None,
     )

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..mask import bounding_box
 from .options import PostprocessOptions
 
 _FOREGROUND_26 = np.ones((3, 3, 3), dtype=bool)
@@ -24,7 +25,9 @@ def apply(mask: np.ndarray, spacing_zyx: Sequence[float], options: PostprocessOp
     out = np.array(mask, dtype=bool, copy=True)
     if not options.active or not out.any():
         return out
-    box = _padded_bbox(out)
+    # One voxel of background around the mask keeps hole filling right: a cavity is a background
+    # region that does not reach the crop's border, and the margin lets the outside reach it.
+    box = bounding_box(out, margin=1)
     crop = out[box]
     labels, count = ndimage.label(crop, structure=_FOREGROUND_26)
     if count:
@@ -43,17 +46,3 @@ def apply(mask: np.ndarray, spacing_zyx: Sequence[float], options: PostprocessOp
         crop = ndimage.binary_fill_holes(crop)
     out[box] = crop
     return out
-
-
-def _padded_bbox(mask: np.ndarray) -> tuple:
-    """Slices of the bounding box of ``mask``'s True voxels, one voxel larger where possible.
-
-    The background margin keeps hole filling right: a cavity is a background region that does
-    not reach the crop's border, and the margin makes the outside reach it.
-    """
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(0, int(hits[0]) - 1), min(mask.shape[axis], int(hits[-1]) + 2)))
-    return tuple(box)

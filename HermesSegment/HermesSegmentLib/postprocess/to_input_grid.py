@@ -7,29 +7,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..preprocess.model_space import IndexZYX, ModelSpaceImage, physical_corners
+from ..mask import TargetMask, bounding_box
+from ..preprocess.model_space import ModelSpaceImage, physical_corners
 
 # Threads for the last step of mapping a mask back to an axis-aligned input grid (memory-bound:
 # more than four rarely helps).
 _MAPPING_THREADS = min(4, os.cpu_count() or 1)
-
-
-@dataclass
-class TargetMaskCrop:
-    """A binary mask on the input grid, stored as its bounding box.
-
-    ``offset_zyx``: index of ``array[0, 0, 0]`` in the input image; ``array``: bool [z, y, x].
-    An empty mask has shape (0, 0, 0).
-    """
-
-    offset_zyx: IndexZYX
-    array: np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,8 +62,9 @@ def probabilities_to_mask(
     model: ModelSpaceImage,
     reference: sitk.Image,
     threshold: float = 0.5,
-) -> TargetMaskCrop:
-    """Threshold a target's model-space probabilities on the input grid, as a bounding-box crop.
+) -> TargetMask:
+    """Threshold a target's model-space probabilities on the input grid, as a bounding-box crop
+    (a :class:`TargetMask` with no target named yet).
 
     ``prob_model_space``: shape of ``model.array``; float in [0, 1] or uint8 quantised 0..255
     (then ``threshold`` is scaled by 255). Linear interpolation, then ``p >= threshold``.
@@ -83,15 +72,13 @@ def probabilities_to_mask(
     voxel) is resampled.
     """
     cut = threshold * 255.0 if prob_model_space.dtype == np.uint8 else threshold
-    hits = [np.flatnonzero((prob_model_space >= cut).any(axis=tuple(a for a in range(3) if a != ax)))
-            for ax in range(3)]
-    empty = TargetMaskCrop((0, 0, 0), np.zeros((0, 0, 0), dtype=bool))
-    if any(h.size == 0 for h in hits):
-        return empty
     # One model voxel of margin: a linearly interpolated value >= cut needs a corner >= cut.
-    lo = [max(0, int(h[0]) - 1) for h in hits]
-    hi = [min(n, int(h[-1]) + 2) for h, n in zip(hits, prob_model_space.shape)]
-    sub = np.ascontiguousarray(prob_model_space[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+    box = bounding_box(prob_model_space >= cut, margin=1)
+    empty = TargetMask.cropped(np.zeros((0, 0, 0), dtype=bool))
+    if box is None:
+        return empty
+    lo = [b.start for b in box]
+    sub = np.ascontiguousarray(prob_model_space[box], dtype=np.float32)
     sub_image = sitk.GetImageFromArray(sub)
     offset_xyz = np.asarray(model.crop_offset_zyx[::-1]) + lo[::-1]
     spacing_xyz = np.asarray(model.spacing_zyx[::-1])
@@ -109,7 +96,7 @@ def probabilities_to_mask(
         mask = sitk.GetArrayViewFromImage(sitk.Resample(
             sub_image, [int(v) for v in stop - start], sitk.Transform(), sitk.sitkLinear, origin,
             reference.GetSpacing(), reference.GetDirection(), 0.0, sitk.sitkFloat32)) >= cut
-    return _tight_crop(mask, tuple(int(v) for v in start[::-1]))
+    return TargetMask.cropped(mask, tuple(int(v) for v in start[::-1]))
 
 
 def _signed_permutation(direction: Sequence[float]) -> Optional[list]:
@@ -200,13 +187,3 @@ def _input_box(sub_image: sitk.Image, reference: sitk.Image) -> Tuple[np.ndarray
     start = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
     stop = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, np.asarray(reference.GetSize()))
     return start, stop
-
-
-def _tight_crop(mask: np.ndarray, offset_zyx: IndexZYX) -> TargetMaskCrop:
-    """Shrink a bool crop to the bounding box of its True voxels."""
-    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(h.size == 0 for h in hits):
-        return TargetMaskCrop((0, 0, 0), np.zeros((0, 0, 0), dtype=bool))
-    box = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
-    offset = tuple(int(o + b.start) for o, b in zip(offset_zyx, box))
-    return TargetMaskCrop(offset, np.ascontiguousarray(mask[box]))

@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..mask import bounding_box
+
 # Body threshold for CT in HU: above air and lung parenchyma's darkest parts, below fat (-100).
 _CT_BODY_HU = -500.0
 # Margin added around the body mask, in mm, so that the skin and a bit of air stay in the crop.
@@ -36,13 +38,13 @@ def find_body(array: np.ndarray, spacing_zyx: Sequence[float], modality: Optiona
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
     body = np.isin(labels, keep)
+    coarse_box = bounding_box(body)
+    assert coarse_box is not None  # the body has at least one component
     box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(body.any(axis=other))
+    for axis, extent in enumerate(coarse_box):
         margin = int(math.ceil(_BODY_MARGIN_MM / spacing_zyx[axis]))
-        start = max(0, hits[0] * step[axis] - margin)
-        stop = min(array.shape[axis], (hits[-1] + 1) * step[axis] + margin)
+        start = max(0, extent.start * step[axis] - margin)
+        stop = min(array.shape[axis], extent.stop * step[axis] + margin)
         box.append((int(start), int(stop)))
     return tuple(box), _midline_x(body, int(step[2]))
 

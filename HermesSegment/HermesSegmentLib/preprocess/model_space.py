@@ -1,4 +1,5 @@
-"""Model space: the input resampled onto an axis-aligned LPS grid at the manifest's spacing, normalised and cropped to the body.
+"""Model space: the input resampled onto an axis-aligned LPS grid at the manifest's spacing, normalised
+and cropped to the body.
 
 Every input -- identity, flipped (e.g. RAS-stored) or oblique -- goes through the same linear
 resampling onto that grid (identity direction, arrays [z, y, x]) covering the input's physical
@@ -15,7 +16,7 @@ import SimpleITK as sitk
 
 from ..read import guess_modality
 from .body import find_body
-from .normalization import check_normalization, normalize_inplace
+from .normalization import normalization_for
 
 IndexZYX = Tuple[int, int, int]
 
@@ -69,10 +70,10 @@ def to_model_space(
     """Resample ``image`` onto the model grid, normalise it, crop it to the body.
 
     ``spacing_zyx``: model spacing in mm (manifest ``input.spacing_zyx_mm``).
-    ``normalization``: the manifest entry of the modality, ``{"method": "clip_zscore", "clip":
-    [lo, hi]}`` or ``{"method": "percentile_clip_zscore", "percentiles": [p_lo, p_hi]}``; the
-    statistics (percentiles, mean, std) are those of the whole model-space volume, before the
-    crop, so that cropping does not change the intensities the network sees.
+    ``normalization``: the manifest entry of the modality, e.g. ``{"method": "clip_zscore", "clip":
+    [lo, hi]}`` (the methods: ``preprocess.normalization.NORMALIZATIONS``); the statistics
+    (percentiles, mean, std) are those of the whole model-space volume, before the crop, so that
+    cropping does not change the intensities the network sees.
     ``modality``: picks the body threshold (CT: -500 HU; others: 5% of the way from the 1st to
     the 99th percentile); guessed from the image when None.
     ``window_lattice``: (window, overlap) of the sliding window that will run on the crop; the
@@ -83,7 +84,7 @@ def to_model_space(
     +0.48 GB over the input (the float32 copy anti-aliased in place, its SimpleITK image,
     then the float32 model-space volume), 3.6 s on two shared CPU cores.
     """
-    check_normalization(normalization)
+    normalize = normalization_for(normalization)  # a wrong manifest entry fails before any work
     spacing_xyz = np.asarray(spacing_zyx, dtype=float)[::-1]
     size_xyz, origin_xyz = _model_grid(image, spacing_xyz)
 
@@ -109,7 +110,7 @@ def to_model_space(
             body_box = lattice_box(body_box, array.shape, window, overlap)
     else:
         body_box = full
-    normalize_inplace(array, normalization)
+    normalize(array)
     crop = tuple(slice(a, b) for a, b in body_box)
     cropped = np.ascontiguousarray(array[crop]) if body_box != full else array
     return ModelSpaceImage(

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
 
+from ..pipeline.options import SegmentOptions
+
 #: Folder holding ``HermesSegmentLib``: put on the child's PYTHONPATH so ``-m`` finds it.
 MODULE_DIR = Path(__file__).resolve().parents[2]
 
@@ -50,73 +52,41 @@ class LogLine:
 Event = Union[ProgressEvent, LogLine]
 
 
-# The Slicer panel's "Speed / quality" presets, as options of segment_command.
-PRESETS: dict[str, dict[str, Any]] = {
-    "Balanced": {},
-    "Fast": {"fast": True},  # overlap 0.25
-    "Best quality": {"overlap": 0.75, "precision": "float32"},
-}
-
-
 def segment_command(
     input_path: str | Path,
     output_dir: str | Path,
     *,
     modality: str,
     targets: Sequence[str],
-    model: str = "demo",
-    device: str = "auto",
-    precision: str = "auto",
-    overlap: float | None = None,
-    fast: bool = False,
-    side_constraint: bool = True,
-    single_piece: bool = True,
-    keep_largest: bool = False,
-    fill_holes: bool = False,
-    min_island_ml: float | None = None,
+    options: SegmentOptions | None = None,
     python: str | None = None,
 ) -> list[str]:
     """The command line of ``hermes-segment segment`` for one image, with JSON progress on stdout.
 
-    The result is ``<output_dir>/<input stem>.seg.nrrd``. ``python`` defaults to
-    ``sys.executable`` (``PythonSlicer`` inside Slicer).
+    ``options`` (:class:`SegmentOptions`) become the command's options (:meth:`SegmentOptions.command_line`).
+    The result is ``<output_dir>/<input stem>.seg.nrrd``. ``python`` defaults to ``sys.executable``
+    (``PythonSlicer`` inside Slicer).
     """
-    command = [
+    return [
         python or sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(input_path),
-        "--out", str(output_dir), "--modality", modality, "--targets", ",".join(targets),
-        "--model", model, "--device", device, "--progress-json",
+        "--out", str(output_dir), "--modality", modality, "--targets", ",".join(targets), "--progress-json",
+        *(options or SegmentOptions()).command_line(),
     ]
-    if precision != "auto":
-        command += ["--precision", precision]
-    if overlap is not None:
-        command += ["--overlap", str(overlap)]
-    if fast:
-        command.append("--fast")
-    if not side_constraint:
-        command.append("--no-side-constraint")
-    if not single_piece:
-        command.append("--no-single-piece")
-    if keep_largest:
-        command.append("--keep-largest")
-    if fill_holes:
-        command.append("--fill-holes")
-    if min_island_ml:
-        command += ["--min-island-ml", str(min_island_ml)]
-    return command
 
 
-def start_segmentation(image: Any, run_dir: Path, **options: Any) -> tuple[BackgroundRun, Path]:
+def start_segmentation(image: Any, run_dir: Path, *, modality: str, targets: Sequence[str],
+                       options: SegmentOptions | None = None) -> tuple[BackgroundRun, Path]:
     """Write ``image`` (SimpleITK) to ``run_dir/input.nrrd`` and start the engine on it.
 
-    ``options`` are those of :func:`segment_command`. Returns the started run and the path the
-    result will have (``run_dir/input.seg.nrrd``).
+    Returns the started run and the path the result will have (``run_dir/input.seg.nrrd``).
     """
     import SimpleITK as sitk
 
     run_dir.mkdir(parents=True, exist_ok=True)
     input_path = run_dir / "input.nrrd"
     sitk.WriteImage(image, str(input_path), True)
-    return BackgroundRun(segment_command(input_path, run_dir, **options)).start(), run_dir / "input.seg.nrrd"
+    command = segment_command(input_path, run_dir, modality=modality, targets=targets, options=options)
+    return BackgroundRun(command).start(), run_dir / "input.seg.nrrd"
 
 
 def parse_progress(line: str) -> ProgressEvent | None:

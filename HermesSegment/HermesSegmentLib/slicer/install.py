@@ -101,9 +101,11 @@ def ensure_dependencies(ask: Callable[[str], bool]) -> bool:
             import PyTorchUtils
         except ImportError:
             raise HermesError(
-                "the PyTorch extension is not installed; install 'PyTorch' from the Extensions Manager and restart Slicer"
+                "the PyTorch extension is not installed; install 'PyTorch' from the Extensions Manager and restart "
+                "Slicer"
             ) from None
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+        if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
             return False
     if missing:
         pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
@@ -111,7 +113,8 @@ def ensure_dependencies(ask: Callable[[str], bool]) -> bool:
             from packaging.requirements import Requirement
 
             pydeps.pip_ensure(
-                [Requirement(r) for r in missing], skip_packages=["torch"], prompt_install=False, requester="HermesSegment"
+                [Requirement(r) for r in missing], skip_packages=["torch"], prompt_install=False,
+                requester="HermesSegment",
             )
         else:
             slicer.util.pip_install(missing)

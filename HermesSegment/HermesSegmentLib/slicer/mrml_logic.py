@@ -1,10 +1,10 @@
 """The MRML side of HermesSegment: volume nodes in, segmentation nodes out (no Qt).
 
 This file runs inside Slicer and under ``slicer-core`` (Slicer's MRML libraries on PyPI), so the
-console API and the tests share it with the module's GUI::
+module's logic (``HermesSegment.HermesSegmentLogic``, the console API) and the tests share it::
 
-    from HermesSegmentLib import HermesSegmentLogic
-    seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "spleen"])
+    from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
+    seg = MRMLLogic().segment(volumeNode, modality="CT", targets=["liver", "spleen"])
 
 Geometry: Slicer works in RAS, ITK (and the Hermes model) in LPS. A volume node's IJK->RAS matrix
 is turned into an ITK image whose origin and direction are the same points and axes in LPS (x and
@@ -17,6 +17,7 @@ A re-run replaces exactly those segments for the targets asked for; segments wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,7 +29,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .. import vocabulary
 from ..errors import HermesError
+from ..pipeline.options import SegmentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +43,10 @@ MODEL_TAG = "HermesSegment.model"
 DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-_DICOM_MODALITY = {"CT": "CT", "PT": "PET", "MR": "MR"}
 
 
 class TargetMaskLike(Protocol):
-    """What :meth:`HermesSegmentLogic.import_result` reads from each ``outputs.TargetMask``.
+    """What :meth:`MRMLLogic.import_result` reads from each ``mask.TargetMask``.
 
     ``key``: target key; ``color``: RGB 0-255 (or 0-1); ``array``: bool [z, y, x] crop of the input
     grid starting at voxel ``offset_zyx``.
@@ -74,7 +76,7 @@ def volume_to_sitk(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
 
     The array is indexed [k, j, i] as in ``slicer.util.arrayFromVolume``; origin and direction are
     the node's IJK->RAS matrix expressed in LPS. A parent transform is not applied: results are
-    placed under the same transform (see :meth:`HermesSegmentLogic.import_result`).
+    placed under the same transform (see :meth:`MRMLLogic.import_result`).
     """
     if volumeNode is None or volumeNode.GetImageData() is None:
         raise HermesError("the input volume has no image data; load a volume and select it as input")
@@ -124,33 +126,8 @@ def color_01(color: Sequence[float]) -> tuple[float, float, float]:
     return rgb[0], rgb[1], rgb[2]
 
 
-def modality_from_dicom(dicom_modality: str, series_description: str = "") -> str | None:
-    """Map the DICOM Modality tag (0008,0060) and series description to a Hermes modality key."""
-    modality = _DICOM_MODALITY.get(dicom_modality.strip().upper())
-    if modality != "MR":
-        return modality
-    description = series_description.lower()
-    if "cine" in description:
-        return "cine-MR"
-    if "t1" in description:
-        return "MR-T1"
-    if "t2" in description:
-        return "MR-T2"
-    return "MR"
-
-
-def modality_from_intensity(array: np.ndarray) -> str | None:
-    """Guess CT from Hounsfield-like intensities (air near -1000); ``None`` when unsure."""
-    if array.size == 0:
-        return None
-    low, high = np.percentile(array[:: max(1, array.size // 200_000)], [1, 99])
-    if low < -500 and high > -200:
-        return "CT"
-    return None
-
-
-class HermesSegmentLogic:
-    """Blocking segmentation of volume nodes into segmentation nodes (the console API).
+class MRMLLogic:
+    """Blocking segmentation of volume nodes into segmentation nodes (MRML only, no Qt).
 
     ``segmenter`` defaults to :func:`HermesSegmentLib.pipeline.segment_image`; tests inject a
     stand-in with the same signature.
@@ -165,39 +142,26 @@ class HermesSegmentLogic:
         volumeNode: slicer.vtkMRMLScalarVolumeNode,
         modality: str,
         targets: Sequence[str] | str,
-        model: Any = "hermes-demo",
+        options: SegmentOptions | None = None,
         segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        overlap: float | None = None,
-        fast: bool = False,
-        postprocess: Any = None,
         progress: Callable[[str, float, str], None] | None = None,
         cancel: Any = None,
+        **overrides: Any,
     ) -> slicer.vtkMRMLSegmentationNode:
         """Segment ``targets`` in ``volumeNode`` and return the (new or updated) segmentation node.
 
-        Blocks until done. ``model`` is a catalog name, a package path or a loaded model;
-        ``progress(stage, fraction, message)`` and ``cancel`` (a ``CancelToken``) are passed to
-        the pipeline. Raises :class:`HermesError` for user mistakes.
+        Blocks until done. ``options`` (:class:`SegmentOptions`) and ``overrides`` of its fields
+        (``model="hermes-demo"``, ``device="cpu"``, ``fast=True``...) are those of
+        ``pipeline.segment_image``; ``progress(stage, fraction, message)`` and ``cancel`` (a
+        ``CancelToken``) are passed on. Raises :class:`HermesError` for user mistakes.
         """
+        options = dataclasses.replace(options or SegmentOptions(), **overrides)
         segmenter = self._segmenter
         if segmenter is None:
             from ..pipeline import segment_image as segmenter
-        result = segmenter(
-            volume_to_sitk(volumeNode),
-            modality=modality,
-            targets=targets,
-            model=model,
-            device=device,
-            precision=precision,
-            overlap=overlap,
-            fast=fast,
-            postprocess=postprocess,
-            progress=progress,
-            cancel=cancel,
-        )
-        model_name = model if isinstance(model, str) else getattr(model, "name", str(model))
+        result = segmenter(volume_to_sitk(volumeNode), modality=modality, targets=targets, options=options,
+                           progress=progress, cancel=cancel)
+        model_name = options.model if isinstance(options.model, str) else getattr(options.model, "name", "")
         return self.import_result(result, volumeNode, segmentationNode, model_name=str(model_name))
 
     def import_file(
@@ -276,7 +240,8 @@ class HermesSegmentLogic:
                     segmentation.AddSegment(segment, segmentation.GenerateUniqueSegmentID(mask.key))
                     continue
                 index = segmentation.GetSegmentIndex(old_id)
-                after = segmentation.GetNthSegmentID(index + 1) if index + 1 < segmentation.GetNumberOfSegments() else ""
+                last = index + 1 >= segmentation.GetNumberOfSegments()
+                after = "" if last else segmentation.GetNthSegmentID(index + 1)
                 segmentation.RemoveSegment(old_id)
                 segmentation.AddSegment(segment, old_id, after)
         finally:
@@ -318,18 +283,21 @@ class HermesSegmentLogic:
     # ---------------------------------------------------------------- helpers for the widget
     @staticmethod
     def guess_modality(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> str | None:
-        """Modality key from the DICOM Modality tag when the volume came from DICOM, else intensities."""
+        """Modality key from the DICOM tags when the volume came from DICOM, else from its intensities
+        (:func:`read.guess_modality`)."""
+        from ..read import guess_modality
+
+        dicom_modality, description = None, ""
         uids = (volumeNode.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
         database = getattr(slicer, "dicomDatabase", None)
         if uids and database is not None:
             path = database.fileForInstance(uids[0])
             if path:
-                return modality_from_dicom(
-                    database.fileValue(path, "0008,0060"), database.fileValue(path, "0008,103E")
-                )
+                dicom_modality = database.fileValue(path, "0008,0060")
+                description = database.fileValue(path, "0008,103E")
         if volumeNode.GetImageData() is None:
-            return None
-        return modality_from_intensity(slicer.util.arrayFromVolume(volumeNode))
+            return vocabulary.modality_for_dicom(dicom_modality, description) if dicom_modality else None
+        return guess_modality(slicer.util.arrayFromVolume(volumeNode), dicom_modality, description)
 
     @staticmethod
     def available_models() -> list[Any]:

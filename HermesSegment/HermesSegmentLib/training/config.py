@@ -156,7 +156,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | 
     datasets = tuple(_parse_dataset(e, i, root, name, check_paths) for i, e in enumerate(entries))
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
-        raise HermesError(f"{name}: two datasets are named '{next(n for n in names if names.count(n) > 1)}'; names must differ")
+        raise HermesError(f"{name}: two datasets are named '{next(n for n in names if names.count(n) > 1)}'; names "
+                          "must differ")
 
     model = dict(raw.get("model") or {})
     known = set(HermesConfig.__dataclass_fields__) - {"num_task_priors"}
@@ -171,7 +172,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | 
     out = out if out.is_absolute() else Path.cwd() / out
     cache = raw.get("cache_dir")
     cache_dir = (base / str(cache)) if cache else out / "cache"
-    scalars = {k: raw[k] for k in raw if k not in {"datasets", "model", "data_root", "output", "cache_dir", "window", "spacing"}}
+    structured = {"datasets", "model", "data_root", "output", "cache_dir", "window", "spacing"}
+    scalars = {k: raw[k] for k in raw if k not in structured}
     config = TrainingConfig(
         datasets=datasets, network=network, output=out.resolve(), cache_dir=cache_dir.resolve(),
         window=_triple(raw.get("window", (96, 96, 96)), "window", name, int),
@@ -197,13 +199,26 @@ def _parse_dataset(entry: Any, i: int, root: Path, name: str, check_paths: bool)
     folder = Path(str(entry["path"]))
     folder = folder if folder.is_absolute() else root / folder
     if check_paths:
-        if not folder.is_dir():
-            raise HermesError(f"{where}: folder not found: {folder}; fix 'path' (relative to {root})")
-        for sub in ("imagesTr", "labelsTr"):
-            if not (folder / sub).is_dir():
-                raise HermesError(f"{where}: {folder} has no {sub}/ folder; expected the nnU-Net/MSD layout (imagesTr/, labelsTr/)")
+        _check_dataset_folder(folder, root, where)
     modality = vocabulary.modality(str(entry["modality"])).key
-    labels_raw = entry["labels"]
+    labels = _parse_labels(entry["labels"], where)
+    weight = entry.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise HermesError(f"{where}: 'weight' must be a positive number, got {weight!r}")
+    return DatasetSpec(name=ds_name, path=folder.resolve(), modality=modality, labels=labels, weight=float(weight))
+
+
+def _check_dataset_folder(folder: Path, root: Path, where: str) -> None:
+    if not folder.is_dir():
+        raise HermesError(f"{where}: folder not found: {folder}; fix 'path' (relative to {root})")
+    for sub in ("imagesTr", "labelsTr"):
+        if not (folder / sub).is_dir():
+            raise HermesError(f"{where}: {folder} has no {sub}/ folder; expected the nnU-Net/MSD layout "
+                              "(imagesTr/, labelsTr/)")
+
+
+def _parse_labels(labels_raw: Any, where: str) -> dict[int, tuple[str, ...]]:
+    """{label value: target keys} from the config's ``labels`` mapping."""
     if not isinstance(labels_raw, dict) or not labels_raw:
         raise HermesError(f"{where}: 'labels' must map label values to targets, e.g. {{1: liver, 2: spleen}}")
     labels: dict[int, tuple[str, ...]] = {}
@@ -218,10 +233,7 @@ def _parse_dataset(entry: Any, i: int, root: Path, name: str, check_paths: bool)
         if not keys or not all(isinstance(k, str) for k in keys):
             raise HermesError(f"{where}: label {number} must name a target or a list of targets")
         labels[number] = tuple(dict.fromkeys(vocabulary.target(k).key for k in keys))
-    weight = entry.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or weight <= 0:
-        raise HermesError(f"{where}: 'weight' must be a positive number, got {weight!r}")
-    return DatasetSpec(name=ds_name, path=folder.resolve(), modality=modality, labels=labels, weight=float(weight))
+    return labels
 
 
 def _triple(value: Any, key: str, name: str, kind: type) -> tuple:
@@ -237,11 +249,25 @@ def _triple(value: Any, key: str, name: str, kind: type) -> tuple:
 
 def _check_values(c: TrainingConfig, name: str) -> None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", str(c.name)):
-        raise HermesError(f"{name}: 'name' {c.name!r} must be lower case letters, digits, '.', '_' or '-' (it names the model file)")
+        raise HermesError(f"{name}: 'name' {c.name!r} must be lower case letters, digits, '.', '_' or '-' (it names "
+                          "the model file)")
     if any(w < 16 or w % 16 for w in c.window):
-        raise HermesError(f"{name}: 'window' sizes must be multiples of 16 (the network pools 4 times), got {list(c.window)}")
+        raise HermesError(f"{name}: 'window' sizes must be multiples of 16 (the network pools 4 times), got "
+                          f"{list(c.window)}")
     if any(s <= 0 for s in c.spacing):
         raise HermesError(f"{name}: 'spacing' must be positive millimetres, got {list(c.spacing)}")
+    _check_ranges(c, name)
+    if c.max_queries and c.max_queries < max(len(d.targets) for d in c.datasets):
+        raise HermesError(f"{name}: 'max_queries' must be at least the largest number of targets a dataset annotates")
+    if not isinstance(c.query_consistency, (int, float)) or c.query_consistency < 0:
+        raise HermesError(f"{name}: 'query_consistency' must be a number >= 0 (0 turns it off), got "
+                          f"{c.query_consistency!r}")
+    if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:
+        raise HermesError(f"{name}: 'offer_min_dice' must be between 0 and 1")
+
+
+def _check_ranges(c: TrainingConfig, name: str) -> None:
+    """The numbers that must be positive, and the fractions that must lie in their interval."""
     positive = {"steps": c.steps, "batch_size": c.batch_size, "lr": c.lr, "checkpoint_every": c.checkpoint_every,
                 "log_every": c.log_every, "medcontext_patch": c.medcontext_patch}
     for key, value in positive.items():
@@ -253,9 +279,3 @@ def _check_values(c: TrainingConfig, name: str) -> None:
     for key, (value, lo, hi) in fractions.items():
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise HermesError(f"{name}: '{key}' must be between {lo} and {hi}, got {value!r}")
-    if c.max_queries and c.max_queries < max(len(d.targets) for d in c.datasets):
-        raise HermesError(f"{name}: 'max_queries' must be at least the largest number of targets a dataset annotates")
-    if not isinstance(c.query_consistency, (int, float)) or c.query_consistency < 0:
-        raise HermesError(f"{name}: 'query_consistency' must be a number >= 0 (0 turns it off), got {c.query_consistency!r}")
-    if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:
-        raise HermesError(f"{name}: 'offer_min_dice' must be between 0 and 1")

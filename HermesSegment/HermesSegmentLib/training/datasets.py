@@ -14,19 +14,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..preprocess import ModelSpaceImage, to_model_space
-from ..read import read_image
 from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..models.manifest import default_normalization
+from ..preprocess import ModelSpaceImage, to_model_space
+from ..read import IMAGE_SUFFIXES, read_image
 from .config import DatasetSpec, TrainingConfig
 
-_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 # Bumped whenever the cached arrays would change for the same inputs and parameters.
 _CACHE_VERSION = 1
 
@@ -53,7 +52,7 @@ class Case:
 
 
 def _strip_ending(name: str) -> tuple[str, str] | None:
-    for ending in _IMAGE_ENDINGS:
+    for ending in IMAGE_SUFFIXES:
         if name.endswith(ending):
             return name[: -len(ending)], ending
     return None
@@ -82,10 +81,12 @@ def find_cases(spec: DatasetSpec) -> list[CaseFiles]:
                 continue  # another channel of a multi-channel case: Hermes takes one channel
             stem = stem[:-5]
         if stem not in labels:
-            raise HermesError(f"dataset '{spec.name}': image {path.name} has no label map {stem}.* in labelsTr/; add it or remove the image")
+            raise HermesError(f"dataset '{spec.name}': image {path.name} has no label map {stem}.* in labelsTr/; add "
+                              "it or remove the image")
         cases.append(CaseFiles(spec.name, stem, path, labels[stem]))
     if not cases:
-        raise HermesError(f"dataset '{spec.name}': no images found in {spec.path / 'imagesTr'} (expected NAME_0000.nii.gz or NAME.nii.gz)")
+        raise HermesError(f"dataset '{spec.name}': no images found in {spec.path / 'imagesTr'} (expected "
+                          "NAME_0000.nii.gz or NAME.nii.gz)")
     return cases
 
 
@@ -100,20 +101,21 @@ def split_cases(cases: Sequence[CaseFiles], val_fraction: float, seed: int) -> t
     return [cases[i] for i in train], [cases[i] for i in val]
 
 
-def _cache_key(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float]) -> str:
-    parts = [_CACHE_VERSION, list(spacing), default_normalization(spec.modality), spec.modality]
+def _cache_key(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float], normalization: Mapping[str, Any]) -> str:
+    parts = [_CACHE_VERSION, list(spacing), dict(normalization), spec.modality]
     for path in (files.image, files.label):
         stat = path.stat()
         parts.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def preprocess_case(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 (D, H, W) normalised, label (D, H, W)) on the model-space body crop."""
+def preprocess_case(files: CaseFiles, spec: DatasetSpec, spacing: Sequence[float],
+                    normalization: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 (D, H, W) normalised as the model's manifest says, label (D, H, W)) on the
+    model-space body crop."""
     image = read_image(files.image)
     label = read_image(files.label)
-    model = to_model_space(image, spacing_zyx=spacing, normalization=default_normalization(spec.modality),
-                           modality=spec.modality)
+    model = to_model_space(image, spacing_zyx=spacing, normalization=dict(normalization), modality=spec.modality)
     label_array = resample_label(label, model)
     present = set(np.unique(label_array).tolist()) | set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
     unknown = sorted(v for v in present if v != 0 and v not in spec.labels)
@@ -141,28 +143,35 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(temp, array)
 
 
-def load_case(files: CaseFiles, spec: DatasetSpec, dataset_index: int, spacing: Sequence[float], cache_dir: Path) -> Case:
+def load_case(files: CaseFiles, spec: DatasetSpec, dataset_index: int, spacing: Sequence[float],
+              cache_dir: Path, normalization: Mapping[str, Any]) -> Case:
     """A preprocessed case from the cache, preprocessing it first when missing or stale."""
-    key = _cache_key(files, spec, spacing)
+    key = _cache_key(files, spec, spacing, normalization)
     folder = cache_dir / spec.name
     image_path, label_path = folder / f"{files.case}.{key}.image.npy", folder / f"{files.case}.{key}.label.npy"
     if not (image_path.is_file() and label_path.is_file()):
-        image, label = preprocess_case(files, spec, spacing)
+        image, label = preprocess_case(files, spec, spacing, normalization)
         folder.mkdir(parents=True, exist_ok=True)
         _save_npy(label_path, label)
         _save_npy(image_path, image)  # written last: its presence marks a complete entry
     return Case(files, dataset_index, np.load(image_path, mmap_mode="r"), np.load(label_path, mmap_mode="r"))
 
 
-def load_cases(config: TrainingConfig, split: str, progress: Callable[[str], None] | None = None) -> list[Case]:
-    """All cases of one split ("train" or "val") of every dataset, preprocessed and cached."""
+def load_cases(config: TrainingConfig, split: str, progress: Callable[[str], None] | None = None, *,
+               normalizations: Mapping[str, Mapping[str, Any]] | None = None) -> list[Case]:
+    """All cases of one split ("train" or "val") of every dataset, preprocessed and cached.
+
+    ``normalizations``: {modality: manifest normalisation entry} of the model being trained; a
+    modality it lacks gets ``models.manifest.default_normalization``.
+    """
     if split not in ("train", "val"):
         raise ValueError(split)
     cases = []
     for index, spec in enumerate(config.datasets):
+        normalization = (normalizations or {}).get(spec.modality) or default_normalization(spec.modality)
         train, val = split_cases(find_cases(spec), config.val_fraction, config.seed)
         for files in train if split == "train" else val:
-            cases.append(load_case(files, spec, index, config.spacing, config.cache_dir))
+            cases.append(load_case(files, spec, index, config.spacing, config.cache_dir, normalization))
             if progress is not None:
                 progress(f"{spec.name} {files.case}")
     return cases

@@ -72,6 +72,7 @@ def extend_task_priors(state: Mapping[str, torch.Tensor], fresh: Mapping[str, to
             continue
         grown = fresh[name]
         if prior.shape[0] != old_rows + 1 or grown.shape[1] != prior.shape[1]:
-            raise ValueError(f"{name}: expected {old_rows + 1} rows of width {grown.shape[1]}, got {tuple(prior.shape)}")
+            raise ValueError(f"{name}: expected {old_rows + 1} rows of width {grown.shape[1]}, got "
+                             f"{tuple(prior.shape)}")
         out[name] = torch.cat([prior[:old_rows], grown[old_rows:-1].to(prior.dtype), prior[old_rows:]], dim=0)
     return out

@@ -26,6 +26,7 @@ import torch
 
 from .. import models, vocabulary
 from ..errors import HermesError
+from ..evaluation.metrics import dice
 from ..inference.device import autocast
 from ..models.manifest import FORMAT, FORMAT_VERSION, modality_entries
 from ..network import HermesConfig, HermesNetwork
@@ -109,11 +110,15 @@ class Trainer:
         old_rows = self.base_manifest["architecture"]["num_task_priors"]
         return extend_task_priors(loaded.network.state_dict(), network.state_dict(), old_rows)
 
+    def _normalizations(self) -> dict[str, Any]:
+        """{modality: normalisation} of the model being trained (the base model's when fine-tuning)."""
+        return {e["key"]: e["normalization"] for e in manifest_modalities(self.config, self.base_manifest)}
+
     def prepare_data(self, progress: Callable[[str], None] | None = None) -> None:
         """Preprocess (or load from the cache) the training cases and build this rank's sampler."""
         if self.sampler is not None:
             return
-        self.train_cases = load_cases(self.config, "train", progress)
+        self.train_cases = load_cases(self.config, "train", progress, normalizations=self._normalizations())
         self.sampler = Sampler(self.config, self.train_cases, self.plan.per_dataset, rank=self.context.rank)
         if self._pending_sampler_state is not None:
             self.sampler.load_state_dict(self._pending_sampler_state)
@@ -132,7 +137,8 @@ class Trainer:
         if self.config.medcontext:
             with torch.no_grad(), self._autocast():
                 teacher_logits, _ = self.ema(image, queries, modality)
-            image = mask_patches(image, self.sampler.rng, self.config.medcontext_mask_ratio, self.config.medcontext_patch)
+            image = mask_patches(image, self.sampler.rng, self.config.medcontext_mask_ratio,
+                                 self.config.medcontext_patch)
         query_term = torch.zeros((), device=self.device)
         match = None
         if self.config.query_consistency > 0:
@@ -246,7 +252,8 @@ class Trainer:
         Each case is segmented with all its dataset's targets in one query by the sliding-window
         inference (``inference.predict_volume``), thresholded at 0.5, compared in model space.
         """
-        cases = load_cases(self.config, "val", self._case_progress("validation data"))
+        cases = load_cases(self.config, "val", self._case_progress("validation data"),
+                           normalizations=self._normalizations())
         network = network or self.ema
         by_dataset: dict[str, dict[str, list[float]]] = {}
         bar = self._bar(total=len(cases), desc="validate")
@@ -302,18 +309,25 @@ def case_dice(network: torch.nn.Module, case: Case, spec, tasks: Mapping[str, in
     all asked in one query, in float32 (so that the recorded Dice does not depend on the machine's
     CPU). Empty truth and empty prediction count as 1."""
     from ..inference import predict_volume
+    from ..network import HermesPredictor
 
     targets = list(targets or spec.targets)
-    probabilities = predict_volume(network, np.array(case.image, np.float32), [tasks[t] for t in targets],
-                                   vocabulary.modality(spec.modality).slot, window_zyx=window, overlap=overlap,
-                                   device=device, precision="float32")
+    predictor = HermesPredictor(network, [tasks[t] for t in targets], vocabulary.modality(spec.modality).slot,
+                                precision="float32")
+    probabilities = predict_volume(predictor, np.array(case.image, np.float32), window_zyx=window, overlap=overlap,
+                                   device=device)
     truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)
     return {t: dice(probabilities[i] >= 128, truth[i]) for i, t in enumerate(targets)}
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(prediction, truth).sum()) / total
+
+def manifest_modalities(config: TrainingConfig, base: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The manifest's modality entries: the base model's (slot and normalisation) when fine-tuning,
+    then the defaults for modalities new to it. Training normalises its data as these say."""
+    keys = list(dict.fromkeys([m["key"] for m in (base or {}).get("modalities", [])]
+                              + [d.modality for d in config.datasets]))
+    base_modalities = {m["key"]: m for m in (base or {}).get("modalities", [])}
+    return [base_modalities.get(e["key"], e) for e in modality_entries(keys)]
 
 
 def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: HermesConfig,
@@ -331,9 +345,7 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
                 defaults.setdefault(spec.modality, {})[target] = index
             else:  # measured here and found wanting: no longer offered, even if the base model offered it
                 defaults.get(spec.modality, {}).pop(target, None)
-    keys = list(dict.fromkeys([m["key"] for m in (base or {}).get("modalities", [])] + [d.modality for d in config.datasets]))
-    base_modalities = {m["key"]: m for m in (base or {}).get("modalities", [])}
-    modalities = [base_modalities.get(e["key"], e) for e in modality_entries(keys)]
+    modalities = manifest_modalities(config, base)
     data = "; ".join(f"{d.name} ({d.modality}, {', '.join(d.targets)})" for d in config.datasets)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -354,7 +366,7 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "metrics": {**metrics, "offer_min_dice": config.offer_min_dice,
                         "evaluation": "Dice in model space on held-out cases, all of a dataset's targets in one query, "
-                                      "sliding window (overlap %.2f), threshold 0.5" % config.val_overlap},
+                                      f"sliding window (overlap {config.val_overlap:.2f}), threshold 0.5"},
             **({"fine_tuned_from": {"name": base["name"], "provenance": base["provenance"]}} if base else {}),
         },
     }

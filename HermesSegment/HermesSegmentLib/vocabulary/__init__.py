@@ -20,12 +20,28 @@ Typical use::
     vocabulary.modality("t1").key               # -> "MR-T1"
 """
 
-from .entries import (DATA_DIR, VOCABULARY_FILE, Modality, Region, Target, Vocabulary, load_vocabulary, modality,
-                      target)
+from .entries import (
+                      DATA_DIR,
+                      VOCABULARY_FILE,
+                      Modality,
+                      Region,
+                      Target,
+                      Vocabulary,
+                      contained_targets,
+                      load_vocabulary,
+                      modality,
+                      modality_for_dicom,
+                      target,
+)
 from .hermes_r import TASKS_FILE, HermesRTask, hermes_r_defaults, hermes_r_tasks
 from .names import normalize_name, suggest
-from .terminology import (SLICER_ANATOMIC_CONTEXT, SLICER_CATEGORY_TYPE_CONTEXT, Code, parse_terminology_entry,
-                          terminology_entry)
+from .terminology import (
+                      SLICER_ANATOMIC_CONTEXT,
+                      SLICER_CATEGORY_TYPE_CONTEXT,
+                      Code,
+                      parse_terminology_entry,
+                      terminology_entry,
+)
 
 __all__ = [
     "Code",
@@ -43,7 +59,9 @@ __all__ = [
     "parse_terminology_entry",
     "load_vocabulary",
     "modality",
+    "modality_for_dicom",
     "target",
+    "contained_targets",
     "suggest",
     "normalize_name",
     "hermes_r_tasks",

@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Iterable, Mapping, Optional, Tuple
 
 from ..errors import HermesError
 from .names import fold_modality, normalize_name, quote, suggest
@@ -31,7 +31,10 @@ class Modality:
 
     ``slot`` is the Hermes-R modality-prior index (CT 0, PET 1, MR-T1 2, MR-T2 3, cine-MR 4, MR 5);
     ``dicom_modalities`` are the DICOM (0008,0060) values an image of this modality carries;
-    ``aliases`` are the lowercase forms users type ("t1", "mr t1", "pet", ...).
+    ``aliases`` are the lowercase forms users type ("t1", "mr t1", "pet", ...);
+    ``series_keywords``: words of a DICOM series description (0008,103E) that tell this modality
+    from others sharing its DICOM value ("t2" in "t2_tse_tra"), see
+    :meth:`Vocabulary.modality_for_dicom`.
     """
 
     key: str
@@ -39,6 +42,7 @@ class Modality:
     slot: int
     dicom_modalities: Tuple[str, ...]
     aliases: Tuple[str, ...]
+    series_keywords: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Target:
     connected piece of tissue in every patient (a compact organ such as the liver or one lung; not
     tubes that a coarse prediction may break, such as the aorta, nor vertebrae or lesions), so a
     prediction of it may keep its largest component (:class:`postprocess.PostprocessOptions`).
+    ``inside``: the target this one lies inside (a liver tumour in the liver), see
+    :meth:`Vocabulary.contained_targets`.
     """
 
     key: str
@@ -73,6 +79,7 @@ class Target:
     anatomic_region_modifier: Optional[Code] = None
     notes: str = ""
     single_piece: bool = False
+    inside: Optional[str] = None
 
     @property
     def terminology(self) -> dict:
@@ -139,7 +146,8 @@ class Vocabulary:
         if isinstance(name, Modality):
             return name
         if not isinstance(name, str):
-            raise HermesError(f"modality must be a string, not {type(name).__name__}; valid modalities: {', '.join(self.modality_keys)}")
+            raise HermesError(f"modality must be a string, not {type(name).__name__}; valid modalities: "
+                              f"{', '.join(self.modality_keys)}")
         key = self._modality_index.get(fold_modality(name))
         if key is None:
             raise HermesError(
@@ -155,7 +163,8 @@ class Vocabulary:
         if isinstance(name, Target):
             return name
         if not isinstance(name, str):
-            raise HermesError(f"target must be a string, not {type(name).__name__}; e.g. {', '.join(list(self.targets)[:3])}")
+            raise HermesError(f"target must be a string, not {type(name).__name__}; e.g. "
+                              f"{', '.join(list(self.targets)[:3])}")
         key = self._target_index.get(normalize_name(name))
         if key is None:
             close = suggest(name, self._target_spellings, n=3)
@@ -179,6 +188,34 @@ class Vocabulary:
         """Region keys in file order."""
         return tuple(r.key for r in self.regions)
 
+    def modality_for_dicom(self, dicom_modality: str, series_description: str = "") -> Optional[str]:
+        """The modality key of a DICOM Modality value (0008,0060), e.g. "PT" -> "PET"; None if unknown.
+
+        When several modalities share the value (MR), the one whose ``series_keywords`` appear in the
+        series description wins, the longest keyword first ("cine t1" is cine-MR); without one, the
+        modality whose key is the DICOM value itself ("MR", sequence unspecified).
+        """
+        value = dicom_modality.strip().upper()
+        candidates = [m for m in self.modalities if value in m.dicom_modalities]
+        if len(candidates) <= 1:
+            return candidates[0].key if candidates else None
+        description = series_description.casefold()
+        matches = [(len(word), -index, m.key) for index, m in enumerate(candidates)
+                   for word in m.series_keywords if word in description]
+        if matches:
+            return max(matches)[2]
+        return next((m.key for m in candidates if m.key.upper() == value), None)
+
+    def contained_targets(self) -> dict:
+        """``{container key: (keys of the targets that lie inside it, ...)}`` from the targets' ``inside``,
+        e.g. ``{"liver": ("liver_tumor",)}``: the liver target is the whole organ, tumours included, so
+        where one label per voxel hides the overlap the container takes the voxels of its contents."""
+        contained: dict = {}
+        for target in self.targets.values():
+            if target.inside is not None:
+                contained[target.inside] = contained.get(target.inside, ()) + (target.key,)
+        return contained
+
     def region(self, key: str) -> Region:
         """The region with this key; unknown -> :class:`HermesError`."""
         if key not in self._regions:
@@ -190,8 +227,26 @@ def parse_vocabulary(doc: Mapping) -> Vocabulary:
     """Validate the JSON document and build a :class:`Vocabulary` (``ValueError`` on bad data)."""
     if doc.get("version") != 1:
         raise ValueError(f"vocabulary.json: unsupported version {doc.get('version')!r} (expected 1)")
+    modalities = _parse_modalities(doc["modalities"])
+    regions: dict = {}
+    for r in doc["regions"]:
+        if r["key"] in regions:
+            raise ValueError(f"vocabulary.json: duplicate region key {r['key']!r}")
+        regions[r["key"]] = Region(key=r["key"], label=r["label"])
+    targets: dict = {}
+    for t in doc["targets"]:
+        if t["key"] in targets:
+            raise ValueError(f"vocabulary.json: duplicate target key {t['key']!r}")
+        targets[t["key"]] = _parse_target(t, regions)
+    for key, entry in targets.items():
+        if entry.inside is not None and entry.inside not in targets:
+            raise ValueError(f"vocabulary.json: target {key!r}: inside names unknown target {entry.inside!r}")
+    return Vocabulary(doc["version"], modalities, regions, targets)
+
+
+def _parse_modalities(entries: Iterable[Mapping]) -> dict:
     modalities: dict = {}
-    for m in doc["modalities"]:
+    for m in entries:
         key = m["key"]
         if key in modalities:
             raise ValueError(f"vocabulary.json: duplicate modality key {key!r}")
@@ -203,55 +258,62 @@ def parse_vocabulary(doc: Mapping) -> Vocabulary:
             slot=m["slot"],
             dicom_modalities=tuple(m["dicom_modalities"]),
             aliases=tuple(a.casefold() for a in m.get("aliases", ())),
+            series_keywords=tuple(k.casefold() for k in m.get("series_keywords", ())),
         )
     slots = [m.slot for m in modalities.values()]
     if len(set(slots)) != len(slots):
         raise ValueError(f"vocabulary.json: modality slots are not unique: {slots}")
-    regions: dict = {}
-    for r in doc["regions"]:
-        if r["key"] in regions:
-            raise ValueError(f"vocabulary.json: duplicate region key {r['key']!r}")
-        regions[r["key"]] = Region(key=r["key"], label=r["label"])
-    targets: dict = {}
-    for t in doc["targets"]:
-        key = t["key"]
-        where = f"vocabulary.json: target {key!r}"
-        if not re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", key):
-            raise ValueError(f"{where}: key must be snake_case")
-        if key in targets:
-            raise ValueError(f"vocabulary.json: duplicate target key {key!r}")
-        if t["region"] not in regions:
-            raise ValueError(f"{where}: unknown region {t['region']!r}")
-        color = t["color"]
-        if (
-            not isinstance(color, list)
-            or len(color) != 3
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
-        ):
-            raise ValueError(f"{where}: color must be three integers 0-255, got {color!r}")
-        targets[key] = Target(
-            key=key,
-            name=t["name"],
-            region=t["region"],
-            synonyms=tuple(t.get("synonyms", ())),
-            category=as_code(t["category"], f"{where} category"),
-            type=as_code(t["type"], f"{where} type"),
-            modifier=as_optional_code(t.get("modifier"), f"{where} modifier"),
-            color=(color[0], color[1], color[2]),
-            anatomic_region=as_optional_code(t.get("anatomic_region"), f"{where} anatomic_region"),
-            anatomic_region_modifier=as_optional_code(t.get("anatomic_region_modifier"), f"{where} anatomic_region_modifier"),
-            notes=t.get("notes", ""),
-            single_piece=_flag(t.get("single_piece", False), f"{where} single_piece"),
-        )
-    return Vocabulary(doc["version"], modalities, regions, targets)
+    return modalities
 
 
-@functools.lru_cache(maxsize=None)
+def _parse_target(t: Mapping, regions: Mapping[str, Region]) -> Target:
+    key = t["key"]
+    where = f"vocabulary.json: target {key!r}"
+    if not re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", key):
+        raise ValueError(f"{where}: key must be snake_case")
+    if t["region"] not in regions:
+        raise ValueError(f"{where}: unknown region {t['region']!r}")
+    color = t["color"]
+    if (
+        not isinstance(color, list)
+        or len(color) != 3
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
+    ):
+        raise ValueError(f"{where}: color must be three integers 0-255, got {color!r}")
+    return Target(
+        key=key,
+        name=t["name"],
+        region=t["region"],
+        synonyms=tuple(t.get("synonyms", ())),
+        category=as_code(t["category"], f"{where} category"),
+        type=as_code(t["type"], f"{where} type"),
+        modifier=as_optional_code(t.get("modifier"), f"{where} modifier"),
+        color=(color[0], color[1], color[2]),
+        anatomic_region=as_optional_code(t.get("anatomic_region"), f"{where} anatomic_region"),
+        anatomic_region_modifier=as_optional_code(t.get("anatomic_region_modifier"),
+                                                  f"{where} anatomic_region_modifier"),
+        notes=t.get("notes", ""),
+        single_piece=_flag(t.get("single_piece", False), f"{where} single_piece"),
+        inside=t.get("inside"),
+    )
+
+
+@functools.cache
 def load_vocabulary() -> Vocabulary:
     """Load and validate ``data/vocabulary.json`` (cached; the same object is returned every call)."""
     with open(VOCABULARY_FILE, encoding="utf-8") as f:
         doc = json.load(f)
     return parse_vocabulary(doc)
+
+
+def modality_for_dicom(dicom_modality: str, series_description: str = "") -> Optional[str]:
+    """The modality key of a DICOM Modality value and series description (:meth:`Vocabulary.modality_for_dicom`)."""
+    return load_vocabulary().modality_for_dicom(dicom_modality, series_description)
+
+
+def contained_targets() -> dict:
+    """``{container key: (contained target keys, ...)}`` (:meth:`Vocabulary.contained_targets`)."""
+    return load_vocabulary().contained_targets()
 
 
 def modality(name: str) -> Modality:

@@ -1,4 +1,5 @@
-"""The 71 tasks of the released Hermes-R weights (data/hermes_r_tasks.tsv) and the task serving each (modality, target)."""
+"""The 71 tasks of the released Hermes-R weights (data/hermes_r_tasks.tsv) and the task serving each
+(modality, target)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _split_list(text: str) -> Tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_tasks() -> Tuple[HermesRTask, ...]:
     vocab = load_vocabulary()
     with open(TASKS_FILE, encoding="utf-8", newline="") as f:

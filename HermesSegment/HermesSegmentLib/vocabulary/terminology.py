@@ -24,7 +24,8 @@ def as_code(value: object, what: str) -> Code:
         raise ValueError(f"{what}: expected [codingScheme, codeValue, codeMeaning] of non-empty strings, got {value!r}")
     for part in value:
         if any(ch in part for ch in _RESERVED):
-            raise ValueError(f"{what}: code part {part!r} contains one of {_RESERVED}, which Slicer's tag format reserves")
+            raise ValueError(f"{what}: code part {part!r} contains one of {_RESERVED}, which Slicer's tag format "
+                             "reserves")
     return (value[0], value[1], value[2])
 
 
@@ -41,7 +42,7 @@ def _serialize_code(code: Optional[Sequence[str]]) -> str:
 
 def terminology_entry(
     category: Sequence[str],
-    type: Sequence[str],  # noqa: A002 - the DICOM/Slicer name of the field
+    type: Sequence[str],  # the DICOM/Slicer name of the field
     modifier: Optional[Sequence[str]] = None,
     anatomic_region: Optional[Sequence[str]] = None,
     anatomic_region_modifier: Optional[Sequence[str]] = None,
@@ -55,10 +56,12 @@ def terminology_entry(
 
         <category-type context>~<category>~<type>~<type modifier>~<anatomic context>~<region>~<region modifier>
 
-    with each code written ``scheme^value^meaning`` and an absent code written ``^^``. Example::
+    with each code written ``scheme^value^meaning`` and an absent code written ``^^``. Example:
+    ``terminology_entry(["SCT", "123037004", "Anatomical Structure"], ["SCT", "10200004", "Liver"])``
+    is, on one line::
 
-        >>> terminology_entry(["SCT", "123037004", "Anatomical Structure"], ["SCT", "10200004", "Liver"])
-        'Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^'
+        Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure
+        ~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^
     """
     parts = [
         context,

@@ -4,14 +4,24 @@ Every file is written to a temporary name in its destination folder and moved in
 (:mod:`HermesSegmentLib.atomic`): if anything fails, no partial output exists under the final name,
 and files that belong together (a label map and its JSON sidecar) are all written before any is
 moved into place.
+
+How to add an output format: a subclass of :class:`SegmentationWriter` in a new file of this folder,
+and one line in :data:`FORMATS` below; ``hermes-segment segment --format`` offers it from there.
 """
 
-from .nifti import write_label_map_nifti
+from .base import SegmentationWriter
+from .nifti import NiftiLabelMapWriter, write_label_map_nifti
 from .probabilities import write_probability_maps
-from .seg_nrrd import read_seg_nrrd, write_seg_nrrd
+from .seg_nrrd import SegNrrdWriter, read_seg_nrrd, write_seg_nrrd
 from .summary_csv import SUMMARY_COLUMNS, append_summary_csv
 
+#: ``--format`` name -> writer.
+FORMATS: dict[str, SegmentationWriter] = {
+    SegNrrdWriter.name: SegNrrdWriter(),
+    NiftiLabelMapWriter.name: NiftiLabelMapWriter(),
+}
+
 __all__ = [
-    "SUMMARY_COLUMNS", "append_summary_csv", "read_seg_nrrd", "write_label_map_nifti", "write_probability_maps",
-    "write_seg_nrrd",
+    "FORMATS", "SUMMARY_COLUMNS", "SegmentationWriter", "append_summary_csv", "read_seg_nrrd",
+    "write_label_map_nifti", "write_probability_maps", "write_seg_nrrd",
 ]

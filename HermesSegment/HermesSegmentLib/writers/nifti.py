@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Literal, Sequence, Union
+from typing import List, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..mask import TargetMask, check_on_grid, image_on_grid
+from .base import SegmentationWriter
 
 PathLike = Union[str, Path]
 
@@ -37,7 +38,7 @@ def write_label_map_nifti(
     masks: Sequence[TargetMask],
     reference: sitk.Image,
     *,
-    overlap_policy: Literal["priority", "per_target"] = "priority",
+    overlap_policy: str = "priority",
 ) -> List[Path]:
     """Write a NIfTI label map (and its JSON sidecar) on ``reference``'s grid; return the paths.
 
@@ -81,3 +82,15 @@ def write_label_map_nifti(
         temps[-1].write_text(json.dumps({"overlap_policy": "per_target: one file per target",
                                          "labels": entries}, indent=2))
     return files + [sidecar]
+
+
+class NiftiLabelMapWriter(SegmentationWriter):
+    """A NIfTI label map and its JSON sidecar (:func:`write_label_map_nifti`)."""
+
+    name = "nifti"
+    suffix = ".nii.gz"
+    description = "label map + JSON sidecar"
+
+    def write(self, path: Path, masks: Sequence[TargetMask], reference: sitk.Image, *,
+              overlap_policy: str = "priority") -> None:
+        write_label_map_nifti(path, masks, reference, overlap_policy=overlap_policy)

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..mask import TargetMask, check_on_grid
+from .base import SegmentationWriter
 
 PathLike = Union[str, Path]
 
@@ -56,12 +57,11 @@ def _assign_layers(masks: Sequence[TargetMask]) -> Tuple[List[int], List[int]]:
     layer_members: List[List[int]] = []
     layers, labels = [], []
     for i, mask in enumerate(masks):
-        for layer, members in enumerate(layer_members):
-            if not any(_overlap(mask, masks[j]) for j in members):
-                break
-        else:
-            layer, members = len(layer_members), []
-            layer_members.append(members)
+        layer = next((n for n, members in enumerate(layer_members)
+                      if not any(_overlap(mask, masks[j]) for j in members)), len(layer_members))
+        if layer == len(layer_members):
+            layer_members.append([])
+        members = layer_members[layer]
         members.append(i)
         layers.append(layer)
         labels.append(len(members))
@@ -72,10 +72,10 @@ def _overlap(a: TargetMask, b: TargetMask) -> bool:
     lo = [max(oa, ob) for oa, ob in zip(a.offset_zyx, b.offset_zyx)]
     hi = [min(oa + na, ob + nb) for oa, na, ob, nb in
           zip(a.offset_zyx, a.array.shape, b.offset_zyx, b.array.shape)]
-    if any(h <= l for l, h in zip(lo, hi)):
+    if any(stop <= start for start, stop in zip(lo, hi)):
         return False
-    sa = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, a.offset_zyx))
-    sb = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, b.offset_zyx))
+    sa = tuple(slice(start - o, stop - o) for start, stop, o in zip(lo, hi, a.offset_zyx))
+    sb = tuple(slice(start - o, stop - o) for start, stop, o in zip(lo, hi, b.offset_zyx))
     return bool(np.logical_and(a.array[sa], b.array[sb]).any())
 
 
@@ -140,9 +140,9 @@ def _seg_header(masks, reference, shape, layers, labels, n_layers, dtype) -> str
         while segment_id in used_ids:
             segment_id += "_"
         used_ids.add(segment_id)
-        box = mask.tight_box()
+        box = mask.bbox()
         extent_str = ("0 -1 0 -1 0 -1" if box is None else
-                      " ".join(f"{box[a][0]} {box[a][1]}" for a in (2, 1, 0)))
+                      " ".join(f"{box[a].start} {box[a].stop - 1}" for a in (2, 1, 0)))
         tags = f"TerminologyEntry:{mask.terminology}|" if mask.terminology else ""
         fields.update({
             f"Segment{i}_Color": " ".join(f"{c / 255:.6g}" for c in mask.color),
@@ -187,7 +187,7 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
         extent = [int(v) for v in field("Extent", "0 -1 0 -1 0 -1").split()]
         lo = [extent[2 * a] - offset[a] for a in (2, 1, 0)]      # zyx, file index
         hi = [extent[2 * a + 1] - offset[a] + 1 for a in (2, 1, 0)]
-        if all(h > l for l, h in zip(lo, hi)):
+        if all(stop > start for start, stop in zip(lo, hi)):
             crop = voxels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], layer] == label
         else:
             crop, lo = np.zeros((0, 0, 0), dtype=bool), [0, 0, 0]
@@ -200,3 +200,15 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
     if voxels.shape[-1] > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
     return masks, reference_geometry(image)
+
+
+class SegNrrdWriter(SegmentationWriter):
+    """Slicer's .seg.nrrd: one segment per target, overlaps kept (``overlap_policy`` is not needed)."""
+
+    name = "seg-nrrd"
+    suffix = ".seg.nrrd"
+    description = "Slicer, overlapping targets kept"
+
+    def write(self, path: Path, masks: Sequence[TargetMask], reference: sitk.Image, *,
+              overlap_policy: str = "priority") -> None:
+        write_seg_nrrd(path, masks, reference)

@@ -1,0 +1,27 @@
+"""The base class of output formats: what ``hermes-segment segment --format NAME`` writes for a case."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import SimpleITK as sitk
+
+from ..mask import TargetMask
+
+
+class SegmentationWriter(ABC):
+    """One output format: ``name`` (the ``--format`` value), ``suffix`` (the file ending of a case's
+    output, ``<case><suffix>``) and ``description`` (a few words for ``--help``)."""
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    description: ClassVar[str]
+
+    @abstractmethod
+    def write(self, path: Path, masks: Sequence[TargetMask], reference: sitk.Image, *,
+              overlap_policy: str = "priority") -> None:
+        """Write ``masks`` (on ``reference``'s grid) to ``path`` atomically: a temporary file, then a
+        rename. ``overlap_policy`` tells a format that cannot hold overlapping targets what to do
+        (``"priority"``: later targets win; ``"per_target"``: one file per target)."""
