@@ -60,7 +60,7 @@ def test_a_left_organ_is_kept_on_the_left_of_the_body(tiny_package, monkeypatch,
     from HermesSegmentLib.postprocess import PostprocessOptions
 
     monkeypatch.setattr(pipeline, "predict_volume", lambda predictor, volume, **kwargs:
-                        np.full((predictor.num_outputs, *volume.shape), 255, np.uint8))
+                        np.full((len(predictor.task_indices), *volume.shape), 255, np.uint8))
     image = ct_like(shape_xyz=(80, 36, 30), direction=direction)  # air on both sides of the body
     x_mm = np.array([image.TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(image.GetWidth())])
     midline_mm = image.TransformContinuousIndexToPhysicalPoint((40.0, 18.0, 15.0))[0]  # the body's centre
@@ -216,7 +216,7 @@ def test_a_one_piece_organ_keeps_its_largest_part(tiny_package, monkeypatch):
     from HermesSegmentLib.postprocess import PostprocessOptions
 
     def two_blobs(predictor, volume, **kwargs):
-        probabilities = np.zeros((predictor.num_outputs, *volume.shape), np.uint8)
+        probabilities = np.zeros((len(predictor.task_indices), *volume.shape), np.uint8)
         probabilities[:, 2:8, 2:8, 2:8] = 255
         probabilities[:, 2:4, 2:4, -4:-2] = 255
         return probabilities

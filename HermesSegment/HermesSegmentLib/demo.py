@@ -67,7 +67,7 @@ def render_overview(image, masks: dict, colors: dict, path: Path, title: str) ->
                              linewidths=1.2)
         axis.set_title(name, color="white")
         axis.axis("off")
-    handles = [plt.Line2D([], [], color=np.array(colors[k]) / 255.0, label=k) for k in masks]
+    handles = [plt.Line2D([], [], color=tuple(c / 255.0 for c in colors[k]), label=k) for k in masks]
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False, labelcolor="white")
     figure.suptitle(title, color="white")
     figure.savefig(path, dpi=90, facecolor="black", bbox_inches="tight")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,19 +49,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _human_size(size: int | None) -> str:
     if size is None:
         return "-"
+    value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return "-"
 
 
 def run_list(args: argparse.Namespace) -> int:
     from ..models import list_models, read_manifest, user_models_dir
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for listing in list_models():
-        manifest = read_manifest(listing.path) if listing.available else None
+        manifest = read_manifest(listing.path) if listing.path is not None and listing.available else None
         rows.append({
             "name": listing.name,
             "source": listing.source,

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import CancelledError, HermesError
 from ..read import IMAGE_SUFFIXES, case_name
@@ -69,7 +69,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for path in paths:
         name = case_name(path)
         seen[name] = seen.get(name, 0) + 1
@@ -81,7 +82,8 @@ class _Progress:
     """Progress for one case, as JSON lines (for the Slicer process) or a tqdm bar."""
 
     def __init__(self, case: str, as_json: bool) -> None:
-        self.case, self.as_json, self.bar = case, as_json, None
+        self.case, self.as_json = case, as_json
+        self.bar: Any = None  # a tqdm bar once inference starts
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         if self.as_json:
@@ -103,7 +105,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from .. import vocabulary, writers
     from ..inference import compute_dtype, describe, precision_name, select_device
-    from ..models import load
+    from ..models import LoadedModel, load
     from ..pipeline import options as segment_options
     from ..pipeline import resolve_targets
 
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     modality = vocabulary.modality(args.modality).key
     device = select_device(options.device)
     dtype = compute_dtype(device, options.precision)
-    model = load(options.model, device="cpu")
+    model = options.model if isinstance(options.model, LoadedModel) else load(options.model, device="cpu")
     options = dataclasses.replace(options, model=model, device=str(device))
     targets = resolve_targets(model, modality, args.targets)
     paths = expand_inputs(args.inputs)

@@ -27,7 +27,7 @@ def find_cases(path: PathLike) -> Dict[str, Path]:
     if path.is_file():
         return {case_name(path): path}
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    claimed = set()
+    claimed: set[str] = set()
     cases: Dict[str, Path] = {}
     for json_file in (p for p in files if p.name.lower().endswith(".json")):
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,7 +57,8 @@ class MaskSet:
 
     @property
     def spacing_zyx(self) -> Tuple[float, float, float]:
-        return tuple(float(s) for s in self.reference.GetSpacing()[::-1])
+        x, y, z = self.reference.GetSpacing()
+        return float(z), float(y), float(x)
 
 
 def target_key(*names: str) -> str:
@@ -88,8 +89,8 @@ def read_label_table(source: Union[PathLike, Mapping]) -> Dict[str, Tuple[int, .
         else:
             raise TypeError
         table: Dict[str, Tuple[int, ...]] = {}
-        for name, values in pairs:
-            values = tuple(int(v) for v in values if int(v) != 0)
+        for name, raw_values in pairs:
+            values = tuple(int(v) for v in raw_values if int(v) != 0)
             if values:
                 key = target_key(str(name))
                 table[key] = tuple(dict.fromkeys(table.get(key, ()) + values))
@@ -138,7 +139,7 @@ def _load_seg_nrrd(path: Path) -> MaskSet:
 
     masks, reference = read_seg_nrrd(path)
     shape = tuple(reference.GetSize()[::-1])
-    by_key = {}
+    by_key: Dict[str, list] = {}
     for m in masks:
         # a second segment for the same target adds to it (Slicer users split structures)
         by_key.setdefault(target_key(m.key, m.name), []).append(m)
@@ -216,7 +217,7 @@ def _load_per_target(sidecar: Path) -> MaskSet:
 def check_same_grid(a: sitk.Image, b: sitk.Image, what: str) -> None:
     """Raise a one-line :class:`HermesError` unless ``a`` and ``b`` have the same grid (size
     exactly; spacing, origin and direction within float32 storage precision)."""
-    def fmt(values: Sequence[float]) -> str:
+    def fmt(values: Iterable[float]) -> str:
         return "x".join(f"{v:.4g}" for v in values)
 
     spacing_a, spacing_b = np.array(a.GetSpacing()), np.array(b.GetSpacing())

@@ -17,7 +17,7 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -105,14 +105,14 @@ def _metrics(pred: np.ndarray, truth: np.ndarray, spacing: Tuple[float, ...],
     return {"dice": dice(pred[box], truth[box]), "hd95_mm": float(hd95), "surface_dice": float(nsd)}
 
 
-def summarize(rows: Sequence[Mapping[str, object]]) -> List[dict]:
+def summarize(rows: Sequence[Mapping[str, Any]]) -> List[dict]:
     """Per-target means of ``rows`` (as :func:`evaluate_masks` or the CSV give them).
 
     Returns one dict per target (first-seen order): ``target``, ``cases``, and for each metric
     ``<metric>`` (the mean over finite values, NaN when there are none) and ``<metric>_left_out``
     (how many values were not finite).
     """
-    by_target: Dict[str, List[Mapping[str, object]]] = {}
+    by_target: Dict[str, List[Mapping[str, Any]]] = {}
     for row in rows:
         by_target.setdefault(str(row["target"]), []).append(row)
     out = []
@@ -127,7 +127,7 @@ def summarize(rows: Sequence[Mapping[str, object]]) -> List[dict]:
     return out
 
 
-def write_metrics_csv(path: PathLike, rows: Sequence[Mapping[str, object]]) -> Path:
+def write_metrics_csv(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``rows`` (keys :data:`METRIC_COLUMNS`) as CSV, atomically; return the path.
 
     Metrics are rounded to 4 decimals (Dice, surface Dice), 3 (HD95 mm) and 3 (mL); non-finite

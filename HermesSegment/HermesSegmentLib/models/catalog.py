@@ -45,7 +45,7 @@ class ModelListing:
 
     @property
     def size_bytes(self) -> int | None:
-        return self.path.stat().st_size if self.available else None
+        return self.path.stat().st_size if self.path is not None and self.path.is_file() else None
 
 
 def user_home() -> Path:
@@ -69,10 +69,10 @@ def load_catalog(path: str | Path) -> dict[str, Any]:
         catalog = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise HermesError(f"catalog {path} is unreadable ({error})") from None
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_catalog_schema()).iter_errors(catalog))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise HermesError(f"catalog {path.name}: invalid at {where}: {error.message.splitlines()[0]}")
+    problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_catalog_schema()).iter_errors(catalog))
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path) or "(top level)"
+        raise HermesError(f"catalog {path.name}: invalid at {where}: {problem.message.splitlines()[0]}")
     return catalog
 
 

@@ -66,7 +66,8 @@ class HermesConfig:
                 f"runs {ARCHITECTURE_NAME!r} models — update HermesSegment or use another model file"
             )
         known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items() if k in known}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in architecture.items() if k in known}
         return cls(**values)
 
 

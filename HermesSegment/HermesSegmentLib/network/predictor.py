@@ -29,16 +29,13 @@ class HermesPredictor:
         self.device = torch.device(device)
         self.dtype: Optional[torch.dtype] = compute_dtype(self.device, precision)
 
-    @property
-    def num_outputs(self) -> int:
-        """T: one logit map per queried task."""
-        return len(self.task_indices)
-
     def to(self, device: torch.device | str) -> HermesPredictor:
         self.device = torch.device(device)
         self.dtype = compute_dtype(self.device, self.precision)
         network = self.network.to(self.device).eval()
-        self.network = network.to(memory_format=torch.channels_last_3d) if self.device.type == "cpu" else network
+        if self.device.type == "cpu":  # (torch's type stubs lack Module.to's documented memory_format)
+            network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        self.network = network
         return self
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:

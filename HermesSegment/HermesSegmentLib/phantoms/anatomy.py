@@ -48,6 +48,7 @@ def _paint_body_wall(cv: Canvas, rng: np.random.Generator) -> None:
     bx, by = 165.0 * rng.uniform(0.92, 1.08), 112.0 * rng.uniform(0.9, 1.1)
     fat = rng.uniform(0.05, 0.16)  # subcutaneous fat, fraction of the body radius
     reg = cv.region(np.array([-bx * 1.5, -by * 1.2, -400.0]), np.array([bx * 1.5, by * 1.6, 400.0]))
+    assert reg is not None  # the box is centred on the field of view
     sl, (qx, qy, qz) = reg
     taper = 1.0 + 0.06 * np.cos(qz / 180.0)  # a little wider at the waist/chest, narrower at ends
     nx, ny = np.abs(qx) / (bx * taper), np.abs(qy) / (by * taper)

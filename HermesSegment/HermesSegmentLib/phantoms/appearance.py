@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
 
 from .atlas import TISSUE_ID, TISSUES
+
+Floats = Union[Sequence[float], np.ndarray]  # per-axis values: a list or an array
 
 # (mean, relative per-case jitter). CT values are for the portal-venous phase; ct_phase adjusts.
 APPEARANCE: dict[str, dict[str, tuple[float, float]]] = {
@@ -55,7 +57,7 @@ APPEARANCE: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
-def smooth_noise(rng: np.random.Generator, shape: Sequence[int], cell: Sequence[float]) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: Sequence[int], cell: Floats) -> np.ndarray:
     """Smooth unit-variance-ish noise (float32, ``shape``) with feature size ``cell`` voxels per axis.
 
     Random values on a lattice ``cell`` voxels apart, linearly interpolated one axis at a time with
@@ -70,7 +72,7 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], cell: Sequence[
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def coarse_noise(rng: np.random.Generator, shape: Sequence[int], spacing_zyx: Sequence[float],
+def coarse_noise(rng: np.random.Generator, shape: Sequence[int], spacing_zyx: Floats,
                   feature_mm: float) -> np.ndarray:
     """Smooth noise with ~feature_mm features, computed on a ~3 mm grid and repeated up to ``shape``.
 

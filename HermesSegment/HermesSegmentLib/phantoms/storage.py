@@ -32,7 +32,8 @@ def draw_storage(rng: np.random.Generator) -> tuple[str, tuple[int, int, int], t
         return kind, (0, 1, 2), (True, True, False)
     if kind == "permuted":
         perm = [(0, 2, 1), (1, 0, 2), (2, 0, 1), (1, 2, 0)][int(rng.integers(4))]
-        return kind, perm, tuple(bool(b) for b in rng.integers(0, 2, 3))
+        flips = rng.integers(0, 2, 3)
+        return kind, perm, (bool(flips[0]), bool(flips[1]), bool(flips[2]))
     return kind, (0, 1, 2), (False, False, False)
 
 

@@ -113,14 +113,15 @@ def to_model_space(
     normalize(array)
     crop = tuple(slice(a, b) for a, b in body_box)
     cropped = np.ascontiguousarray(array[crop]) if body_box != full else array
+    (z0, z1), (y0, y1), (x0, x1) = ((int(a), int(b)) for a, b in body_box)
     return ModelSpaceImage(
         array=cropped,
-        crop_offset_zyx=tuple(int(a) for a, _ in body_box),
-        grid_size_zyx=tuple(int(n) for n in array.shape),
-        origin_xyz=tuple(float(v) for v in origin_xyz),
-        spacing_zyx=tuple(float(s) for s in spacing_zyx),
+        crop_offset_zyx=(z0, y0, x0),
+        grid_size_zyx=(int(array.shape[0]), int(array.shape[1]), int(array.shape[2])),
+        origin_xyz=(float(origin_xyz[0]), float(origin_xyz[1]), float(origin_xyz[2])),
+        spacing_zyx=(float(spacing_zyx[0]), float(spacing_zyx[1]), float(spacing_zyx[2])),
         direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
-        body_box=tuple((int(a), int(b)) for a, b in body_box),
+        body_box=((z0, z1), (y0, y1), (x0, x1)),
         midline_x=midline_x,
     )
 

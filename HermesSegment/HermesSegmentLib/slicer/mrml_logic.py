@@ -156,9 +156,9 @@ class MRMLLogic:
         ``CancelToken``) are passed on. Raises :class:`HermesError` for user mistakes.
         """
         options = dataclasses.replace(options or SegmentOptions(), **overrides)
-        segmenter = self._segmenter
-        if segmenter is None:
-            from ..pipeline import segment_image as segmenter
+        from ..pipeline import segment_image
+
+        segmenter = self._segmenter or segment_image
         result = segmenter(volume_to_sitk(volumeNode), modality=modality, targets=targets, options=options,
                            progress=progress, cancel=cancel)
         model_name = options.model if isinstance(options.model, str) else getattr(options.model, "name", "")

@@ -79,8 +79,8 @@ class Sampler:
 
     # -- state (for exact resume)
     def state_dict(self) -> dict[str, Any]:
-        name, keys, pos, has_gauss, cached = self.aug_state.get_state()
-        return {"rng": self.rng.bit_generator.state, "aug": [name, keys.tolist(), pos, has_gauss, cached]}
+        name, keys, pos, has_gauss, cached = self.aug_state.get_state(legacy=True)
+        return {"rng": self.rng.bit_generator.state, "aug": [name, np.asarray(keys).tolist(), pos, has_gauss, cached]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]

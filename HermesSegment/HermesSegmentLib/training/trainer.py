@@ -81,13 +81,14 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         network = HermesNetwork(self.network_config)
-        if self.base_manifest and not saved:
+        if self.base_manifest and not saved and init is not None:
             network.load_state_dict(self._init_weights(init, network))
         # channels-last 3D is 2-4x faster for conv backward on CPU (measured, oneDNN); values are the same.
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
         # The EMA copy stays in the default layout: it is what inference and the export see.
         self.ema = copy.deepcopy(network).to(self.device).eval().requires_grad_(False)
-        self.network = network.to(self.device, memory_format=self.memory_format)
+        # (torch's type stubs lack Module.to's documented memory_format argument)
+        self.network = network.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.model = distributed.wrap(self.network, self.context)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -106,6 +107,7 @@ class Trainer:
 
     def _init_weights(self, init: str | Path, network: HermesNetwork) -> dict[str, torch.Tensor]:
         """The package's weights, task priors grown for the config's new targets."""
+        assert self.base_manifest is not None  # read from ``init``
         loaded = models.load(init)
         old_rows = self.base_manifest["architecture"]["num_task_priors"]
         return extend_task_priors(loaded.network.state_dict(), network.state_dict(), old_rows)
@@ -128,6 +130,7 @@ class Trainer:
         """One optimisation step; returns the loss terms (floats) of this rank's batch."""
         self.prepare_data()
         self.network.train()
+        assert self.sampler is not None  # prepare_data made it
         batch = self.sampler.batch()
         image = batch.image.to(self.device).contiguous(memory_format=self.memory_format)
         masks, valid = batch.masks.to(self.device), batch.valid.to(self.device)
@@ -389,8 +392,8 @@ class _Log:
         else:
             self.tensorboard = SummaryWriter(str(output / "tensorboard"))
 
-    def write(self, step: int, lr: float, terms: Mapping[str, float], seconds: float) -> None:
-        row = [step, f"{lr:.6g}"] + [f"{terms[k]:.6f}" for k in _LOG_COLUMNS[2:-1]] + [f"{seconds:.1f}"]
+    def write(self, step: int, lr: float | torch.Tensor, terms: Mapping[str, float], seconds: float) -> None:
+        row = [step, f"{float(lr):.6g}"] + [f"{terms[k]:.6f}" for k in _LOG_COLUMNS[2:-1]] + [f"{seconds:.1f}"]
         self.csv.writerow(row)
         self.file.flush()
         if self.tensorboard is not None:

@@ -21,27 +21,21 @@ Typical use::
 """
 
 from .entries import (
-                      DATA_DIR,
-                      VOCABULARY_FILE,
-                      Modality,
-                      Region,
-                      Target,
-                      Vocabulary,
-                      contained_targets,
-                      load_vocabulary,
-                      modality,
-                      modality_for_dicom,
-                      target,
+    DATA_DIR,
+    VOCABULARY_FILE,
+    Modality,
+    Region,
+    Target,
+    Vocabulary,
+    contained_targets,
+    load_vocabulary,
+    modality,
+    modality_for_dicom,
+    target,
 )
 from .hermes_r import TASKS_FILE, HermesRTask, hermes_r_defaults, hermes_r_tasks
 from .names import normalize_name, suggest
-from .terminology import (
-                      SLICER_ANATOMIC_CONTEXT,
-                      SLICER_CATEGORY_TYPE_CONTEXT,
-                      Code,
-                      parse_terminology_entry,
-                      terminology_entry,
-)
+from .terminology import SLICER_ANATOMIC_CONTEXT, SLICER_CATEGORY_TYPE_CONTEXT, Code, terminology_entry
 
 __all__ = [
     "Code",
@@ -56,7 +50,6 @@ __all__ = [
     "SLICER_CATEGORY_TYPE_CONTEXT",
     "SLICER_ANATOMIC_CONTEXT",
     "terminology_entry",
-    "parse_terminology_entry",
     "load_vocabulary",
     "modality",
     "modality_for_dicom",

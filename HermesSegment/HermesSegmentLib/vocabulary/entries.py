@@ -171,13 +171,6 @@ class Vocabulary:
             raise HermesError(f"unknown target {quote(name)}; did you mean: {', '.join(close)}?")
         return self.targets[key]
 
-    def modality_by_slot(self, slot: int) -> Modality:
-        """The modality whose Hermes-R slot is *slot*."""
-        for m in self.modalities:
-            if m.slot == slot:
-                return m
-        raise HermesError(f"no modality has slot {slot}; slots are {[m.slot for m in self.modalities]}")
-
     @property
     def modality_keys(self) -> Tuple[str, ...]:
         """Modality keys in slot order: ``("CT", "PET", "MR-T1", "MR-T2", "cine-MR", "MR")``."""

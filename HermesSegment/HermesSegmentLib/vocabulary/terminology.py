@@ -73,33 +73,3 @@ def terminology_entry(
         _serialize_code(anatomic_region_modifier),
     ]
     return "~".join(parts)
-
-
-def parse_terminology_entry(entry: str) -> dict:
-    """Parse a ``TerminologyEntry`` string back into its parts (the inverse of :func:`terminology_entry`).
-
-    Returns a dict with ``context``, ``category``, ``type``, ``modifier``, ``anatomic_context``,
-    ``anatomic_region`` and ``anatomic_region_modifier``; absent codes are ``None``. Raises
-    ``ValueError`` if the string does not have Slicer's seven ``~``-separated fields.
-    """
-    fields = entry.split("~")
-    if len(fields) != 7:
-        raise ValueError(f"not a Slicer TerminologyEntry (expected 7 '~'-separated fields): {entry!r}")
-
-    def code(text: str) -> Optional[Code]:
-        pieces = text.split("^")
-        if len(pieces) != 3:
-            raise ValueError(f"not a Slicer code 'scheme^value^meaning': {text!r}")
-        if not any(pieces):
-            return None
-        return (pieces[0], pieces[1], pieces[2])
-
-    return {
-        "context": fields[0],
-        "category": code(fields[1]),
-        "type": code(fields[2]),
-        "modifier": code(fields[3]),
-        "anatomic_context": fields[4],
-        "anatomic_region": code(fields[5]),
-        "anatomic_region_modifier": code(fields[6]),
-    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,7 +53,7 @@ def write_label_map_nifti(
     stem = _nifti_stem(path)
     shape = check_on_grid(masks, reference)
     sidecar = path.with_name(stem + ".json")
-    entries = [{"value": i + 1, "key": m.key, "name": m.name, "color": list(m.color),
+    entries: List[Dict[str, Any]] = [{"value": i + 1, "key": m.key, "name": m.name, "color": list(m.color),
                 "terminology": m.terminology} for i, m in enumerate(masks)]
     if overlap_policy == "priority":
         dtype = np.uint8 if len(masks) <= 255 else np.uint16

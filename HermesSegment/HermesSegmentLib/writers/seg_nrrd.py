@@ -191,11 +191,11 @@ def read_seg_nrrd(path: PathLike) -> Tuple[List[TargetMask], sitk.Image]:
             crop = voxels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], layer] == label
         else:
             crop, lo = np.zeros((0, 0, 0), dtype=bool), [0, 0, 0]
-        color = tuple(int(round(float(c) * 255)) for c in field("Color", "0.5 0.5 0.5").split())
+        red, green, blue = (int(round(float(c) * 255)) for c in field("Color", "0.5 0.5 0.5").split()[:3])
         terminology = next((t.split(":", 1)[1] for t in field("Tags", "").split("|")
                             if t.startswith("TerminologyEntry:")), "")
-        masks.append(TargetMask(key=field("ID"), name=field("Name", field("ID")), color=color,
-                                terminology=terminology, offset_zyx=tuple(lo), array=crop))
+        masks.append(TargetMask(key=field("ID", ""), name=field("Name", field("ID", "")), color=(red, green, blue),
+                                terminology=terminology, offset_zyx=(lo[0], lo[1], lo[2]), array=crop))
         i += 1
     if voxels.shape[-1] > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
