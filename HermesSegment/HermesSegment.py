@@ -320,9 +320,9 @@ class HermesSegmentTest(ScriptedLoadableModuleTest):
         self.test_segment_phantom()
 
     def test_segment_phantom(self):
+        from HermesSegmentLib.pipeline.options import DEFAULT_MODEL
         from HermesSegmentLib.slicer import sample_data
         volume, logic = sample_data.load_phantom(), HermesSegmentLogic()
-        from HermesSegmentLib.pipeline.options import DEFAULT_MODEL
         targets = logic.targets_for(DEFAULT_MODEL, "CT")
         self.delayDisplay(f"Segmenting {len(targets)} targets with the demo model")
         segmentation = logic.segment(volume, "CT", targets, model=DEFAULT_MODEL)

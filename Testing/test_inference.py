@@ -49,6 +49,7 @@ def test_matches_monai_sliding_window_inference(network, overlap, mode):
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlap", [0.5, 0.25])
 def test_a_lattice_crop_gives_the_whole_volume_result_inside_the_box(network, overlap):
     """The crop skips the windows that do not reach the box and runs the others at the same places:

@@ -124,6 +124,7 @@ def test_config_rejects_head_dim_that_does_not_divide_the_width():
         HermesConfig(base_channels=8, head_dim=24)
 
 
+@pytest.mark.slow
 def test_tiny_network_learns_a_few_steps(tiny_config):
     """A few AdamW steps on a fixed toy task reduce BCE + Dice: gradients reach every part."""
     torch.manual_seed(4)

@@ -22,6 +22,9 @@ sys.path.insert(0, str(REPO / "tools"))
 import set_offered_targets  # noqa: E402
 
 
+pytestmark = pytest.mark.slow  # the demo model on real-size phantoms, through the whole pipeline
+
+
 @pytest.fixture(scope="module")
 def mr_test_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("test_data")

@@ -2,7 +2,7 @@
 
 The schema (``data/manifest.schema.json``) is the one source of truth for the manifest's shape;
 ``docs/architecture.md`` shows an example. Preprocessing constants live here and nowhere else:
-the imaging code reads them from whichever manifest it is given.
+``preprocess/`` reads them from whichever manifest it is given.
 """
 
 from __future__ import annotations

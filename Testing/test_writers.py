@@ -1,4 +1,4 @@
-"""writers.py: .seg.nrrd (checked with slicerio), NIfTI label maps, CSV, atomic writes."""
+"""writers/: .seg.nrrd (checked with slicerio), NIfTI label maps, CSV, atomic writes."""
 
 from __future__ import annotations
 
