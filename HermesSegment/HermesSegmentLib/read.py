@@ -1,15 +1,16 @@
-"""Images in: NIfTI, NRRD, MHA/MHD, DICOM files and series folders, with one-line errors.
+"""Images in: NIfTI, NRRD, MHA/MHD, DICOM series folders, with one-line errors.
 
 Reading (:func:`read_image`) refuses what the model cannot use (2D, 4D without a frame, RGB/vector,
-NaN/Inf, empty) with a one-line :class:`HermesError`. Geometry is kept exactly: origin, spacing and
-any direction matrix. :func:`guess_modality` reads the DICOM tag or the intensities.
+NaN/Inf, empty, truncated or damaged data) with a one-line :class:`HermesError`
+(:mod:`.image_files`). Geometry is kept exactly: origin, spacing and any direction matrix; a DICOM
+series whose slices are not a regular grid is resampled onto one, with a warning (:mod:`.dicom`).
+:func:`guess_modality` reads the DICOM tag or the intensities.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,12 +18,10 @@ import SimpleITK as sitk
 from . import vocabulary
 from .errors import HermesError
 
-log = logging.getLogger(__name__)
-
 PathLike = Union[str, Path]
 
 #: File endings of the images HermesSegment reads (longest first: ".nii.gz" before ".nii").
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr")
 #: File endings that hold a case: an image, or a segmentation (".seg.nrrd" before ".nrrd").
 CASE_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
 
@@ -31,55 +30,44 @@ CASE_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
 # Reading
 
 
-def read_image(path: PathLike, *, frame: Optional[int] = None) -> sitk.Image:
-    """Read a 3D scalar image (NIfTI, NRRD, MHA/MHD, a DICOM file or a DICOM series folder).
+def read_image(path: PathLike, *, frame: Optional[int] = None, series: Optional[str] = None,
+               modality: Optional[str] = None) -> sitk.Image:
+    """Read a 3D scalar image (NIfTI, NRRD/NHDR, MHA/MHD, a DICOM series folder).
 
     The pixel type is kept (e.g. int16 CT stays int16: half the memory of float32);
     :func:`to_model_space` casts. ``frame`` picks one frame of a 4D image (or one component of a
-    vector image). Raises :class:`HermesError` (one line) for anything the model cannot use.
+    vector image). For a folder holding several DICOM series, ``series`` (a UID or a part of a
+    description) or else ``modality`` (a vocabulary key) picks one (:func:`.dicom.choose_series`).
+    Raises :class:`HermesError` (one line) for anything the model cannot use.
     """
     path = Path(path)
     if not path.exists():
         raise HermesError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        image = _read_dicom_series(path)
+        from .dicom import read_series
+
+        image = read_series(path, series=series, modality=modality)
     else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
-            raise HermesError(
-                f"{path}: cannot read the image (unsupported format or corrupt file); "
-                "use NIfTI, NRRD, MHA/MHD or a DICOM series folder"
-            ) from None
+        image = _read_file(path)
     image = _select_frame(image, frame, path)
     _check_scalar_3d(image, path)
     _check_finite(image, path)
     return image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    files = _dicom_series_files(folder)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+def _read_file(path: Path) -> sitk.Image:
+    """One image file; a damaged data block, NaN in a NIfTI, or a single DICOM slice is refused."""
+    from .image_files import NIFTI_SUFFIXES, check_nifti_data, is_dicom_file, read_error
+
     try:
-        return reader.Execute()
-    except RuntimeError:
-        raise HermesError(f"{folder}: cannot read the DICOM series (corrupt or unsupported files); "
-                          "check the folder holds one complete series") from None
-
-
-def _dicom_series_files(folder: Path) -> Sequence[str]:
-    """Files of the DICOM series with the most files in ``folder`` (warns when there are several)."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise HermesError(f"{folder}: no DICOM series found in this folder; "
-                          "give a folder of DICOM files or an image file")
-    by_id = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
-    chosen = max(by_id, key=lambda sid: len(by_id[sid]))
-    if len(by_id) > 1:
-        log.warning("%s holds %d DICOM series; using %s (%d files), the one with the most files",
-                    folder, len(by_id), chosen, len(by_id[chosen]))
-    return by_id[chosen]
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise read_error(path, error) from None
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        check_nifti_data(path)
+    if (image.GetDimension() == 2 or image.GetSize()[2:] == (1,)) and is_dicom_file(path):
+        raise HermesError(f"{path}: one DICOM slice (2D); pass the folder that holds the whole series")
+    return image
 
 
 def _select_frame(image: sitk.Image, frame: Optional[int], path: Path) -> sitk.Image:
@@ -144,9 +132,16 @@ def dicom_modality(path: PathLike) -> Optional[str]:
 
     None when the path is not DICOM or the tag is missing.
     """
+    from .dicom import list_series
+
     path = Path(path)
     try:
-        file = _dicom_series_files(path)[0] if path.is_dir() else str(path)
+        if path.is_dir():
+            found = list_series(path)
+            if not found:
+                return None
+            return max(found, key=lambda series: series.slices).modality or None
+        file = str(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(file)
         reader.ReadImageInformation()

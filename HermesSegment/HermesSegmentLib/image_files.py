@@ -1,0 +1,124 @@
+"""Image files: what ITK's readers let through, and how a failed read is told.
+
+ITK's NIfTI reader (niftilib) pads a short data block with zeros and replaces NaN and infinite
+values with 0, without an error: a ``.nii.gz`` cut in half by an interrupted copy is read as a
+half-empty scan. :func:`check_nifti_data` streams the data block once through nibabel's opener
+(gzip, bzip2, zstd handled) and refuses a short or corrupt block and non-finite values. NRRD and
+MetaImage readers do raise on a short block; :func:`read_error` turns any failed read into one line
+that says whether the header, the data or the memory was at fault.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import HermesError
+from .memory import is_memory_error, out_of_memory
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz")
+_CHUNK_BYTES = 16 << 20  # a multiple of every voxel size
+
+
+def damaged(path: Path, detail: str) -> HermesError:
+    return HermesError(f"{path}: the image data is truncated or damaged ({detail}); the file is incomplete or "
+                       "corrupt (an interrupted copy or download?): copy or export it again")
+
+
+def check_nifti_data(path: Path) -> None:
+    """Raise :class:`HermesError` when the NIfTI's data block is short or corrupt, or holds NaN or
+    infinite values (which ITK's reader would silently turn into 0)."""
+    import nibabel
+    from nibabel.openers import ImageOpener
+
+    try:
+        image: Any = nibabel.load(str(path))  # a NIfTI-1/2 or Analyze image: header, dtype, data offset
+    except Exception as error:  # nibabel raises many types for a bad header that ITK could read
+        raise damaged(path, f"header: {str(error).splitlines()[0][:80]}") from None
+    dtype = image.get_data_dtype()
+    expected = int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
+    data_file = str(image.file_map["image"].filename)
+    floating = dtype.kind in "fc"
+    seen = 0
+    try:
+        with ImageOpener(data_file, "rb") as stream:
+            stream.seek(int(image.dataobj.offset))
+            while seen < expected:
+                block = stream.read(min(_CHUNK_BYTES, expected - seen))
+                if not block:
+                    break
+                if floating:
+                    values = np.frombuffer(block[: len(block) - len(block) % dtype.itemsize], dtype=dtype)
+                    if not np.isfinite(values).all():
+                        what = "NaN" if np.isnan(values).any() else "infinite"
+                        raise HermesError(f"{path}: image contains {what} values; fix or replace them "
+                                          "(e.g. with the background value) and retry")
+                seen += len(block)
+            if data_file.endswith((".gz", ".bz2", ".zst")):
+                stream.read(1)  # reach the end of the compressed stream: its length and checksum are checked
+    except (EOFError, zlib.error, OSError) as error:
+        raise damaged(path, str(error).splitlines()[0][:80] if str(error) else type(error).__name__) from None
+    if seen < expected:
+        raise damaged(path, f"{seen} of {expected} data bytes")
+
+
+def image_bytes(path: Path) -> Optional[int]:
+    """Bytes the image needs in memory, from its header; None when the header cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    voxels = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
+    return voxels * np.dtype(sitk.GetArrayFromImage(sitk.Image([1] * reader.GetDimension(),
+                                                                reader.GetPixelID())).dtype).itemsize
+
+
+def read_error(path: Path, error: RuntimeError) -> HermesError:
+    """One line for ``sitk.ReadImage`` failing on ``path``: out of memory (with the image's size),
+    a damaged data block (the header reads), or not an image this reader knows."""
+    if is_memory_error(error):
+        return out_of_memory("reading the image", error, image_bytes(path))
+    broken_stream = _gzip_error(path) if path.name.lower().endswith(".gz") else None
+    if broken_stream:
+        return damaged(path, broken_stream)
+    if image_bytes(path) is not None:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        return damaged(path, reason.split("ERROR:")[-1].strip()[:80] or "the reader stopped")
+    return HermesError(f"{path}: cannot read the image (unsupported format or corrupt file); "
+                       "use NIfTI, NRRD, MHA/MHD or a DICOM series folder")
+
+
+def _gzip_error(path: Path) -> Optional[str]:
+    """What is wrong with a gzip file's stream (short, corrupt, bad checksum), or None."""
+    import gzip
+
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return None  # not gzip at all: not a damaged image, an unknown file
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(_CHUNK_BYTES):
+                pass
+    except (EOFError, zlib.error, OSError) as error:
+        return str(error).splitlines()[0][:80] if str(error) else type(error).__name__
+    return None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for a DICOM file (the 'DICM' marker after the 128-byte preamble, or GDCM reads it)."""
+    with open(path, "rb") as f:
+        if f.read(132)[128:132] == b"DICM":
+            return True
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return reader.GetImageIO() == "GDCMImageIO"
