@@ -120,7 +120,8 @@ def test_batch_with_a_corrupt_file_finishes_the_others(cases, tmp_path, tiny_pac
     err = capsys.readouterr().err
     assert status == 1
     assert "error: broken:" in err and "1 of 3 case(s) failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.hermes-segment.json", "a.seg.nrrd", "b.hermes-segment.json",
+                                                     "b.seg.nrrd", "summary.csv"]
     segmentation = slicerio.read_segmentation(str(out / "a.seg.nrrd"))
     names = [s["name"] for s in segmentation["segments"]]
     assert names == ["Liver", "Spleen"]

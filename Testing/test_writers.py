@@ -167,19 +167,21 @@ def test_probability_maps(tmp_path):
     assert back.dtype == np.uint8 and back.max() == 255 and back.min() == 0
 
 
-def test_summary_csv_appends_with_one_header(tmp_path):
+def test_summary_csv_has_one_header_and_one_row_per_case_and_target(tmp_path):
     path = tmp_path / "summary.csv"
-    writers.append_summary_csv(path, [{"case": "a", "target": "liver", "voxels": 10,
-                                       "volume_ml": 1.5, "seconds": 2.0}])
-    writers.append_summary_csv(path, [{"case": "b", "target": "liver", "voxels": 0,
-                                       "volume_ml": 0.0, "seconds": 1.0}])
+    writers.write_summary_rows(path, "a", [{"case": "a", "target": "liver", "voxels": 10,
+                                            "volume_ml": 1.5, "seconds": 2.0}])
+    writers.write_summary_rows(path, "b", [{"case": "b", "target": "liver", "voxels": 0,
+                                            "volume_ml": 0.0, "seconds": 1.0}])
+    writers.write_summary_rows(path, "a", [{"case": "a", "target": "liver", "voxels": 12,
+                                            "volume_ml": 1.8, "seconds": 2.0}])
     rows = list(csv.DictReader(path.open()))
-    assert [r["case"] for r in rows] == ["a", "b"]
+    assert [(r["case"], r["voxels"]) for r in rows] == [("b", "0"), ("a", "12")]
     assert list(rows[0]) == list(writers.SUMMARY_COLUMNS)
     bad = tmp_path / "other.csv"
     bad.write_text("x,y\n1,2\n")
     with pytest.raises(HermesError, match="other columns"):
-        writers.append_summary_csv(bad, [])
+        writers.write_summary_rows(bad, "a", [])
 
 
 def test_failed_writes_leave_no_partial_file(tmp_path, monkeypatch):

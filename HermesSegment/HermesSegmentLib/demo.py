@@ -135,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dices = [s["dice"] for s in scores.values()]
     if dices:
         print(f"{'mean':<18} {'':>10} {'':>10} {np.mean(dices):>7.3f}")
-    (args.out / "summary.csv").unlink(missing_ok=True)  # a re-run replaces the demo's summary
-    writers.append_summary_csv(args.out / "summary.csv", rows)
+    writers.write_summary_rows(args.out / "summary.csv", "phantom", rows)
     picture = args.out / "phantom.png"
     render_overview(image, predicted, {m.key: m.color for m in result.masks}, picture,
                     f"{model.name} on a {modality} phantom (demo model; not for clinical use)")

@@ -2,19 +2,34 @@
 
 Each subcommand module exposes ``add_parser(subparsers)`` (registering its parser with
 ``func=run``) and ``run(args) -> int``. User mistakes surface as ``error: <one line>`` with exit
-status 2; Ctrl-C exits 130 without a traceback.
+status 2. SIGTERM (what job schedulers and the Slicer panel's Cancel send) is handled as Ctrl-C:
+both raise :class:`Interrupted` (a ``KeyboardInterrupt``), temporary files are removed on the way
+out, and the exit status is 128 + the signal number (130, 143), without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from ..errors import HermesError
 
 SUBCOMMAND_MODULES = ("models", "targets", "segment", "evaluate", "train", "phantoms")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``."""
+
+    signal_number = int(signal.SIGTERM)
+    signal_name = "SIGTERM"
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,14 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except HermesError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written for the case in progress", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        number = getattr(interrupt, "signal_number", int(signal.SIGINT))
+        print(f"error: interrupted by {getattr(interrupt, 'signal_name', 'Ctrl-C')}; no output was written for the "
+              "work in progress", file=sys.stderr)
+        return 128 + number
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ How to add an output format: a subclass of :class:`SegmentationWriter` in a new 
 and one line in :data:`FORMATS` below; ``hermes-segment segment --format`` offers it from there.
 """
 
-from .base import SegmentationWriter
+from .base import MARK, SegmentationWriter
 from .nifti import NiftiLabelMapWriter, write_label_map_nifti
-from .probabilities import write_probability_maps
+from .probabilities import probability_map_name, write_probability_maps
 from .seg_nrrd import SegNrrdWriter, read_seg_nrrd, write_seg_nrrd
-from .summary_csv import SUMMARY_COLUMNS, append_summary_csv
+from .summary_csv import SUMMARY_COLUMNS, write_summary_rows
 
 #: ``--format`` name -> writer.
 FORMATS: dict[str, SegmentationWriter] = {
@@ -22,6 +22,6 @@ FORMATS: dict[str, SegmentationWriter] = {
 }
 
 __all__ = [
-    "FORMATS", "SUMMARY_COLUMNS", "SegmentationWriter", "append_summary_csv", "read_seg_nrrd",
-    "write_label_map_nifti", "write_probability_maps", "write_seg_nrrd",
+    "FORMATS", "MARK", "SUMMARY_COLUMNS", "SegmentationWriter", "probability_map_name", "read_seg_nrrd",
+    "write_label_map_nifti", "write_probability_maps", "write_seg_nrrd", "write_summary_rows",
 ]

@@ -12,12 +12,14 @@ import SimpleITK as sitk
 from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..mask import TargetMask, check_on_grid, image_on_grid
-from .base import SegmentationWriter
+from .base import MARK, SegmentationWriter
 
 PathLike = Union[str, Path]
 
 
-def write_image(image: sitk.Image, path: Path) -> None:
+def write_image(image: sitk.Image, path: Path, what: str) -> None:
+    """Write ``image`` compressed, marked as ours (:data:`.base.MARK` and ``what`` it is)."""
+    image.SetMetaData("ITK_FileNotes", f"{MARK} {what}")
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
@@ -67,8 +69,8 @@ def write_label_map_nifti(
             entry["hidden_voxels"] = int(hidden[entry["value"]])
         finals = [path, sidecar]
         with atomic_paths(finals) as (temp, temp_json):
-            write_image(image_on_grid(labels, reference), temp)
-            temp_json.write_text(json.dumps({"overlap_policy": "priority: later target wins",
+            write_image(image_on_grid(labels, reference), temp, "label map")
+            temp_json.write_text(json.dumps({"written_by": MARK, "overlap_policy": "priority: later target wins",
                                              "labels": entries}, indent=2))
         return finals
     if overlap_policy != "per_target":
@@ -78,8 +80,8 @@ def write_label_map_nifti(
         entry.update(value=1, file=file.name)
     with atomic_paths(files + [sidecar]) as temps:
         for mask, temp in zip(masks, temps):
-            write_image(image_on_grid(mask.full(shape).view(np.uint8), reference), temp)
-        temps[-1].write_text(json.dumps({"overlap_policy": "per_target: one file per target",
+            write_image(image_on_grid(mask.full(shape).view(np.uint8), reference), temp, "mask")
+        temps[-1].write_text(json.dumps({"written_by": MARK, "overlap_policy": "per_target: one file per target",
                                          "labels": entries}, indent=2))
     return files + [sidecar]
 
@@ -94,3 +96,8 @@ class NiftiLabelMapWriter(SegmentationWriter):
     def write(self, path: Path, masks: Sequence[TargetMask], reference: sitk.Image, *,
               overlap_policy: str = "priority") -> None:
         write_label_map_nifti(path, masks, reference, overlap_policy=overlap_policy)
+
+    def file_names(self, stem: str, targets: Sequence[str], *, overlap_policy: str = "priority") -> list[str]:
+        if overlap_policy == "per_target":
+            return [f"{stem}_{key}.nii.gz" for key in targets] + [f"{stem}.json"]
+        return [f"{stem}{self.suffix}", f"{stem}.json"]

@@ -15,6 +15,11 @@ from .nifti import write_image
 PathLike = Union[str, Path]
 
 
+def probability_map_name(stem: str, key: str) -> str:
+    """The file name of target ``key``'s probability map for ``stem``."""
+    return f"{stem}_{key}_prob.nii.gz"
+
+
 def write_probability_maps(
     stem: PathLike,
     maps: Iterable[Tuple[str, np.ndarray]],
@@ -30,8 +35,8 @@ def write_probability_maps(
     for key, probability in maps:
         if probability.dtype != np.uint8:
             probability = np.rint(np.clip(probability, 0.0, 1.0) * 255).astype(np.uint8)
-        final = stem.with_name(f"{stem.name}_{key}_prob.nii.gz")
+        final = stem.with_name(probability_map_name(stem.name, key))
         with atomic_paths([final]) as (temp,):
-            write_image(image_on_grid(probability, reference), temp)
+            write_image(image_on_grid(probability, reference), temp, "probabilities")
         written.append(final)
     return written

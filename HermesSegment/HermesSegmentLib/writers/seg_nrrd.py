@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from ..atomic import atomic_paths
 from ..errors import HermesError
 from ..mask import TargetMask, check_on_grid
-from .base import SegmentationWriter
+from .base import MARK, SegmentationWriter
 
 PathLike = Union[str, Path]
 
@@ -133,6 +133,7 @@ def _seg_header(masks, reference, shape, layers, labels, n_layers, dtype) -> str
             "the geometry of the labelmap that is created in course of conversion.&"),
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        "ITK_FileNotes": f"{MARK} segmentation",
     }
     used_ids: set = set()
     for i, (mask, layer, label) in enumerate(zip(masks, layers, labels)):

@@ -1,4 +1,4 @@
-"""summary.csv: one row per (case, target) with its volume, appended atomically."""
+"""summary.csv: one row per (case, target) with its volume, replaced atomically case by case."""
 
 from __future__ import annotations
 
@@ -18,23 +18,23 @@ SUMMARY_COLUMNS = ("case", "target", "voxels", "volume_ml", "seconds")
 # summary.csv
 
 
-def append_summary_csv(path: PathLike, rows: Iterable[Mapping[str, object]]) -> None:
-    """Append rows (keys: case, target, voxels, volume_ml, seconds) to a CSV; header if new.
+def write_summary_rows(path: PathLike, case: str, rows: Iterable[Mapping[str, object]]) -> None:
+    """Put ``rows`` (keys: case, target, voxels, volume_ml, seconds) for ``case`` in a CSV, in place of
+    the case's earlier rows: one row per case and target, however many times a case is run.
 
-    Atomic: the old content plus the new rows go to a temporary file that replaces the old one.
-    Not safe against two processes appending at once (batch shards: one summary per shard).
+    Atomic: the kept rows plus the new ones go to a temporary file that replaces the old one.
+    Not safe against two processes writing at once (batch shards: one summary per shard).
     """
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if old and old.splitlines()[0].split(",") != list(SUMMARY_COLUMNS):
         raise HermesError(f"{path}: existing file has other columns than {','.join(SUMMARY_COLUMNS)}; "
                           "move it away or choose another output folder")
+    kept = [row for row in csv.DictReader(io.StringIO(old)) if row["case"] != case] if old else []
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="raise",
-                            lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    for row in rows:
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    for row in [*kept, *rows]:
         writer.writerow(row)
     with atomic_paths([path]) as (temp,):
-        temp.write_text(old + buffer.getvalue(), encoding="utf-8")
+        temp.write_text(buffer.getvalue(), encoding="utf-8")
