@@ -75,8 +75,10 @@ def test_the_panel_receives_warnings_through_the_background_run(tmp_path, tiny_p
     from HermesSegmentLib.slicer.background import LogLine, start_segmentation
 
     raw = (np.maximum(body_ct(seed=7), -1024).astype(np.int32) + 1024).astype(np.uint16)
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+
     run_, _ = start_segmentation(as_image(raw), tmp_path / "run", modality="CT", targets=["liver"],
-                                 model=str(tiny_package), device="cpu")
+                                 options=SegmentOptions(model=str(tiny_package), device="cpu"))
     assert run_.wait(timeout=300) == 0, run_.stderr_lines
     events = run_.poll()
     notices = [e.text for e in events if isinstance(e, LogLine) and e.stream == "warning"]

@@ -8,6 +8,8 @@ it runs.
 from __future__ import annotations
 
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,10 +25,11 @@ def read_upstream_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise HermesError(f"checkpoint not found: {path}")
+    _check_checkpoint_file(path)
     try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's deprecation notes are not the user's business here
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "disallowed object"
         raise HermesError(
@@ -48,6 +51,34 @@ def read_upstream_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
         f"{path.name} has no 'model_state_dict' or 'ema_model_state_dict' (keys: "
         f"{', '.join(map(str, list(checkpoint)[:6]))})"
     )
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """One clear line for what is not a PyTorch checkpoint at all: a folder, a missing file, a web
+    page saved instead of the download, a truncated archive, any other file. PyTorch writes a zip
+    archive (``PK``), or before 1.6 a pickle (protocol 2: ``0x80 0x02``)."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt"))
+        found = f" (found: {', '.join(inside[:3])})" if inside else ""
+        raise HermesError(f"{path} is a folder; give the checkpoint file (.pth) inside it{found}")
+    if not path.is_file():
+        raise HermesError(f"checkpoint not found: {path}; check the path")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.lstrip()[:1] == b"<" and (b"<html" in head.lower() or b"<!doctype" in head.lower()):
+        raise HermesError(f"{path.name} is a web page (HTML), not a checkpoint: the download saved the page "
+                          "instead of the file (Google Drive shows one for large files); download the file itself")
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise HermesError(f"{path.name} is incomplete (a truncated zip archive: an interrupted download?); "
+                              "download it again") from None
+        return
+    if head[:2] != b"\x80\x02":
+        raise HermesError(f"{path.name} is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+                          "check that you downloaded upstream's Hermes-R .pth file")
 
 
 def _strip_wrapper_prefix(state: dict[str, Any]) -> dict[str, Any]:

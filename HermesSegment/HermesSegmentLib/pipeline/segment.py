@@ -6,6 +6,7 @@ postprocess.probabilities_to_mask -> postprocess.apply -> mask.TargetMask on the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -15,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .. import vocabulary
+from .. import notices, vocabulary
 from ..errors import HermesError
 from ..inference import (
     CancelToken,
@@ -27,12 +28,13 @@ from ..inference import (
     select_device,
 )
 from ..mask import TargetMask
+from ..memory import is_memory_error, out_of_memory
 from ..models import LoadedModel, load
 from ..models.manifest import task_terminology_entry
 from ..postprocess.components import apply as apply_postprocess
 from ..postprocess.side import keep_to_side
 from ..postprocess.to_input_grid import from_model_space, probabilities_to_mask, reference_geometry
-from ..preprocess import ModelSpaceImage, to_model_space
+from ..preprocess import ModelSpaceImage, to_hounsfield, to_model_space
 from .options import SegmentOptions
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class SegmentationResult:
     the end (after a GPU out-of-memory fallback: the CPU).
     ``seconds``: wall time per stage. ``model_space`` and ``probabilities`` (uint8, one map per
     target in model space) are kept only when ``keep_probabilities`` was asked for.
+    ``warnings``: what the user must know about this result, one line each (a conversion to
+    Hounsfield units, a rule that could not run, an empty result explained), also logged.
     """
 
     masks: list[TargetMask]
@@ -58,6 +62,7 @@ class SegmentationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     model_space: Optional[ModelSpaceImage] = None
     probabilities: Optional[np.ndarray] = None
+    warnings: list[str] = field(default_factory=list)
 
     def probability_maps(self) -> Iterator[tuple[str, np.ndarray]]:
         """(target key, uint8 probabilities on the input grid), one target at a time."""
@@ -65,6 +70,50 @@ class SegmentationResult:
             raise HermesError("probabilities were not kept; segment again with keep_probabilities=True")
         for mask, probabilities in zip(self.masks, self.probabilities):
             yield mask.key, from_model_space(probabilities, self.model_space, self.reference)
+
+
+def _masks(probabilities: np.ndarray, keys: list[str], task_indices: list[int], loaded: LoadedModel,
+           model_space: ModelSpaceImage, reference: sitk.Image, image: sitk.Image, options: SegmentOptions, *,
+           progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> list[TargetMask]:
+    """Each target's probabilities as a mask on the input grid: side rule, threshold, cleanup."""
+    cleanup = options.postprocess
+    input_spacing_zyx = image.GetSpacing()[::-1]
+    masks, unsided = [], []
+    for number, (key, index) in enumerate(zip(keys, task_indices)):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        report(progress, "postprocess", number / len(keys), key)
+        side = vocabulary.target(key).side
+        if cleanup.side_constraint and side:
+            if model_space.midline_x is None:
+                unsided.append(key)
+            else:
+                keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
+                             model_space.spacing_zyx[2])
+        crop = probabilities_to_mask(probabilities[number], model_space, reference, options.threshold)
+        per_target = cleanup.for_target(key)
+        array = apply_postprocess(crop.array, input_spacing_zyx, per_target) if per_target.active else crop.array
+        task = loaded.task(index)
+        masks.append(dataclasses.replace(crop, key=key, name=task["name"], color=tuple(task["color"]),
+                                         terminology=task_terminology_entry(task), array=array))
+    if unsided:
+        log.warning("%s: the left/right side rule was skipped: the trunk reaches the edge of the field of view, so "
+                    "the body's midline is unknown; check that each mask lies on its side (--no-side-constraint "
+                    "silences this)", ", ".join(unsided))
+    return masks
+
+
+def _explain_empty(masks: Sequence[TargetMask], image: sitk.Image, window_zyx: Sequence[int],
+                   spacing_zyx: Sequence[float]) -> None:
+    """Warn when targets came out empty on an image far smaller than the model's window (its field
+    of view): the model never saw anatomy in so little context, so "not found" means little."""
+    empty = [m.key for m in masks if m.voxels == 0]
+    extent = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())  # x, y, z mm
+    view = np.asarray(window_zyx[::-1], dtype=float) * np.asarray(spacing_zyx[::-1], dtype=float)
+    if empty and np.any(extent < 0.5 * view):
+        log.warning("%s: nothing found; the image covers only %s mm, far less than the model's %s mm field of view "
+                    "(its window), so the model sees too little anatomy to recognise; segment a larger scan",
+                    ", ".join(empty), " x ".join(f"{v:.0f}" for v in extent), " x ".join(f"{v:.0f}" for v in view))
 
 
 def resolve_targets(model: LoadedModel, modality: str, targets: Union[str, Sequence[str]]) -> list[str]:
@@ -116,6 +165,28 @@ def segment_image(
     price of memory (Hermes-R on the CPU: 5.9 GB of activations for two windows, 3.1 GB in bf16).
     """
     options = dataclasses.replace(options or SegmentOptions(), **overrides)
+    with notices.collect() as warnings:
+        result = _segment(image, modality, targets, options, keep_probabilities=keep_probabilities,
+                          progress=progress, cancel=cancel)
+    result.warnings = list(warnings)
+    return result
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Turns a memory failure inside the block into the one-line error for stage ``name``."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if is_memory_error(error):
+            raise out_of_memory(name, error) from None
+        raise
+
+
+def _segment(image: sitk.Image, modality: str, targets: Union[str, Sequence[str]], options: SegmentOptions, *,
+             keep_probabilities: bool, progress: Optional[ProgressCallback],
+             cancel: Optional[CancelToken]) -> SegmentationResult:
+    """:func:`segment_image`, its warnings aside."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     torch_device = select_device(options.device)
@@ -132,10 +203,13 @@ def segment_image(
     mark = time.perf_counter()
     spacing = loaded.manifest["input"]["spacing_zyx_mm"]
     window = loaded.manifest["input"]["window_size_zyx"]
-    model_space = to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
-                                 crop_to_body=options.crop_to_body, modality=modality_key,
-                                 window_lattice=(window, overlap))
     reference = reference_geometry(image)
+    with _stage("resampling to model space"):
+        if modality_key == "CT":
+            image = to_hounsfield(image)
+        model_space = to_model_space(image, spacing_zyx=spacing, normalization=entry["normalization"],
+                                     crop_to_body=options.crop_to_body, modality=modality_key,
+                                     window_lattice=(window, overlap))
     timings["preprocess"] = time.perf_counter() - mark
     report(progress, "preprocess", 1.0, f"model space {'x'.join(map(str, model_space.array.shape))} voxels")
     if cancel is not None:
@@ -143,32 +217,17 @@ def segment_image(
 
     mark = time.perf_counter()
     predictor = loaded.predictor(task_indices, entry["slot"], precision=options.precision)
-    probabilities = predict_volume(predictor, model_space.array, window_zyx=window, overlap=overlap,
-                                   blending=options.blending, batch_size=options.batch_size, device=torch_device,
-                                   progress=progress, cancel=cancel)
+    with _stage("running the network"):
+        probabilities = predict_volume(predictor, model_space.array, window_zyx=window, overlap=overlap,
+                                       blending=options.blending, batch_size=options.batch_size,
+                                       device=torch_device, progress=progress, cancel=cancel)
     timings["inference"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    cleanup = options.postprocess
-    input_spacing_zyx = image.GetSpacing()[::-1]
-    masks = []
-    for number, (key, index) in enumerate(zip(keys, task_indices)):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        report(progress, "postprocess", number / len(keys), key)
-        side = vocabulary.target(key).side
-        if cleanup.side_constraint and side:
-            if model_space.midline_x is None:
-                log.info("%s: the trunk reaches the edge of the field of view; its side is not checked", key)
-            else:
-                keep_to_side(probabilities[number], side, model_space.midline_x, model_space.crop_offset_zyx[2],
-                             model_space.spacing_zyx[2])
-        crop = probabilities_to_mask(probabilities[number], model_space, reference, options.threshold)
-        per_target = cleanup.for_target(key)
-        array = apply_postprocess(crop.array, input_spacing_zyx, per_target) if per_target.active else crop.array
-        task = loaded.task(index)
-        masks.append(dataclasses.replace(crop, key=key, name=task["name"], color=tuple(task["color"]),
-                                         terminology=task_terminology_entry(task), array=array))
+    with _stage("mapping the masks back to the input grid"):
+        masks = _masks(probabilities, keys, task_indices, loaded, model_space, reference, image, options,
+                       progress=progress, cancel=cancel)
+    _explain_empty(masks, image, window, spacing)
     timings["postprocess"] = time.perf_counter() - mark
     report(progress, "postprocess", 1.0, "done")
     timings["total"] = time.perf_counter() - started

@@ -43,7 +43,9 @@ class ProgressEvent:
 
 @dataclass(frozen=True)
 class LogLine:
-    """A line of text the child printed (``stream`` is ``"stdout"`` or ``"stderr"``)."""
+    """A line of text the child printed: ``stream`` is ``"stdout"`` or ``"stderr"``, or
+    ``"warning"`` for a warning of the engine (the CLI's JSON ``{"case", "warning"}`` lines: a
+    resampled series, a conversion to Hounsfield units, a skipped rule; see ``notices``)."""
 
     stream: str
     text: str
@@ -101,6 +103,25 @@ def parse_progress(line: str) -> ProgressEvent | None:
         return None
 
 
+def parse_log_line(line: str) -> LogLine | None:
+    """The CLI's JSON ``{"message": ...}`` and ``{"case": ..., "warning": ...}`` lines as readable
+    :class:`LogLine` objects; ``None`` for anything else."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "warning" in record:
+        return LogLine("warning", str(record["warning"]))
+    if "message" in record and "stage" not in record:
+        return LogLine("stdout", str(record["message"]))
+    return None
+
+
 def error_line(stderr_lines: Sequence[str], returncode: int | None) -> str:
     """The one line to show the user for a failed run.
 
@@ -133,6 +154,7 @@ class BackgroundRun:
         self._threads: list[threading.Thread] = []
         self._process: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
+        self.warnings: list[str] = []
         self.cancelled = False
         self.started_at = 0.0
         self.last_progress: ProgressEvent | None = None
@@ -193,9 +215,11 @@ class BackgroundRun:
     def _read(self, stream: IO[str], name: str) -> None:
         for raw in stream:
             line = raw.rstrip("\r\n")
-            event = parse_progress(line) if name == "stdout" else None
+            event = (parse_progress(line) or parse_log_line(line)) if name == "stdout" else None
             if event is None and name == "stderr":
                 self.stderr_lines.append(line)
+            if isinstance(event, LogLine) and event.stream == "warning":
+                self.warnings.append(event.text)
             self._events.put(event if event is not None else LogLine(name, line))
         stream.close()
 
