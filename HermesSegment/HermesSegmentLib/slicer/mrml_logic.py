@@ -76,7 +76,8 @@ def volume_to_sitk(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
 
     The array is indexed [k, j, i] as in ``slicer.util.arrayFromVolume``; origin and direction are
     the node's IJK->RAS matrix expressed in LPS. A parent transform is not applied: results are
-    placed under the same transform (see :meth:`MRMLLogic.import_result`).
+    placed under the same transform (see :meth:`MRMLLogic.import_result`); a non-linear one
+    (Slicer's regularization of an irregular DICOM series) is warned about.
     """
     if volumeNode is None or volumeNode.GetImageData() is None:
         raise HermesError("the input volume has no image data; load a volume and select it as input")
@@ -85,6 +86,13 @@ def volume_to_sitk(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
             f"'{volumeNode.GetName()}' has several components per voxel (colour or vector image); "
             "convert it to a scalar volume first"
         )
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        logger.warning(
+            "'%s' is under a non-linear transform ('%s'; e.g. Slicer's acquisition geometry regularization of a "
+            "tilted or unequally spaced DICOM series): the model sees the voxels as acquired and the segmentation is "
+            "placed under the same transform; harden the transform on the volume first for the model to see a "
+            "regular grid", volumeNode.GetName(), parent.GetName())
     image = sitk.GetImageFromArray(np.array(slicer.util.arrayFromVolume(volumeNode), copy=True))
     lps = _RAS_TO_LPS @ ijk_to_ras_array(volumeNode)[:3, :]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
