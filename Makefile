@@ -7,7 +7,7 @@ DEMO_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -29,5 +29,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py --write docs/benchmarks.md
 
+# Hermes-R on a GPU, < 4 minutes. No set-up step: a GPU machine brings its own CUDA torch (and
+# needs SimpleITK and jsonschema besides); the checkout's .venv is used where there is one.
+bench-gpu:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/bench_gpu.py --out bench-gpu-output --append docs/benchmarks.md
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output bench-gpu-output .pytest_cache
