@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
-from HermesSegmentLib.training.phantoms import generate_case
+from HermesSegmentLib.phantoms import generate_case
 
 
 def ct_phantom(size: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.8, 0.8, 2.5), seed: int = 7,
