@@ -385,10 +385,10 @@ def prepare(work: Path, scale: Scale) -> None:
     import SimpleITK as sitk
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from HermesSegmentLib import imaging
     from HermesSegmentLib.inference.windows import window_starts
     from HermesSegmentLib.models import save
     from HermesSegmentLib.models.manifest import CT_NORMALIZATION, hermes_r_manifest
+    from HermesSegmentLib.preprocess import to_model_space
     from phantom_ct import ct_phantom
 
     started = time.perf_counter()
@@ -407,9 +407,9 @@ def prepare(work: Path, scale: Scale) -> None:
     package = save(work / "hermes-r-random.safetensors", HermesNetwork(scale.architecture).state_dict(), manifest)
 
     window = [scale.window] * 3
-    model_space = imaging.to_model_space(image, spacing_zyx=[scale.model_spacing_mm] * 3,
-                                         normalization=CT_NORMALIZATION, crop_to_body=True, modality="CT",
-                                         window_lattice=(window, OVERLAP))
+    model_space = to_model_space(image, spacing_zyx=[scale.model_spacing_mm] * 3,
+                                  normalization=CT_NORMALIZATION, crop_to_body=True, modality="CT",
+                                  window_lattice=(window, OVERLAP))
     # The oracle's probabilities: each target's true indicator resampled linearly onto the model
     # crop that segment_image will make (same call, same arguments), uint8 as the engine returns.
     crop_grid = model_space.crop_image(np.zeros(model_space.array.shape, dtype=np.uint8))
@@ -563,8 +563,10 @@ def run_oracle(results: Results, work: Path, device: torch.device) -> None:
     """segment_image with the CLI's defaults, the network replaced by the phantom's truth
     (oracle.npy, made by :func:`prepare` on the same model crop)."""
     import numpy as np
-    from HermesSegmentLib import imaging, outputs, pipeline
+    from HermesSegmentLib import writers
     from HermesSegmentLib.models import load
+    from HermesSegmentLib.pipeline import segment as pipeline
+    from HermesSegmentLib.read import read_image
 
     model = load(work / "hermes-r-random.safetensors")
     truth = np.load(work / "oracle.npy", mmap_mode="r")
@@ -577,7 +579,7 @@ def run_oracle(results: Results, work: Path, device: torch.device) -> None:
 
     record = results.data["oracle"]
     started = time.perf_counter()
-    image = imaging.read_image(work / "ct_a.nrrd")
+    image = read_image(work / "ct_a.nrrd")
     record["read"] = time.perf_counter() - started
     predict_volume, pipeline.predict_volume = pipeline.predict_volume, oracle
     try:
@@ -587,7 +589,7 @@ def run_oracle(results: Results, work: Path, device: torch.device) -> None:
     record["to_model_space"] = result.seconds["preprocess"]
     record["back_to_grid"] = result.seconds["postprocess"]
     started = time.perf_counter()
-    outputs.write_seg_nrrd(work / "oracle.seg.nrrd", result.masks, result.reference)
+    writers.write_seg_nrrd(work / "oracle.seg.nrrd", result.masks, result.reference)
     record["write"] = time.perf_counter() - started
     record["mask_voxels"] = {m.key: int(m.voxels) for m in result.masks}
     results.save()
