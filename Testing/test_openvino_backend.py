@@ -1,0 +1,51 @@
+"""The OpenVINO runtime gives the torch network's logits, and converts a model once per machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from HermesSegmentLib.errors import HermesError
+from HermesSegmentLib.network import HermesNetwork
+from HermesSegmentLib.network import openvino_backend
+
+needs_openvino = pytest.mark.skipif(not openvino_backend.is_available(),
+                                    reason="OpenVINO is not installed (pip install openvino)")
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_float32_logits_match_torch_for_any_batch_tasks_and_window(tiny_config, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    network = HermesNetwork(tiny_config).eval()
+    compiled = openvino_backend.compile_network(network, window_zyx=(32, 32, 32), num_tasks=3, precision="float32",
+                                                cache_key="tiny", cache_root=tmp_path)
+    for shape, tasks, slot in (((2, 1, 32, 32, 32), [[0, 1, -1], [2, 0, 1]], [[0], [2]]),
+                               ((1, 1, 16, 48, 32), [[3, 1, 0, 2, -1]], [[1]])):
+        image = torch.randn(shape)
+        tasks, slot = torch.tensor(tasks), torch.tensor(slot)
+        with torch.inference_mode():
+            expected = network(image, tasks, slot)[0]
+        logits = compiled(image, tasks, slot)
+        assert logits.shape == expected.shape and logits.dtype == torch.float32
+        assert torch.allclose(logits, expected, atol=1e-3, rtol=1e-3)
+
+    # The second time the IR comes from the cache: conversion is never called again.
+    assert (tmp_path / next(p.name for p in tmp_path.iterdir() if p.name.startswith("tiny-")) / "network.xml").is_file()
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again despite the cache")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    again = openvino_backend.compile_network(network, window_zyx=(32, 32, 32), num_tasks=3, precision="float32",
+                                             cache_key="tiny", cache_root=tmp_path)
+    image, tasks, slot = torch.randn(1, 1, 32, 32, 32), torch.tensor([[0, 1, 2]]), torch.tensor([[0]])
+    with torch.inference_mode():
+        assert torch.allclose(again(image, tasks, slot), network(image, tasks, slot)[0], atol=1e-3, rtol=1e-3)
+
+
+def test_missing_openvino_is_a_one_line_error(monkeypatch, tiny_config):
+    monkeypatch.setattr(openvino_backend, "is_available", lambda: False)
+    with pytest.raises(HermesError, match="pip install openvino"):
+        openvino_backend.compile_network(HermesNetwork(tiny_config), window_zyx=(32, 32, 32), num_tasks=1)
