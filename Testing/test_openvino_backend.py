@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.network import HermesNetwork
-from HermesSegmentLib.network import openvino_backend
+from HermesSegmentLib.network import HermesNetwork, openvino_backend
 
 needs_openvino = pytest.mark.skipif(not openvino_backend.is_available(),
                                     reason="OpenVINO is not installed (pip install openvino)")
