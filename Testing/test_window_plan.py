@@ -37,3 +37,32 @@ def test_corners_near_takes_every_window_that_reaches_the_margin():
     expected = [c for c in corners if all(s - 2 <= 20 < s + 16 + 2 for s in c)]
     assert near == expected and 0 < len(near) < len(corners)
     assert corners_near(np.zeros(shape, dtype=bool), corners, window, margin=4) == []
+
+
+class Blob:
+    """A predictor whose one output is 10 x the window's values: a volume of +1 in a ball and -1
+    elsewhere has its target exactly there."""
+
+    def __call__(self, windows):
+        return 10.0 * windows
+
+    def to(self, device):
+        return self
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_near_targets_runs_fewer_windows_and_gives_the_full_runs_probabilities(batch_size):
+    from HermesSegmentLib.inference import WindowPlan, predict_volume
+
+    z, y, x = np.ogrid[:90, :70, :110]
+    volume = np.where((z - 60) ** 2 + (y - 20) ** 2 + (x - 80) ** 2 <= 64, 1.0, -1.0).astype(np.float32)
+    full_plan, near_plan = WindowPlan(), WindowPlan(near_targets=0.125)
+    full = predict_volume(Blob(), volume, window_zyx=(32, 32, 32), batch_size=batch_size, plan=full_plan)
+    near = predict_volume(Blob(), volume, window_zyx=(32, 32, 32), batch_size=batch_size, plan=near_plan)
+    np.testing.assert_array_equal(near, full)
+    assert full_plan.windows == full_plan.lattice == len(window_starts(volume.shape, (32, 32, 32), 0.5))
+    assert near_plan.lattice == full_plan.lattice and near_plan.windows < full_plan.windows / 2
+
+    nothing = predict_volume(Blob(), -np.ones((90, 70, 110), np.float32), window_zyx=(32, 32, 32), plan=near_plan)
+    assert nothing.shape == (1, 90, 70, 110) and not nothing.any()
+    assert near_plan.windows == len(covering_corners((90, 70, 110), (32, 32, 32), 0.5))

@@ -10,12 +10,19 @@ quantised to uint8 and written to the output. Peak memory is therefore
 
 instead of tasks x depth x height x width x 4 bytes for a whole-volume float accumulator.
 Quantising probabilities to 1/255 costs nothing measurable (see docs/architecture.md).
+
+With ``near_targets`` only the windows near what the predictor finds run (:mod:`.window_plan`):
+a coverage pass first, whose logits are kept (up to ``KEEP_COVERAGE_BYTES``) and blended when
+the sweep reaches them, so no window runs twice. Batches are always full (a short last batch is
+padded with a copy of its last window): every window is computed by the same kernels whatever
+windows share its batch, so a voxel's probability does not depend on which windows ran.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Protocol, Sequence
+import math
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +30,14 @@ import torch
 from ..errors import HermesError
 from .control import CancelToken, ProgressCallback, report
 from .device import is_out_of_memory
+from .window_plan import WindowPlan, corners_near, covering_corners
 from .windows import blending_weights, padding_for, window_starts
 
 log = logging.getLogger(__name__)
+
+Corner = tuple[int, int, int]
+# Coverage logits kept in memory for the sweep; beyond this, a needed coverage window runs again.
+KEEP_COVERAGE_BYTES = 2 << 30
 
 
 class Predictor(Protocol):
@@ -73,6 +85,7 @@ class _Slab:
         """
         finished = self.logits[:, :planes]
         finished.div_(self.weights[:planes]).sigmoid_().mul_(255.0).round_()
+        finished.masked_fill_(self.weights[:planes] == 0, 0.0)  # no window ran there (near_targets)
         quantised = finished.to(torch.uint8).cpu().numpy()
         depth = self.weights.shape[0]
         for plane in range(depth - planes):
@@ -104,6 +117,7 @@ def predict_volume(
     blending: str = "gaussian",
     batch_size: int = 2,
     device: torch.device | str = "cpu",
+    plan: Optional[WindowPlan] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> np.ndarray:
@@ -115,45 +129,124 @@ def predict_volume(
     of memory the batch is halved, then the predictor moves to the CPU with a warning (a
     ``HermesPredictor`` then tells where the run finished: its ``device``). Blending and the
     accumulators are float32.
+    ``plan``: :class:`WindowPlan`; with ``near_targets`` p, only the windows within an eighth of a
+    window of a voxel where some output reaches p in the coverage pass run (voxels no window
+    reached are 0); the plan then tells how many windows ran. None runs every window.
     """
     if not 0 <= overlap < 1:
         raise HermesError(f"overlap must be in [0, 1), got {overlap}")
-    device = torch.device(device)
+    plan = plan or WindowPlan()
+    near_targets = plan.near_targets
+    if near_targets is not None and not 0 < near_targets < 1:
+        raise HermesError(f"near_targets must be a probability in (0, 1), got {near_targets}")
     window = (int(window_zyx[0]), int(window_zyx[1]), int(window_zyx[2]))
     padded, pads = _padded(volume, window)
     corners = window_starts(padded.shape, window, overlap)
-
-    predictor = predictor.to(device)
-    weights = torch.from_numpy(blending_weights(window, blending)).to(device)
-    slab: Optional[_Slab] = None  # made when the first logits tell how many outputs there are
-    done = 0
-    report(progress, "inference", 0.0, f"{len(corners)} windows")
+    device = torch.device(device)
+    run = _Run(predictor.to(device), device, padded, pads, volume.shape, window, blending, batch_size, cancel)
+    cover = covering_corners(padded.shape, window, overlap) if near_targets is not None else corners
+    lattice = len(corners)
     with torch.inference_mode():
-        while done < len(corners):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            batch = corners[done:done + batch_size]
-            try:
-                logits = predictor(_windows(padded, batch, window, device))
-            except RuntimeError as error:
-                moved, batch_size = _after_out_of_memory(error, device, batch_size)
-                if moved != device:
-                    device, predictor = moved, predictor.to(moved)
-                    weights = torch.from_numpy(blending_weights(window, blending))
-                    if slab is not None:
-                        slab.to(device)
-                continue
-            if slab is None:
-                slab = _Slab(logits.shape[1], window[0], padded.shape, pads, volume.shape, device)
-            for corner, window_logits in zip(batch, logits):
-                if corner[0] > slab.base:
-                    slab.flush(corner[0] - slab.base)
-                slab.add(window_logits, weights, corner)
-            done += len(batch)
-            report(progress, "inference", done / len(corners), f"window {done}/{len(corners)}")
-        assert slab is not None, "a volume has at least one window"
-        slab.flush(padded.shape[0] - slab.base)
-    return slab.result
+        if len(cover) < len(corners):
+            assert near_targets is not None
+            report(progress, "inference", 0.0, f"{len(cover)} windows to find the targets, of {lattice}")
+            corners = run.find(cover, corners, math.log(near_targets / (1 - near_targets)), max(window) // 8,
+                               lambda done: report(progress, "inference", done / lattice,
+                                                   f"finding the targets: window {done}/{len(cover)}"))
+        todo = [c for c in corners if c not in run.kept]
+        total = run.windows + len(todo)
+        report(progress, "inference", run.windows / max(total, 1), f"{len(corners)} windows")
+        kept = sorted(run.kept)
+        for start in range(0, len(todo), run.batch_size):
+            batch = todo[start:start + run.batch_size]
+            for corner, window_logits in zip(batch, run.compute(batch)):
+                while kept and kept[0] < corner:  # blended in lattice order, as a full run does
+                    run.add(kept[0], run.kept.pop(kept.pop(0)))
+                run.add(corner, window_logits)
+            report(progress, "inference", run.windows / total, f"window {run.windows}/{total}")
+        for corner in kept:
+            run.add(corner, run.kept.pop(corner))
+        result = run.finish(padded.shape[0])
+    plan.windows, plan.lattice = run.windows, lattice
+    return result
+
+
+class _Run:
+    """One sliding-window run: the predictor on batches of windows (with the out-of-memory
+    fallback), the slab it blends into, and the coverage logits kept for the sweep."""
+
+    def __init__(self, predictor: Predictor, device: torch.device, padded: np.ndarray, pads: list[tuple[int, int]],
+                 volume_shape: Sequence[int], window: tuple[int, int, int], blending: str, batch_size: int,
+                 cancel: Optional[CancelToken]) -> None:
+        self.predictor, self.padded, self.pads, self.volume_shape = predictor, padded, pads, volume_shape
+        self.window, self.blending, self.batch_size, self.cancel = window, blending, batch_size, cancel
+        self.asked_batch_size = batch_size
+        self.device = device
+        self.weights = torch.from_numpy(blending_weights(window, blending)).to(self.device)
+        self.slab: Optional[_Slab] = None  # made when the first logits tell how many outputs there are
+        self.kept: dict[Corner, torch.Tensor] = {}
+        self.windows = 0  # windows computed (padding copies not counted)
+        self.outputs = 0  # T, once a batch has run
+
+    def compute(self, batch: Sequence[Corner]) -> torch.Tensor:
+        """Logits (len(batch), T, *window) of ``batch`` (at most ``batch_size`` windows)."""
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+        full = list(batch) + [batch[-1]] * (self.batch_size - len(batch))
+        try:
+            logits = self.predictor(_windows(self.padded, full, self.window, self.device))[:len(batch)]
+        except RuntimeError as error:
+            moved, self.batch_size = _after_out_of_memory(error, self.device, self.batch_size)
+            if moved != self.device:  # the CPU: the asked batch size again, so the CPU's masks come out
+                self.device, self.predictor, self.batch_size = moved, self.predictor.to(moved), self.asked_batch_size
+                self.weights = torch.from_numpy(blending_weights(self.window, self.blending)).to(moved)
+                if self.slab is not None:
+                    self.slab.to(moved)
+            return torch.cat([self.compute(batch[i:i + self.batch_size])
+                              for i in range(0, len(batch), self.batch_size)])
+        self.windows += len(batch)
+        self.outputs = logits.shape[1]
+        return logits
+
+    def add(self, corner: Corner, logits: torch.Tensor) -> None:
+        """Blend one window's logits (T, *window); planes no later window reaches are finished."""
+        logits = logits.to(self.device)
+        if self.slab is None:
+            self.slab = _Slab(logits.shape[0], self.window[0], self.padded.shape, self.pads, self.volume_shape,
+                              self.device)
+        if corner[0] > self.slab.base:
+            self.slab.flush(corner[0] - self.slab.base)
+        self.slab.add(logits, self.weights, corner)
+
+    def finish(self, depth: int) -> np.ndarray:
+        if self.slab is None:  # nothing found anywhere: every probability is 0
+            return np.zeros((self.outputs, *self.volume_shape), dtype=np.uint8)
+        self.slab.flush(depth - self.slab.base)
+        return self.slab.result
+
+    def find(self, cover: Sequence[Corner], corners: Sequence[Corner], cut: float, margin: int,
+             progress: Callable[[int], None]) -> list[Corner]:
+        """Run the coverage windows; return the corners near where some output's logit reaches
+        ``cut``. The coverage logits are kept (up to KEEP_COVERAGE_BYTES), then those not needed
+        are dropped."""
+        found = np.zeros(self.padded.shape, dtype=bool)
+        dz, dy, dx = self.window
+        room = KEEP_COVERAGE_BYTES
+        for start in range(0, len(cover), self.batch_size):
+            batch = cover[start:start + self.batch_size]
+            for (z, y, x), window_logits in zip(batch, self.compute(batch)):
+                hits = (window_logits >= cut).any(dim=0)
+                if bool(hits.any()):
+                    found[z:z + dz, y:y + dy, x:x + dx] |= hits.cpu().numpy()
+                size = window_logits.numel() * window_logits.element_size()
+                if size <= room:  # whether it is needed is known once every coverage window ran
+                    self.kept[(z, y, x)] = window_logits.cpu()
+                    room -= size
+            progress(self.windows)
+        near = corners_near(found, corners, self.window, margin)
+        needed = set(near)
+        self.kept = {c: logits for c, logits in self.kept.items() if c in needed}
+        return near
 
 
 def _after_out_of_memory(error: RuntimeError, device: torch.device, batch_size: int) -> tuple[torch.device, int]:

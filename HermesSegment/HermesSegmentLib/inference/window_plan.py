@@ -21,13 +21,28 @@ Dice >= 0.999 against the full run).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .windows import axis_starts
 
 Corner = tuple[int, int, int]
+
+
+@dataclass
+class WindowPlan:
+    """Which windows :func:`inference.predict_volume` runs, and afterwards how many it ran.
+
+    ``near_targets``: None runs every window of the lattice; a probability p runs the coverage
+    windows, then only the windows near a voxel where some output reached p there. After the run,
+    ``windows``: windows run; ``lattice``: windows of a full run.
+    """
+
+    near_targets: Optional[float] = None
+    windows: int = 0
+    lattice: int = 0
 
 
 def covering_starts(size: int, window: int, overlap: float) -> list[int]:

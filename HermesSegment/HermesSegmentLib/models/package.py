@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ..atomic import atomic_paths, give_default_permissions
 from ..errors import HermesError
@@ -49,13 +49,23 @@ class LoadedModel:
         defaults = self.manifest["defaults"].get(modality, {})
         return sorted(defaults, key=defaults.__getitem__)
 
-    def predictor(self, task_indices: Sequence[int], modality_slot: int, *, precision: str = "auto") -> Any:
+    def query(self, modality: str) -> list[int]:
+        """The task rows queried together for ``modality``: every task the model offers there.
+
+        Always the same set, so that a target's mask does not depend on the other targets asked
+        (voxels attend to all queried priors); all targets cost about the same as one.
+        """
+        return sorted(self.manifest["defaults"].get(modality, {}).values())
+
+    def predictor(self, task_indices: Sequence[int], modality_slot: int, *, precision: str = "auto",
+                  outputs: Optional[Sequence[int]] = None) -> Any:
         """The network as the sliding window's predictor (:class:`inference.Predictor`) for these
-        task rows and modality slot, as its architecture runs it."""
+        task rows and modality slot, as its architecture runs it; ``outputs``: the positions in
+        ``task_indices`` whose logits it returns (default: all)."""
         from ..network import architecture
 
         return architecture(self.manifest["architecture"]).predictor(self.network, task_indices, modality_slot,
-                                                                      precision=precision)
+                                                                      precision=precision, outputs=outputs)
 
     def task(self, index: int) -> dict[str, Any]:
         return next(t for t in self.manifest["tasks"] if t["index"] == index)

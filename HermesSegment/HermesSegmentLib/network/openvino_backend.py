@@ -58,7 +58,8 @@ class OpenVinoNetwork:
         self.precision = precision
 
     def __call__(self, image: torch.Tensor, task_indices: torch.Tensor, modality_indices: torch.Tensor) -> torch.Tensor:
-        inputs = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in (image.float(), task_indices, modality_indices)]
+        inputs = [np.ascontiguousarray(t.detach().cpu().numpy())
+                  for t in (image.float(), task_indices, modality_indices)]
         result = self._request.infer(inputs)
         return torch.from_numpy(np.array(next(iter(result.values())), dtype=np.float32, copy=True))
 

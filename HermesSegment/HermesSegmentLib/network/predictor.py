@@ -11,7 +11,12 @@ from ..inference.device import autocast, compute_dtype
 
 class HermesPredictor:
     """``predictor(windows)``: windows (B, 1, D, H, W) float32 -> logits (B, T, D, H, W) float32, one
-    per task of ``task_indices`` (rows of the model's task priors), all for ``modality_slot``.
+    per task of ``task_indices`` (rows of the model's task priors), all for ``modality_slot``;
+    with ``outputs`` (positions in ``task_indices``), only those tasks' logits, in that order.
+
+    Every voxel attends to all the queried task priors, so a task's logits depend on which other
+    tasks are queried with it: the pipeline queries a fixed set per model and modality (every task
+    it offers there) and picks the asked ones with ``outputs``.
 
     This is what :func:`inference.predict_volume` calls, as MONAI's ``sliding_window_inference``
     calls its predictor. ``precision``: ``auto``, ``float32`` or ``bfloat16``
@@ -21,9 +26,11 @@ class HermesPredictor:
     """
 
     def __init__(self, network: torch.nn.Module, task_indices: Sequence[int], modality_slot: int, *,
-                 precision: str = "auto", device: torch.device | str = "cpu") -> None:
+                 precision: str = "auto", device: torch.device | str = "cpu",
+                 outputs: Optional[Sequence[int]] = None) -> None:
         self.network = network
         self.task_indices = list(task_indices)
+        self.outputs = list(range(len(self.task_indices))) if outputs is None else list(outputs)
         self.modality_slot = int(modality_slot)
         self.precision = precision
         self.device = torch.device(device)
@@ -46,4 +53,6 @@ class HermesPredictor:
         modality = torch.tensor([[self.modality_slot]], dtype=torch.long).expand(count, -1).to(self.device)
         with autocast(self.device, self.dtype):
             logits, _ = self.network(windows, tasks, modality)
+        if self.outputs != list(range(len(self.task_indices))):
+            logits = logits[:, self.outputs]
         return logits.float()

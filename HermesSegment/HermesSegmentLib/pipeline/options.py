@@ -40,7 +40,8 @@ class SegmentOptions:
     (:func:`inference.device.compute_dtype`). ``overlap``: window overlap in [0, 1); None means 0.5,
     or 0.25 with ``fast``. ``batch_size``: windows per forward pass. ``threshold``: applied to each
     target's own sigmoid, so targets may overlap (a tumour inside its organ). ``crop_to_body``: run
-    windows only where the body is. ``postprocess``: per-target cleanup.
+    windows only where the body is. ``target_windows``: run only the windows near the asked targets
+    (inference.window_plan: the full run's masks, fewer windows). ``postprocess``: per-target cleanup.
     """
 
     model: Union[str, Path, LoadedModel] = field(
@@ -60,6 +61,9 @@ class SegmentOptions:
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
     crop_to_body: bool = field(default=True, metadata={
         "flag": "--no-body-crop", "help": "run windows over the whole field of view"})
+    target_windows: bool = field(default=True, metadata={
+        "help": "run every window of the body, not only those near the asked targets (same masks; slower for a "
+                "few targets)"})
 
     @property
     def window_overlap(self) -> float:

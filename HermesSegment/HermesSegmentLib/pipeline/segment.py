@@ -21,6 +21,7 @@ from ..errors import HermesError
 from ..inference import (
     CancelToken,
     ProgressCallback,
+    WindowPlan,
     compute_dtype,
     precision_name,
     predict_volume,
@@ -47,7 +48,8 @@ class SegmentationResult:
     ``reference``: a UInt8 image with the input's geometry (see postprocess.reference_geometry).
     ``device`` and ``precision`` (float32, bfloat16 or float16): where and how the network ran to
     the end (after a GPU out-of-memory fallback: the CPU).
-    ``seconds``: wall time per stage. ``model_space`` and ``probabilities`` (uint8, one map per
+    ``seconds``: wall time per stage. ``windows``: ``windows`` run of ``lattice`` (a full run's).
+    ``model_space`` and ``probabilities`` (uint8, one map per
     target in model space) are kept only when ``keep_probabilities`` was asked for.
     ``warnings``: what the user must know about this result, one line each (a conversion to
     Hounsfield units, a rule that could not run, an empty result explained), also logged.
@@ -60,6 +62,7 @@ class SegmentationResult:
     device: str
     precision: str = "float32"
     seconds: dict[str, float] = field(default_factory=dict)
+    windows: dict[str, int] = field(default_factory=dict)
     model_space: Optional[ModelSpaceImage] = None
     probabilities: Optional[np.ndarray] = None
     warnings: list[str] = field(default_factory=list)
@@ -216,11 +219,15 @@ def _segment(image: sitk.Image, modality: str, targets: Union[str, Sequence[str]
         cancel.raise_if_cancelled()
 
     mark = time.perf_counter()
-    predictor = loaded.predictor(task_indices, entry["slot"], precision=options.precision)
+    # The same query whatever was asked (LoadedModel.query), the asked targets' logits picked from it.
+    query = loaded.query(modality_key)
+    predictor = loaded.predictor(query, entry["slot"], precision=options.precision,
+                                 outputs=[query.index(index) for index in task_indices])
+    plan = WindowPlan(near_targets=options.threshold / 4 if options.target_windows else None)
     with _stage("running the network"):
         probabilities = predict_volume(predictor, model_space.array, window_zyx=window, overlap=overlap,
                                        blending=options.blending, batch_size=options.batch_size,
-                                       device=torch_device, progress=progress, cancel=cancel)
+                                       device=torch_device, plan=plan, progress=progress, cancel=cancel)
     timings["inference"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -235,6 +242,7 @@ def _segment(image: sitk.Image, modality: str, targets: Union[str, Sequence[str]
     return SegmentationResult(
         masks=masks, reference=reference, modality=modality_key, model_name=loaded.name,
         device=str(predictor.device), precision=precision_name(predictor.dtype), seconds=timings,
+        windows={"windows": plan.windows, "lattice": plan.lattice},
         model_space=model_space if keep_probabilities else None,
         probabilities=probabilities if keep_probabilities else None,
     )
