@@ -572,10 +572,10 @@ def run_oracle(results: Results, work: Path, device: torch.device) -> None:
     truth = np.load(work / "oracle.npy", mmap_mode="r")
     row = {model.task_index(key, "CT"): number for number, key in enumerate(TARGETS)}
 
-    def oracle(network, volume, task_indices, modality_slot, **kwargs) -> np.ndarray:
+    def oracle(predictor, volume, **kwargs) -> np.ndarray:
         if truth.shape[1:] != volume.shape:
             raise RuntimeError(f"the oracle's crop {truth.shape[1:]} is not segment_image's {volume.shape}")
-        return np.stack([truth[row[index]] for index in task_indices])
+        return np.stack([truth[row[predictor.task_indices[output]]] for output in predictor.outputs])
 
     record = results.data["oracle"]
     started = time.perf_counter()
