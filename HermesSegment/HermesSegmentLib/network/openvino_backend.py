@@ -95,7 +95,7 @@ def compile_network(network: torch.nn.Module, *, window_zyx: tuple[int, int, int
             model = core.read_model(str(ir))
     if model is None:
         log.info("converting the network to OpenVINO (once per model and machine)")
-        wrapped = _TaskLogits(network.to("cpu").eval().to(memory_format=torch.contiguous_format)).eval()
+        wrapped = _TaskLogits(network.to("cpu").eval()).eval()
         # A small example input: tracing records the graph, the shapes stay dynamic.
         side = 16 * max(1, min(2, min(window_zyx) // 16))
         example = (torch.zeros(1, 1, side, side, side), torch.zeros(1, num_tasks, dtype=torch.long),
