@@ -66,3 +66,18 @@ def test_near_targets_runs_fewer_windows_and_gives_the_full_runs_probabilities(b
     nothing = predict_volume(Blob(), -np.ones((90, 70, 110), np.float32), window_zyx=(32, 32, 32), plan=near_plan)
     assert nothing.shape == (1, 90, 70, 110) and not nothing.any()
     assert near_plan.windows == len(covering_corners((90, 70, 110), (32, 32, 32), 0.5))
+
+
+def test_batch_size_from_memory_per_window():
+    import torch
+
+    from HermesSegmentLib.inference import choose_batch_size, window_memory_gb
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    hermes_r = window_memory_gb((128, 128, 128), 32, None)
+    assert hermes_r == pytest.approx(2.95) and window_memory_gb((128,) * 3, 32, torch.bfloat16) == pytest.approx(1.56)
+    demo = window_memory_gb((48, 48, 48), 16, torch.bfloat16)
+    assert choose_batch_size(cpu, hermes_r, 64.0) == 1  # large model on the CPU: one window, half the memory
+    assert choose_batch_size(cpu, demo, 8.0) == 2 and choose_batch_size(cpu, 1.5 * demo, 4 * demo) == 1
+    assert choose_batch_size(cuda, 1.56, 139.0) == 8 and choose_batch_size(cuda, 1.56, 6.0) == 2
+    assert choose_batch_size(cuda, 1.56, 2.0) == 1 and choose_batch_size(cuda, 1.56, None) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import ContextManager, Optional
+from typing import ContextManager, Optional, Sequence
 
 import torch
 
@@ -90,6 +90,53 @@ def describe(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(index)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
     return device.type.upper()
+
+
+# Activation memory of one window, per voxel and per base channel, in bytes: Hermes-R (base 32) on the
+# CPU takes 2.95 GB per 128^3 window in float32 and 1.56 GB in bf16 autocast
+# (benchmarks/memory_hermes_r.py, docs/benchmarks.md).
+_ACTIVATION_BYTES = {"float32": 2.95 * 2**30 / (128**3 * 32), "16-bit": 1.56 * 2**30 / (128**3 * 32)}
+# Above this many GB per window a CPU runs one window at a time: Hermes-R is as fast at batch 1 as at
+# 2 on the CPU (issue 16) with half the memory; small models convolve one-window batches slower.
+_CPU_LARGE_WINDOW_GB = 1.0
+
+
+def window_memory_gb(window_zyx: Sequence[int], base_channels: int, dtype: Optional[torch.dtype]) -> float:
+    """Estimated activation memory of one window of a Hermes network, in GB (see _ACTIVATION_BYTES)."""
+    voxels = int(window_zyx[0]) * int(window_zyx[1]) * int(window_zyx[2])
+    per_voxel = _ACTIVATION_BYTES["float32" if dtype is None else "16-bit"]
+    return voxels * base_channels * per_voxel / 2**30
+
+
+def available_memory_gb(device: torch.device) -> Optional[float]:
+    """Memory free for a run on ``device`` in GB (CUDA: the GPU's free memory; CPU: the OS's
+    MemAvailable on Linux); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as stream:
+                line = next(line for line in stream if line.startswith("MemAvailable:"))
+            return int(line.split()[1]) / 2**20
+        except (OSError, StopIteration, ValueError):
+            return None
+    return None
+
+
+def choose_batch_size(device: torch.device, per_window_gb: float, available_gb: Optional[float]) -> int:
+    """Windows per forward pass when none was asked for.
+
+    CPU: one for large models (>= 1 GB per window: as fast as two, half the memory), else two when
+    they fit in half the available memory. GPU: the largest of 8, 4, 2, 1 that fits in 60% of the
+    free memory. Unknown memory: two (one on the CPU for large models).
+    """
+    if device.type == "cpu":
+        if per_window_gb >= _CPU_LARGE_WINDOW_GB:
+            return 1
+        return 2 if available_gb is None or 2 * per_window_gb <= 0.5 * available_gb else 1
+    if available_gb is None:
+        return 2
+    return next((b for b in (8, 4, 2) if b * per_window_gb <= 0.6 * available_gb), 1)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -38,9 +38,10 @@ class SegmentOptions:
     ``model``: catalog name, package path or a loaded model. ``device``: ``auto`` takes CUDA, then
     Apple MPS, then the CPU. ``precision``: ``auto``, ``float32`` or ``bfloat16``
     (:func:`inference.device.compute_dtype`). ``overlap``: window overlap in [0, 1); None means 0.5,
-    or 0.25 with ``fast``. ``batch_size``: windows per forward pass. ``threshold``: applied to each
-    target's own sigmoid, so targets may overlap (a tumour inside its organ). ``crop_to_body``: run
-    windows only where the body is. ``target_windows``: run only the windows near the asked targets
+    or 0.25 with ``fast``. ``batch_size``: windows per forward pass (None: from memory,
+    :func:`inference.device.choose_batch_size`). ``threshold``: applied to each target's own sigmoid,
+    so targets may overlap (a tumour inside its organ). ``crop_to_body``: run windows only where the
+    body is. ``target_windows``: run only the windows near the asked targets
     (inference.window_plan: the full run's masks, fewer windows). ``postprocess``: per-target cleanup.
     """
 
@@ -53,8 +54,9 @@ class SegmentOptions:
     overlap: Optional[float] = field(default=None, metadata={
         "type": float, "help": "window overlap in [0, 1) (default 0.5; 0.25 with --fast)"})
     blending: str = field(default="gaussian", metadata={"choices": ("gaussian", "uniform")})
-    batch_size: int = field(default=2, metadata={
-        "help": "windows per forward pass (default 2; 1 halves the network's memory but is slower on the CPU)"})
+    batch_size: Optional[int] = field(default=None, metadata={
+        "type": int, "help": "windows per forward pass (default: from the model's memory per window and the free "
+                             "memory: one for large models such as Hermes-R on the CPU, two for small ones)"})
     fast: bool = field(default=False, metadata={
         "help": "fewer windows (overlap 0.25): about 2x faster, slightly rougher"})
     threshold: float = field(default=0.5, metadata={"help": "probability threshold per target (default 0.5)"})
