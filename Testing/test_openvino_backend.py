@@ -47,3 +47,35 @@ def test_missing_openvino_is_a_one_line_error(monkeypatch, tiny_config):
     monkeypatch.setattr(openvino_backend, "is_available", lambda: False)
     with pytest.raises(HermesError, match="pip install openvino"):
         openvino_backend.compile_network(HermesNetwork(tiny_config), window_zyx=(32, 32, 32), num_tasks=1)
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_segment_image_with_openvino_gives_torchs_masks():
+    """The bundled demo model on a generated torso, `--backend openvino` against torch, each in the
+    precision `auto` picks here: masks within Dice 0.995 (bf16), equal up to rounding in float32."""
+    from HermesSegmentLib.evaluation import dice
+    from HermesSegmentLib.phantoms import generate_case
+    from HermesSegmentLib.pipeline import segment_image
+
+    image, _, _ = generate_case(5, "CT", spacing=(3.0, 3.0, 4.0), orientation="LPS", supersample=False)
+    shape = image.GetSize()[::-1]
+    runs = {backend: segment_image(image, modality="CT", targets=["liver", "heart"], model="hermes-demo",
+                                   device="cpu", backend=backend) for backend in ("torch", "openvino")}
+    assert runs["openvino"].precision == runs["torch"].precision
+    for ours, theirs in zip(runs["openvino"].masks, runs["torch"].masks):
+        assert theirs.voxels > 0
+        assert dice(ours.full(shape), theirs.full(shape)) >= 0.995, ours.key
+
+
+def test_openvino_backend_refuses_a_gpu(tiny_package):
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+    from HermesSegmentLib.pipeline.segment import _backend
+    from HermesSegmentLib.models import load
+
+    model = load(tiny_package)
+    predictor = model.predictor([0, 1], 0)
+    options = SegmentOptions(backend="openvino")
+    with pytest.raises(HermesError, match="runs on the CPU"):
+        _backend(options, model, (32, 32, 32), torch.device("cuda"), predictor)
+    assert _backend(SegmentOptions(backend="auto"), model, (32, 32, 32), torch.device("cpu"), predictor) is predictor

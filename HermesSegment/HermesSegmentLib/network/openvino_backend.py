@@ -113,3 +113,30 @@ def compile_network(network: torch.nn.Module, *, window_zyx: tuple[int, int, int
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision],
                                                  "PERFORMANCE_HINT": "LATENCY"})
     return OpenVinoNetwork(compiled, precision)
+
+
+class OpenVinoPredictor:
+    """A :class:`~HermesSegmentLib.network.predictor.HermesPredictor` run by OpenVINO on the CPU:
+    the same task query, outputs and modality; ``precision`` ``auto`` is bf16 where the CPU
+    multiplies it natively, else float32."""
+
+    def __init__(self, hermes: Any, window_zyx: tuple[int, int, int], cache_key: str | None = None) -> None:
+        from ..inference.device import compute_dtype, precision_name
+
+        self.task_indices, self.outputs = hermes.task_indices, hermes.outputs
+        self.modality_slot = hermes.modality_slot
+        self.device = torch.device("cpu")
+        self.dtype = compute_dtype(self.device, hermes.precision)
+        self._compiled = compile_network(hermes.network, window_zyx=window_zyx, num_tasks=len(self.task_indices),
+                                         precision=precision_name(self.dtype), cache_key=cache_key)
+
+    def to(self, device: torch.device | str) -> OpenVinoPredictor:
+        if torch.device(device).type != "cpu":
+            raise HermesError("--backend openvino runs on the CPU; use --backend torch (or auto) on a GPU")
+        return self
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        count = windows.shape[0]
+        tasks = torch.as_tensor(self.task_indices, dtype=torch.long).expand(count, -1)
+        modality = torch.tensor([[self.modality_slot]], dtype=torch.long).expand(count, -1)
+        return self._compiled(windows, tasks, modality)[:, self.outputs]

@@ -36,6 +36,7 @@ from ..mask import TargetMask
 from ..memory import is_memory_error, out_of_memory
 from ..models import LoadedModel, load
 from ..models.manifest import task_terminology_entry
+from ..models.package import sha256_file
 from ..postprocess.components import apply as apply_postprocess
 from ..postprocess.side import keep_to_side
 from ..postprocess.to_input_grid import from_model_space, probabilities_to_mask, reference_geometry
@@ -130,6 +131,25 @@ def _batch_size(options: SegmentOptions, model: LoadedModel, window: Sequence[in
     per_window = window_memory_gb(window, model.manifest["architecture"].get("base_channels", 32),
                                   compute_dtype(device, options.precision))
     return choose_batch_size(device, per_window, available_memory_gb(device))
+
+
+def _backend(options: SegmentOptions, model: LoadedModel, window: Sequence[int], device: torch.device,
+             predictor: Any) -> Any:
+    """``predictor``, or the same run by OpenVINO: asked for, or ``auto`` for a large model (>= 1 GB
+    per window) on the CPU when OpenVINO is installed."""
+    from ..network import openvino_backend
+
+    backend = options.backend
+    if backend == "auto":
+        large = window_memory_gb(window, model.manifest["architecture"].get("base_channels", 32), None) >= 1.0
+        backend = "openvino" if device.type == "cpu" and large and openvino_backend.is_available() else "torch"
+    if backend == "torch":
+        return predictor
+    if device.type != "cpu":
+        raise HermesError(f"--backend openvino runs on the CPU, not {device.type}; use --device cpu or --backend torch")
+    key = sha256_file(model.path) if model.path is not None else None
+    return openvino_backend.OpenVinoPredictor(predictor, (int(window[0]), int(window[1]), int(window[2])),
+                                              cache_key=key)
 
 
 def resolve_targets(model: LoadedModel, modality: str, targets: Union[str, Sequence[str]]) -> list[str]:
@@ -235,8 +255,9 @@ def _segment(image: sitk.Image, modality: str, targets: Union[str, Sequence[str]
     mark = time.perf_counter()
     # The same query whatever was asked (LoadedModel.query), the asked targets' logits picked from it.
     query = loaded.query(modality_key)
-    predictor = loaded.predictor(query, entry["slot"], precision=options.precision,
-                                 outputs=[query.index(index) for index in task_indices])
+    predictor = _backend(options, loaded, window, torch_device,
+                         loaded.predictor(query, entry["slot"], precision=options.precision,
+                                          outputs=[query.index(index) for index in task_indices]))
     plan = WindowPlan(near_targets=options.threshold / 4 if options.target_windows else None)
     with _stage("running the network"):
         probabilities = predict_volume(predictor, model_space.array, window_zyx=window, overlap=overlap,
