@@ -84,8 +84,8 @@ def test_memory_prediction_grows_with_the_batch_from_the_largest_measured():
 
 
 def test_grid_starts_with_the_engines_default():
-    order = bench_gpu.grid(bench_gpu.FULL, torch.device("cuda"), "bfloat16")
-    assert order[0] == ("bfloat16", bench_gpu.DEFAULT_BATCH, "default")
+    order = bench_gpu.grid(bench_gpu.FULL, torch.device("cuda"), "bfloat16", 8)
+    assert order[0] == ("bfloat16", 8, "default")
     assert len(order) == len(set(order)) == 3 * 4 + 2  # every precision x batch, and two variants
-    cpu = bench_gpu.grid(bench_gpu.SMOKE, torch.device("cpu"), "float32")
+    cpu = bench_gpu.grid(bench_gpu.SMOKE, torch.device("cpu"), "float32", 2)
     assert cpu[0] == ("float32", 2, "default") and all(p != "float16" for p, _, _ in cpu)

@@ -67,14 +67,21 @@ LIB = REPO / "HermesSegment"
 sys.path.insert(0, str(LIB))
 
 from HermesSegmentLib import vocabulary
-from HermesSegmentLib.inference import autocast, compute_dtype, precision_name, select_device
+from HermesSegmentLib.inference import (
+    autocast,
+    available_memory_gb,
+    choose_batch_size,
+    compute_dtype,
+    precision_name,
+    select_device,
+    window_memory_gb,
+)
 from HermesSegmentLib.network import HERMES_R, HermesConfig, HermesNetwork
 
 REFERENCE = REPO / "Testing" / "reference" / "hermes_r_state_dict.tsv"
 # The phantom's abdominal organs that Hermes-R offers for CT: what the CLI and the oracle segment.
 TARGETS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta")
 OVERLAP = 0.5  # the CLI's default
-DEFAULT_BATCH = 2  # the CLI's default --batch-size
 HARD_STOP_GRACE_S = 15.0
 RESERVE_S = 4.0  # kept for writing the results
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
@@ -317,17 +324,17 @@ def estimated_seconds(rows: list[dict[str, Any]], precision: str, batch: int, va
     return max(1.5 * passes * per_window * batch, 0.5) + 1.0
 
 
-def grid(scale: Scale, device: torch.device, default_precision: str) -> list[tuple[str, int, str]]:
-    """(precision, batch, variant) in order of importance: the engine's default first, then batch 2
+def grid(scale: Scale, device: torch.device, default_precision: str, default_batch: int) -> list[tuple[str, int, str]]:
+    """(precision, batch, variant) in order of importance: the engine's default first, then its batch
     in the other precisions, the two variants, then the other batches."""
     precisions = ["bfloat16", "float16", "float32"] if device.type == "cuda" else ["bfloat16", "float32"]
     precisions.sort(key=lambda p: p != default_precision)
-    order = [(default_precision, DEFAULT_BATCH, "default")]
-    order += [(p, DEFAULT_BATCH, "default") for p in precisions if p != default_precision]
+    order = [(default_precision, default_batch, "default")]
+    order += [(p, default_batch, "default") for p in precisions if p != default_precision]
     if device.type == "cuda":
-        order += [(default_precision, DEFAULT_BATCH, "cudnn.benchmark"), (default_precision, DEFAULT_BATCH, "channels-last")]
+        order += [(default_precision, default_batch, "cudnn.benchmark"), (default_precision, default_batch, "channels-last")]
     for precision in precisions:
-        order += [(precision, b, "default") for b in scale.batches if b != DEFAULT_BATCH]
+        order += [(precision, b, "default") for b in sorted({*scale.batches, default_batch}) if b != default_batch]
     return order
 
 
@@ -611,7 +618,7 @@ def render(data: dict[str, Any], command: str) -> str:
     windows = volume.get("windows")
     rows = data["network"]
     default = next((r for r in rows if r.get("variant") == "default" and r.get("precision") == data.get("default_precision")
-                    and r.get("batch") == DEFAULT_BATCH and "ms_per_window_median" in r), None)
+                    and r.get("batch") == data.get("default_batch") and "ms_per_window_median" in r), None)
     where = (f"{env.get('gpu')} ({env.get('gpu_memory_gb')} GiB, compute capability {env.get('capability')}), "
              f"CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}" if env.get("gpu") else f"CPU ({env.get('cpu')})")
     lines = [
@@ -664,7 +671,7 @@ def end_to_end(data: dict[str, Any], default: dict[str, Any] | None) -> list[str
     cases = cli.get("cases", {})
     first, second = cases.get("ct_a", {}), cases.get("ct_b", {})
     lines = ["", (f"End to end: `{cli.get('command', 'hermes-segment segment')}` (defaults otherwise: "
-                  f"{data.get('default_precision')}, batch {DEFAULT_BATCH}, overlap {OVERLAP}), and the same stages "
+                  f"{data.get('default_precision')}, batch {data.get('default_batch')}, overlap {OVERLAP}), and the same stages "
                   "with anatomical masks (the network replaced by the phantom's truth)."), "",
              "| stage | case 1, s | case 2, s | anatomical masks, s |", "|---|---:|---:|---:|"]
 
@@ -759,6 +766,10 @@ def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Pope
     data["reference"] = check_reference()
     default_precision = precision_name(compute_dtype(device, "auto"))
     data["default_precision"] = default_precision
+    # The batch size the CLI chooses here (--batch-size left out): from memory per window and free memory.
+    dtype = compute_dtype(device, "auto")
+    data["default_batch"] = choose_batch_size(
+        device, window_memory_gb((scale.window,) * 3, scale.architecture.base_channels, dtype), available_memory_gb(device))
     results.save()
 
     torch.manual_seed(0)
@@ -766,7 +777,7 @@ def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Pope
     data["network_parameters"] = sum(p.numel() for p in network.parameters())
     weights_gb = sum(p.numel() * p.element_size() for p in network.parameters()) / 2**30
     tasks = ct_task_indices()
-    configs = grid(scale, device, default_precision)
+    configs = grid(scale, device, default_precision, data["default_batch"])
     end_to_end_s = scale.end_to_end_s
     for config in configs:
         run_network_config(results, budget, network, device, config, tasks, scale, weights_gb, keep_s=end_to_end_s)
