@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import SimpleITK as sitk
-
 from .atomic import write_text
 from .errors import HermesError
+from .image_files import image_header
 from .read import IMAGE_SUFFIXES, case_name
 from .writers import MARK
 
@@ -46,11 +45,8 @@ def is_ours(path: Path) -> bool:
             return json.loads(path.read_text(encoding="utf-8")).get("written_by", "").startswith(MARK)
         except (OSError, ValueError, AttributeError):
             return False
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    reader = image_header(path)
+    if reader is None:
         return False
     for key in ("ITK_FileNotes", "descrip"):
         if reader.HasMetaDataKey(key) and reader.GetMetaData(key).strip().startswith(MARK):

@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import HermesError
+from .image_files import image_header
 from .memory import is_memory_error, out_of_memory
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,8 @@ def list_series(folder: Path) -> list[Series]:
 
 
 def _header(file: str) -> dict[str, str]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(file)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    reader = image_header(file)
+    if reader is None:
         return {key: "" for key in _TAGS}
     return {key: reader.GetMetaData(tag) if reader.HasMetaDataKey(tag) else "" for key, tag in _TAGS.items()}
 

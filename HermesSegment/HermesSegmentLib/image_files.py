@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -66,13 +66,22 @@ def check_nifti_data(path: Path) -> None:
         raise damaged(path, f"{seen} of {expected} data bytes")
 
 
-def image_bytes(path: Path) -> Optional[int]:
-    """Bytes the image needs in memory, from its header; None when the header cannot be read."""
+def image_header(path: Union[Path, str]) -> Optional[sitk.ImageFileReader]:
+    """A reader holding the file's header (size, spacing, metadata; no voxels read), or None when
+    no ITK reader can read that header (not an image, or a damaged header)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
+        return None
+    return reader
+
+
+def image_bytes(path: Path) -> Optional[int]:
+    """Bytes the image needs in memory, from its header; None when the header cannot be read."""
+    reader = image_header(path)
+    if reader is None:
         return None
     voxels = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
     return voxels * np.dtype(sitk.GetArrayFromImage(sitk.Image([1] * reader.GetDimension(),
@@ -115,10 +124,5 @@ def is_dicom_file(path: Path) -> bool:
     with open(path, "rb") as f:
         if f.read(132)[128:132] == b"DICM":
             return True
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return False
-    return reader.GetImageIO() == "GDCMImageIO"
+    reader = image_header(path)
+    return reader is not None and reader.GetImageIO() == "GDCMImageIO"

@@ -133,23 +133,21 @@ def dicom_modality(path: PathLike) -> Optional[str]:
     None when the path is not DICOM or the tag is missing.
     """
     from .dicom import list_series
+    from .image_files import image_header
 
     path = Path(path)
-    try:
-        if path.is_dir():
+    if path.is_dir():
+        try:
             found = list_series(path)
-            if not found:
-                return None
-            return max(found, key=lambda series: series.slices).modality or None
-        file = str(path)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(file)
-        reader.ReadImageInformation()
-        if not reader.HasMetaDataKey("0008|0060"):
+        except (RuntimeError, HermesError):
             return None
-        value = reader.GetMetaData("0008|0060").strip()
-    except (RuntimeError, HermesError):
+        if not found:
+            return None
+        return max(found, key=lambda series: series.slices).modality or None
+    reader = image_header(path)
+    if reader is None or not reader.HasMetaDataKey("0008|0060"):
         return None
+    value = reader.GetMetaData("0008|0060").strip()
     return value or None
 
 

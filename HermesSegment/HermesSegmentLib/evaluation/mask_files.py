@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from .. import vocabulary
 from ..errors import HermesError
+from ..image_files import image_header
 from ..read import case_name
 
 PathLike = Union[str, Path]
@@ -184,12 +185,9 @@ def _load_label_map(path: Path, labels: Mapping[str, Tuple[int, ...]]) -> MaskSe
 
 def _header_grid(path: Path) -> sitk.Image:
     """The grid of an image file from its header alone (the voxels are read when a mask is)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise HermesError(f"{path}: cannot read the label map (missing or corrupt); check the file") from None
+    reader = image_header(path)
+    if reader is None:
+        raise HermesError(f"{path}: cannot read the label map (missing or corrupt); check the file")
     grid = sitk.Image([int(n) for n in reader.GetSize()], sitk.sitkUInt8)
     grid.SetSpacing(reader.GetSpacing())
     grid.SetOrigin(reader.GetOrigin())
