@@ -1,34 +1,13 @@
-"""On-demand dependency installation: what is asked, what is installed, and through which Slicer API.
-
-Slicer's application-level installers (``slicer.pydeps``, ``slicer.util.pip_install``, the PyTorch
-extension) do not exist in slicer-core, so they are recorded by stand-ins here.
-"""
+"""Dependencies inside Slicer: what is missing is found from installed metadata (nothing imported), an
+old torch is reported and never replaced, installs run as background processes that pin Slicer's numpy
+and SimpleITK."""
 
 from __future__ import annotations
 
 import sys
-import types
 
-import pytest
-
-from HermesSegmentLib.slicer import install
-from HermesSegmentLib.errors import HermesError
-
-
-@pytest.fixture()
-def fake_slicer(monkeypatch):
-    calls: list = []
-    util = types.SimpleNamespace(pip_install=lambda reqs: calls.append(("pip_install", list(reqs))))
-    pydeps = types.SimpleNamespace(
-        pip_ensure=lambda reqs, **kw: calls.append(("pip_ensure", [str(r) for r in reqs], kw))
-    )
-    module = types.SimpleNamespace(util=util, pydeps=pydeps)
-    monkeypatch.setitem(sys.modules, "slicer", module)
-    torch_logic = types.SimpleNamespace(installTorch=lambda **kw: calls.append(("installTorch", kw)) or object())
-    monkeypatch.setitem(
-        sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: torch_logic)
-    )
-    return module, calls
+import numpy as np
+from HermesSegmentLib.slicer import background as process, install
 
 
 def test_requirements_file_is_read_without_torch():
@@ -36,50 +15,36 @@ def test_requirements_file_is_read_without_torch():
     assert requirements and not any(r.lower().startswith("torch") for r in requirements)
 
 
-def test_nothing_asked_when_everything_is_installed(fake_slicer, monkeypatch):
-    _, calls = fake_slicer
-    monkeypatch.setattr(install, "missing_requirements", lambda reqs: [])
-    monkeypatch.setattr(install, "torch_missing", lambda: False)
-    assert install.ensure_dependencies(lambda question: pytest.fail("must not ask"))
-    assert calls == []
+def test_missing_torch_and_old_torch_are_reported(monkeypatch):
+    versions = {install._name(r).replace("-", "_"): "99" for r in install.read_requirements()}  # all satisfied
+    versions.update({"torch": None, "jsonschema": "4.20"})
+    monkeypatch.setattr(install, "installed_version", lambda name: versions.get(name.lower().replace("-", "_")))
+    missing = install.find_missing()
+    assert missing.torch.startswith("is not installed") and not missing.packages
+    commands = install.install_commands(missing, "python")
+    assert [c[1:4] for c in commands] == [["-m", "pip", "install"], ["-m", "light_the_torch", "install"]]
+    versions["torch"] = "1.13.1+cu117"
+    missing = install.find_missing()
+    assert missing.torch_outdated and "1.13.1+cu117 is older than 2.1" in missing.describe()
+    assert install.install_commands(missing, "python") == [], "an outdated torch is reported, never replaced"
+    versions["torch"], versions["jsonschema"] = "2.3.0", None
+    assert install.find_missing().packages == ["jsonschema>=4.18"]
 
 
-def test_asks_once_then_installs_torch_and_packages(fake_slicer, monkeypatch):
-    _, calls = fake_slicer
-    monkeypatch.setattr(install, "missing_requirements", lambda reqs: ["safetensors>=0.4"])
-    monkeypatch.setattr(install, "torch_missing", lambda: True)
-    questions = []
-    assert install.ensure_dependencies(lambda q: questions.append(q) or True)
-    assert len(questions) == 1 and "safetensors>=0.4" in questions[0] and "torch" in questions[0]
-    assert calls[0] == ("installTorch", {"askConfirmation": False, "torchVersionRequirement": install.TORCH_REQUIREMENT})
-    name, requirements, options = calls[1]
-    assert name == "pip_ensure" and requirements == ["safetensors>=0.4"]
-    assert options["skip_packages"] == ["torch"] and options["prompt_install"] is False
+def test_install_pins_slicers_own_numpy_and_simpleitk(tmp_path):
+    text = install.constraints_file(tmp_path).read_text()
+    assert f"numpy=={np.__version__}" in text
 
 
-def test_declined_installs_nothing(fake_slicer, monkeypatch):
-    _, calls = fake_slicer
-    monkeypatch.setattr(install, "missing_requirements", lambda reqs: ["scipy>=1.10"])
-    monkeypatch.setattr(install, "torch_missing", lambda: False)
-    assert not install.ensure_dependencies(lambda q: False)
-    assert calls == []
-
-
-def test_older_slicer_falls_back_to_pip_install(fake_slicer, monkeypatch):
-    module, calls = fake_slicer
-    del module.pydeps
-    monkeypatch.setattr(install, "missing_requirements", lambda reqs: ["scipy>=1.10"])
-    monkeypatch.setattr(install, "torch_missing", lambda: False)
-    assert install.ensure_dependencies(lambda q: True)
-    assert calls == [("pip_install", ["scipy>=1.10"])]
-
-
-def test_missing_pytorch_extension_is_a_clear_error(fake_slicer, monkeypatch):
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
-    monkeypatch.setattr(install, "missing_requirements", lambda reqs: [])
-    monkeypatch.setattr(install, "torch_missing", lambda: True)
-    with pytest.raises(HermesError, match="PyTorch extension"):
-        install.ensure_dependencies(lambda q: True)
+def test_command_sequence_runs_commands_in_order_and_reports_failure():
+    ok = [sys.executable, "-c", "print('one')"]
+    bad = [sys.executable, "-c", "import sys; print('error: no wheel for this platform', file=sys.stderr); sys.exit(1)"]
+    run = process.CommandSequence([ok, bad, ok]).start()
+    lines = []
+    while not run.finished:
+        lines += run.poll()
+    assert "one" in lines and run.done == 1
+    assert run.error() == "no wheel for this platform"
 
 
 def test_missing_requirements_checks_versions():

@@ -5,7 +5,7 @@
   every listed file exists), since unlisted files are silently left out of the extension package;
 - the module file imports nothing outside the standard library at file scope except Slicer's own
   ``slicer``/``qt``/``ctk``/``vtk`` and parses (its size is held by ruff's complexity limits);
-- the extension ``CMakeLists.txt``, ``.s4ext`` and ExtensionsIndex JSON carry what Slicer's index needs.
+- the extension ``CMakeLists.txt`` and ExtensionsIndex JSON carry what Slicer's index needs.
 """
 
 from __future__ import annotations
@@ -25,10 +25,6 @@ MODULE_DIR = REPO / "HermesSegment"
 MODULE_FILE = MODULE_DIR / "HermesSegment.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "HermesSegment.ui"
 SLICER_IMPORTS = {"slicer", "qt", "ctk", "vtk"}
-S4EXT_FIELDS = (
-    "scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
-    "category", "iconurl", "status", "description", "screenshoturls", "enabled",
-)
 
 
 def _ui_tree() -> ET.ElementTree:
@@ -162,33 +158,25 @@ def test_extension_cmakelists():
         assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', text), variable
 
 
-def _s4ext() -> dict[str, str]:
-    fields = {}
-    for line in (REPO / "HermesSegment.s4ext").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.strip().partition(" ")
-            fields[key] = value.strip()
-    return fields
-
-
-def test_s4ext_has_the_fields_slicers_index_needs():
-    fields = _s4ext()
-    missing = [f for f in S4EXT_FIELDS if not fields.get(f)]
-    assert not missing, f"missing or empty in HermesSegment.s4ext: {missing}"
-    assert fields["scm"] == "git" and fields["depends"] == "PyTorch" and fields["category"] == "Segmentation"
-    assert fields["enabled"] in {"0", "1"}
-    assert fields["iconurl"].endswith("Resources/Icons/HermesSegment.png")
-
-
-def test_extensions_index_json_matches_s4ext():
+def test_extensions_index_json_matches_cmake():
+    """The Extensions Index reads this JSON (the .s4ext format is obsolete since 2024 and not shipped)."""
     entry = json.loads((REPO / "HermesSegment.json").read_text(encoding="utf-8"))
-    fields = _s4ext()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert not (REPO / "HermesSegment.s4ext").exists()
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
-    assert entry["category"] == fields["category"]
-    assert entry["scm_url"] == fields["scmurl"] and entry["scm_revision"] == fields["scmrevision"]
-    assert entry["build_dependencies"] == fields["depends"].split()
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in cmake
+    assert f'set(EXTENSION_DEPENDS "{" ".join(entry["build_dependencies"])}")' in cmake
+    assert entry["scm_url"].removesuffix(".git") == re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', cmake).group(1)
     assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
                           "scm_revision", "scm_type", "scm_url", "tier"}  # the schema forbids other keys
+
+
+def test_contributors_in_the_index_form():
+    """"Firstname Lastname (Organisation)", comma separated, the same in CMake and in the module."""
+    cmake = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    people = [p.strip() for p in cmake.group(1).split(",")]
+    assert all(re.fullmatch(r"[^(),]+ [^(),]+ \([^()]+\)", p) for p in people), people
+    assert f"contributors = {people!r}".replace("'", '"') in MODULE_FILE.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("path", ["HermesSegment/Resources/Icons/HermesSegment.png", "Resources/Icons/HermesSegment.png"])

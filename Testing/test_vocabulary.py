@@ -178,7 +178,7 @@ def test_terminology_entry_format():
     liver = ("SCT", "10200004", "Liver")
     anatomical = ("SCT", "123037004", "Anatomical Structure")
     expected = (
-        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "Segmentation category and type - HermesSegment"
         "~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^"
         "~Anatomic codes - DICOM master list~^^~^^"
     )
@@ -186,12 +186,12 @@ def test_terminology_entry_format():
     assert v.terminology_entry(list(anatomical), list(liver), None) == expected
     assert v.target("liver").terminology_entry() == expected
     assert v.target("kidney_right").terminology_entry() == (
-        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "Segmentation category and type - HermesSegment"
         "~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~SCT^24028007^Right"
         "~Anatomic codes - DICOM master list~^^~^^"
     )
     assert v.target("liver_tumor").terminology_entry() == (
-        "Segmentation category and type - 3D Slicer General Anatomy list"
+        "Segmentation category and type - HermesSegment"
         "~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
         "~Anatomic codes - DICOM master list~SCT^10200004^Liver~^^"
     )

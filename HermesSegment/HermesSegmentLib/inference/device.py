@@ -16,8 +16,9 @@ DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 def select_device(requested: str = "auto") -> torch.device:
-    """``auto`` takes CUDA, then Apple MPS, then the CPU. Asking for a device that is not there is
-    a user mistake with a one-line explanation, not a silent fallback."""
+    """``auto`` takes CUDA, else the CPU; Apple MPS only when asked for (some 3D operators fail there,
+    as SlicerTotalSegmentator found, so it is never picked silently). Asking for a device that is not
+    there is a user mistake with a one-line explanation, not a silent fallback."""
     requested = requested.lower()
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -36,8 +37,6 @@ def select_device(requested: str = "auto") -> torch.device:
         raise HermesError(f"unknown device '{requested}'; choose one of: {', '.join(DEVICE_CHOICES)}")
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
     return torch.device("cpu")
 
 

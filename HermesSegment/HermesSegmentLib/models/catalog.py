@@ -38,6 +38,7 @@ class ModelListing:
     sha256: str | None = None
     how_to_get: str | None = None
     aliases: tuple[str, ...] = ()
+    weights_links: tuple[tuple[str, str], ...] = ()  # (title, url) where the upstream weights are published
 
     @property
     def available(self) -> bool:
@@ -89,7 +90,8 @@ def list_models(catalog_path: str | Path | None = None) -> list[ModelListing]:
             listings.append(
                 ModelListing(entry["name"], entry["title"], "catalog", local if local.is_file() else None,
                              entry.get("url"), entry.get("sha256"), entry.get("how_to_get"),
-                             tuple(entry.get("aliases", ())))
+                             tuple(entry.get("aliases", ())),
+                             tuple((link["title"], link["url"]) for link in entry.get("weights_links", ())))
             )
     known = {m.name for m in listings}
     folder = user_models_dir()

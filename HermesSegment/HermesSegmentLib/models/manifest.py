@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from .. import vocabulary
 from ..errors import HermesError
-from ..network import HERMES_R
+from ..network.config import HERMES_R
 
 MANIFEST_KEY = "hermes_manifest"
 FORMAT = "hermes-segment-model"

@@ -13,6 +13,7 @@ worker processes of the engine die with it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import queue
@@ -32,13 +33,36 @@ from ..pipeline.options import SegmentOptions
 MODULE_DIR = Path(__file__).resolve().parents[2]
 
 
+#: The progress contract. The engine (``pipeline.segment_image``, and the CLI's ``--progress-json``
+#: lines) reports ``(stage, fraction of that stage, message)``; a stage's share of the whole run is its
+#: weight here (measured: the network is > 90% of the time of a CT on the CPU, less on a GPU).
+STAGE_WEIGHTS: dict[str, float] = {"preprocess": 0.05, "inference": 0.9, "postprocess": 0.05}
+
+
+def overall_fraction(stage: str, fraction: float) -> float:
+    """The whole run's fraction done (0-1) at ``fraction`` of ``stage``; a stage not in
+    :data:`STAGE_WEIGHTS` (another program's) is taken as the whole run."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    done = 0.0
+    for name, weight in STAGE_WEIGHTS.items():
+        if name == stage:
+            return min(1.0, done + weight * fraction)
+        done += weight
+    return fraction
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One progress report of the engine: stage name, overall fraction done (0-1), message."""
+    """One progress report of the engine: stage name, fraction of that stage done (0-1), message."""
 
     stage: str
     fraction: float
     message: str = ""
+
+    @property
+    def overall(self) -> float:
+        """Fraction of the whole run done (see :data:`STAGE_WEIGHTS`)."""
+        return overall_fraction(self.stage, self.fraction)
 
 
 @dataclass(frozen=True)
@@ -77,7 +101,7 @@ def segment_command(
 
 
 def start_segmentation(image: Any, run_dir: Path, *, modality: str, targets: Sequence[str],
-                       options: SegmentOptions | None = None) -> tuple[BackgroundRun, Path]:
+                       options: SegmentOptions | None = None, python: str | None = None) -> tuple[BackgroundRun, Path]:
     """Write ``image`` (SimpleITK) to ``run_dir/input.nrrd`` and start the engine on it.
 
     Returns the started run and the path the result will have (``run_dir/input.seg.nrrd``).
@@ -87,7 +111,7 @@ def start_segmentation(image: Any, run_dir: Path, *, modality: str, targets: Seq
     run_dir.mkdir(parents=True, exist_ok=True)
     input_path = run_dir / "input.nrrd"
     sitk.WriteImage(image, str(input_path), True)
-    command = segment_command(input_path, run_dir, modality=modality, targets=targets, options=options)
+    command = segment_command(input_path, run_dir, modality=modality, targets=targets, options=options, python=python)
     return BackgroundRun(command).start(), run_dir / "input.seg.nrrd"
 
 
@@ -242,9 +266,10 @@ class BackgroundRun:
 
     def seconds_left(self) -> float | None:
         """Estimate of the time left from the last progress fraction, ``None`` if not known yet."""
-        if self.last_progress is None or not 0.0 < self.last_progress.fraction < 1.0:
+        done = None if self.last_progress is None else self.last_progress.overall
+        if done is None or not 0.0 < done < 1.0:
             return None
-        return self.elapsed() * (1.0 - self.last_progress.fraction) / self.last_progress.fraction
+        return self.elapsed() * (1.0 - done) / done
 
     def status_line(self) -> str:
         """``"stage: message (about N s left)"`` from the last progress event."""
@@ -289,3 +314,62 @@ class BackgroundRun:
             os.killpg(self._process.pid, sig)  # the child leads its own session (start_new_session)
         except ProcessLookupError:
             pass
+
+
+class CommandSequence:
+    """Command lines run one after the other in background processes (installs, model imports); poll it
+    from a timer. Stops at the first failure, whose one-line reason :meth:`error` gives."""
+
+    def __init__(self, commands: Sequence[Sequence[str]]) -> None:
+        self.commands = [list(c) for c in commands]
+        self.done = 0
+        self._run: BackgroundRun | None = None
+        self._error: str | None = None
+        self.cancelled = False
+
+    def start(self) -> CommandSequence:
+        self._next()
+        return self
+
+    def _next(self) -> None:
+        if self.done < len(self.commands):
+            environment = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+            self._run = BackgroundRun(self.commands[self.done], env=environment)
+            self._run.start()
+        else:
+            self._run = None
+
+    @property
+    def finished(self) -> bool:
+        return self._run is None
+
+    def fraction(self) -> float:
+        return self.done / max(1, len(self.commands))
+
+    def status_line(self) -> str:
+        if self._run is None:
+            return "Finished." if not self._error else f"Failed: {self._error}"
+        return f"Step {self.done + 1}/{len(self.commands)}: {' '.join(self.commands[self.done][1:5])}..."
+
+    def poll(self) -> list[str]:
+        """New output lines; starts the next command when one ends."""
+        if self._run is None:
+            return []
+        lines = [e.text for e in self._run.poll() if isinstance(e, LogLine)]
+        if self._run.finished:
+            lines += [e.text for e in self._run.poll() if isinstance(e, LogLine)]  # read after the end
+            if self._run.succeeded:
+                self.done += 1
+                self._next()
+            else:
+                self._error = "cancelled" if self._run.cancelled else self._run.error()
+                self._run = None
+            importlib.invalidate_caches()  # an install may have added packages
+        return lines
+
+    def error(self) -> str | None:
+        return self._error
+
+    def cancel(self) -> None:
+        if self._run is not None:
+            self._run.cancel()

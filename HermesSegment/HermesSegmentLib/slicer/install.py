@@ -1,28 +1,33 @@
-"""Install HermesSegment's Python dependencies inside Slicer, on first use, after asking.
+"""HermesSegment's Python dependencies inside Slicer: found missing when the panel opens, installed on
+the user's click, in background processes (the GUI stays responsive and shows pip's output).
 
-Nothing happens at import time. :func:`ensure_dependencies` is called when the user presses
-Segment (or by the self-test):
+Slicer bundles numpy and SimpleITK but none of torch, scipy, safetensors, jsonschema, pyyaml, tqdm.
+Nothing is imported to find out what is missing (importing torch into Slicer's process takes seconds and
+locks its files): versions come from the installed distributions' metadata.
 
-- packages from ``Resources/requirements.txt`` (torch excluded) through Slicer's
-  ``slicer.pydeps.pip_ensure`` (Slicer >= 5.11; ``slicer.packaging.pip_ensure`` is accepted too)
-  or ``slicer.util.pip_install`` on older Slicer;
-- torch through the PyTorch extension (``PyTorchUtils``), which picks the wheel that matches the
-  machine's GPU driver. That extension is a declared dependency (``EXTENSION_DEPENDS PyTorch``).
+- torch: as the PyTorch extension (``PyTorchUtilsLogic.installTorch``) does it -- light-the-torch picks
+  the wheel matching the GPU driver -- but in a background process. An installed torch older than
+  :data:`TORCH_MINIMUM` is reported, never silently used (the user updates it in the PyTorch Utils
+  module, since other extensions may depend on it).
+- the packages of ``Resources/requirements.txt``: ``python -m pip install`` with Slicer's own numpy and
+  SimpleITK pinned by a constraints file, so that pip never replaces them.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import re
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import HermesError
-
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[2] / "Resources" / "requirements.txt"
-TORCH_REQUIREMENT = ">=2.1"
+TORCH_MINIMUM = "2.1"
+#: Packages Slicer ships built for itself: pinned to the installed version during an install.
+SLICER_OWNED = ("numpy", "SimpleITK")
 
 
 def read_requirements(path: Path = REQUIREMENTS_FILE) -> list[str]:
@@ -41,82 +46,99 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(0)).lower() if match else ""
 
 
-def missing_requirements(requirements: list[str]) -> list[str]:
-    """The requirements that are not satisfied in this Python (version specifiers included)."""
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def missing_requirements(requirements: Sequence[str]) -> list[str]:
+    """The requirements not satisfied in this Python (version specifiers included)."""
     from packaging.requirements import Requirement
 
     missing = []
     for text in requirements:
         requirement = Requirement(text)
-        try:
-            version = importlib.metadata.version(requirement.name)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(text)
-            continue
-        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+        version = installed_version(requirement.name)
+        if version is None or (requirement.specifier and not requirement.specifier.contains(version, prereleases=True)):
             missing.append(text)
     return missing
 
 
-def torch_missing() -> bool:
-    """True when torch cannot be imported."""
-    return importlib.util.find_spec("torch") is None
+@dataclass
+class Missing:
+    """What must be installed before the panel can segment."""
+
+    torch: str = ""  # "" when fine, else why torch is a problem ("not installed", "1.13 is older than 2.1")
+    packages: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.torch or self.packages)
+
+    @property
+    def torch_outdated(self) -> bool:
+        return self.torch.startswith("PyTorch ") and "older" in self.torch
+
+    def describe(self) -> str:
+        """One paragraph for the panel: what is missing and what Install will do."""
+        parts = []
+        if self.torch_outdated:
+            parts.append(f"{self.torch}: update it in the PyTorch Utils module (other extensions may use it).")
+        elif self.torch:
+            parts.append(f"PyTorch {self.torch}.")
+        if self.packages:
+            parts.append(f"Python packages to install: {', '.join(_name(p) for p in self.packages)}.")
+        return " ".join(parts)
+
+
+def find_missing(requirements_file: Path = REQUIREMENTS_FILE) -> Missing:
+    """Torch and the requirements, checked from installed metadata (nothing is imported)."""
+    torch = installed_version("torch")
+    if torch is None:
+        problem = "is not installed (it comes through the PyTorch extension)"
+    elif _version_tuple(torch) < _version_tuple(TORCH_MINIMUM):
+        problem = f"PyTorch {torch} is older than {TORCH_MINIMUM}, the minimum HermesSegment needs"
+    else:
+        problem = ""
+    return Missing(problem, missing_requirements(read_requirements(requirements_file)))
+
+
+def constraints_file(folder: Path) -> Path:
+    """A pip constraints file pinning Slicer's own builds (:data:`SLICER_OWNED`) at their versions."""
+    path = folder / "slicer-constraints.txt"
+    pins = [f"{name}=={version}" for name in SLICER_OWNED if (version := installed_version(name))]
+    path.write_text("\n".join(pins) + "\n", encoding="utf-8")
+    return path
+
+
+def install_commands(missing: Missing, python: str | None = None, folder: Path | None = None) -> list[list[str]]:
+    """The command lines that install ``missing`` (an outdated torch is left to the user: see Missing)."""
+    python = python or sys.executable
+    folder = folder or Path(tempfile.mkdtemp(prefix="HermesSegment-install-"))
+    constraints = ["-c", str(constraints_file(folder))]
+    commands = []
+    if missing.torch and not missing.torch_outdated:
+        commands.append([python, "-m", "pip", "install", "light-the-torch>=0.5", *constraints])
+        commands.append([python, "-m", "light_the_torch", "install", f"torch>={TORCH_MINIMUM}", *constraints])
+    if missing.packages:
+        commands.append([python, "-m", "pip", "install", *missing.packages, *constraints])
+    return commands
 
 
 def describe_devices() -> str:
-    """One line on the compute devices torch sees (GPU name and memory), for the Advanced section."""
-    if torch_missing():
-        return "PyTorch is not installed yet; it is installed on the first Segment."
+    """One line on the compute devices torch sees, for the Advanced section (imports torch: call on demand)."""
+    if installed_version("torch") is None:
+        return "PyTorch is not installed yet: click Install at the top of the panel."
     import torch
 
     if torch.cuda.is_available():
         gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
         return "; ".join(f"GPU {i}: {g.name}, {g.total_memory / 2**30:.1f} GiB" for i, g in enumerate(gpus))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "Apple GPU (MPS) found."
+        return "Apple GPU (MPS) found: choose it explicitly under Device (experimental)."
     return "No GPU found: segmentation runs on the CPU (slower)."
-
-
-def ensure_dependencies(ask: Callable[[str], bool]) -> bool:
-    """Make sure torch and the packages of ``requirements.txt`` are installed.
-
-    ``ask(question)`` is called once before anything is installed (the widget shows a Yes/No
-    box); returns False when the user declined, True when everything is in place. Raises
-    :class:`HermesError` when the PyTorch extension is missing.
-    """
-    import slicer
-
-    missing = missing_requirements(read_requirements())
-    need_torch = torch_missing()
-    if not missing and not need_torch:
-        return True
-    wanted = (["torch (through the PyTorch extension)"] if need_torch else []) + missing
-    if not ask(
-        "HermesSegment needs these Python packages, which will be downloaded and installed now "
-        f"(this can take several minutes):\n\n{chr(10).join(wanted)}\n\nInstall them?"
-    ):
-        return False
-    if need_torch:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise HermesError(
-                "the PyTorch extension is not installed; install 'PyTorch' from the Extensions Manager and restart "
-                "Slicer"
-            ) from None
-        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-        if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-            return False
-    if missing:
-        pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-            from packaging.requirements import Requirement
-
-            pydeps.pip_ensure(
-                [Requirement(r) for r in missing], skip_packages=["torch"], prompt_install=False,
-                requester="HermesSegment",
-            )
-        else:
-            slicer.util.pip_install(missing)
-    importlib.invalidate_caches()
-    return True

@@ -221,7 +221,8 @@ class MRMLLogic:
                 "choose 'Create new segmentation' or harden the transforms first"
             )
         segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        if not _has_reference_geometry(segmentationNode):  # an existing one keeps its grid (and its DICOM SEG)
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         ijk_to_ras = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijk_to_ras)
 
@@ -334,6 +335,14 @@ class MRMLLogic:
             label = vocabulary.region(target.region).label if target else "Other"
             groups.setdefault(label, []).append((key, target.name if target else key))
         return [(label, items) for label, items in groups.items() if items]
+
+
+def _has_reference_geometry(segmentationNode: slicer.vtkMRMLSegmentationNode) -> bool:
+    """True when the segmentation already has a reference image geometry (set by Slicer or by us)."""
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    # all parameters at once: asking for a missing one by name logs an error
+    serialized = segmentationNode.GetSegmentation().SerializeAllConversionParameters()
+    return any(entry.startswith(f"{name}|") and entry.split("|")[1] for entry in serialized.split("&"))
 
 
 def _get_tag(segment: slicer.vtkSegment, name: str) -> tuple[bool, str]:

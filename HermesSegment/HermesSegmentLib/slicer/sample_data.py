@@ -75,6 +75,9 @@ def register() -> None:
             loadFileType="VolumeFile", **common,
         )
     else:
+        # Slicer's SampleDataSource checks len(uris) == len(fileNames) == ... even with a custom
+        # downloader (uris=None raises TypeError, 5.6.2 to main): pass one placeholder of each.
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            uris=f"generated:{SAMPLE_NAME}", fileNames=f"{SAMPLE_NAME}.nrrd", loadFileType="VolumeFile",
             customDownloader=lambda _source: load_phantom(), **common
         )

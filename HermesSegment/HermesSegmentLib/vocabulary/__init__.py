@@ -35,7 +35,15 @@ from .entries import (
 )
 from .hermes_r import TASKS_FILE, HermesRTask, hermes_r_defaults, hermes_r_tasks
 from .names import normalize_name, suggest
-from .terminology import SLICER_ANATOMIC_CONTEXT, SLICER_CATEGORY_TYPE_CONTEXT, Code, terminology_entry
+from .terminology import (
+    HERMES_TERMINOLOGY_CONTEXT,
+    SLICER_ANATOMIC_CONTEXT,
+    SLICER_CATEGORY_TYPE_CONTEXT,
+    TERMINOLOGY_FILE,
+    Code,
+    terminology_context,
+    terminology_entry,
+)
 
 __all__ = [
     "Code",
@@ -48,6 +56,9 @@ __all__ = [
     "TASKS_FILE",
     "DATA_DIR",
     "SLICER_CATEGORY_TYPE_CONTEXT",
+    "HERMES_TERMINOLOGY_CONTEXT",
+    "TERMINOLOGY_FILE",
+    "terminology_context",
     "SLICER_ANATOMIC_CONTEXT",
     "terminology_entry",
     "load_vocabulary",

@@ -1,0 +1,434 @@
+"""Every decision of the Slicer panel, without Qt (SlicerNNUnet's pattern): what is enabled, what a click
+does, what each progress event, the end of a run, a cancel or a scene close changes.
+
+The widget (``HermesSegment.py``) forwards its signals here and copies :class:`PanelView` onto its
+widgets; the tests drive this class under slicer-core with real MRML nodes and real background runs.
+
+A run captures its inputs when it starts (:class:`RunRequest`): the result goes into the volume,
+segmentation and model chosen then, whatever is selected when it ends. Its temporary folder (a copy
+of the input) is deleted when it ends, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import HermesError
+from ..pipeline.options import PRESETS as _PRESETS
+from ..pipeline.options import SegmentOptions
+from . import background as process
+from . import install
+
+__all__ = ["DEVICES", "HELP", "PRESETS", "HermesError", "PanelController", "PanelView", "RunRequest"]
+
+#: The module's help text (Slicer shows it at the top of the panel).
+HELP = """Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
+input volume, its modality and the targets, then click <b>Segment</b>. A re-run replaces only the
+segments this module created; your own segments are never modified.<br><br>
+Python console (blocking, returns the segmentation node):<pre>
+from HermesSegment import HermesSegmentLogic
+seg = HermesSegmentLogic().segment(volumeNode, modality="CT", targets=["liver", "heart"], model="hermes-demo")</pre>
+The bundled demo model is not for clinical use. <a href="https://github.com/HermesSegment/SlicerHermesSegment">Documentation</a>."""
+#: Speed / quality presets of the panel (:data:`pipeline.options.PRESETS`).
+PRESETS = _PRESETS
+#: Device choices: label -> ``--device`` value. Apple's MPS is never picked by "Automatic" (some 3D
+#: operators fail there, as TotalSegmentator found); it is offered explicitly.
+DEVICES = {"Automatic (GPU if available, else CPU)": "auto", "NVIDIA GPU (CUDA)": "cuda", "CPU": "cpu",
+           "Apple GPU (MPS, experimental)": "mps"}
+
+
+@dataclass
+class PanelView:
+    """What the panel shows; the widget copies it onto its widgets after every call."""
+
+    #: The widgets a run's inputs come from: disabled while it runs (its inputs are captured anyway).
+    INPUT_WIDGETS = ("inputVolumeSelector", "modalityComboBox", "modelComboBox", "outputSegmentationSelector",
+                     "targetTree", "addModelFileButton")
+
+    segment_text: str = "Segment"
+    segment_enabled: bool = True
+    inputs_enabled: bool = True
+    progress: int = 0
+    status: str = ""
+    install_message: str = ""
+    install_enabled: bool = False
+    download_enabled: bool = False
+    download_tooltip: str = ""
+    remove_enabled: bool = False  # only the user's own or downloaded packages, never the bundled one
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunRequest:
+    """The inputs of one run, captured when Segment is clicked."""
+
+    volume: Any
+    segmentation: Any
+    model: str
+    modality: str
+    targets: list[str]
+    options: SegmentOptions = field(default_factory=SegmentOptions)
+
+
+class PanelController:
+    """The panel's state machine: idle -> (installing | running) -> idle.
+
+    ``logic``: the MRML logic (default ``slicer.mrml_logic.HermesSegmentLogic``). ``temp_root``: where run folders
+    are made (Slicer's temporary folder). ``python``: the interpreter of background runs.
+    """
+
+    def __init__(self, temp_root: str | Path, logic: Any = None, python: str | None = None) -> None:
+        if logic is None:
+            from .mrml_logic import MRMLLogic
+
+            logic = MRMLLogic()
+        self.logic = logic
+        self.temp_root = Path(temp_root)
+        self.python = python or sys.executable
+        self.view = PanelView()
+        self.request: RunRequest | None = None
+        self.listings: dict[str, Any] = {}
+        self._listing: Any = None
+        #: Set when an install or a model import ended: the widget rebuilds its model and target lists.
+        self.lists_changed = False
+        #: A Yes/No question the widget must put to the user (a long run ahead), answered by :meth:`answer`.
+        self.question: str | None = None
+        self._pending: RunRequest | None = None
+        self.result: Any = None
+        self._run: process.BackgroundRun | None = None
+        self._job: process.CommandSequence | None = None
+        self._job_kind = ""
+        self._run_dir: Path | None = None
+        self._cancel_reason = ""
+        self.missing = install.find_missing()
+        self._show_missing()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        return self._run is not None or self._job is not None
+
+    def _set_idle(self) -> None:
+        self.view.segment_text, self.view.inputs_enabled = "Segment", True
+        self.view.segment_enabled = not self.missing
+        self._show_missing()
+        self.select_model(self._listing)
+
+    def _show_missing(self) -> None:
+        self.view.install_message = self.missing.describe() if self.missing else ""
+        self.view.install_enabled = bool(self.missing) and not self.busy
+        self.view.segment_enabled = not self.missing and self._job is None
+
+    # ------------------------------------------------------------------ models and targets
+    def model_entries(self) -> list[tuple[str, str]]:
+        """``(label, name)`` of every model for the model list; none while packages are missing."""
+        self.listings = {} if self.missing else {m.name: m for m in self.logic.available_models()}
+        return [(m.title + ("" if m.available else " (not installed)"), name) for name, m in self.listings.items()]
+
+    def target_checklist(self, model: str | None, modality: str | None,
+                         stored: str | None) -> tuple[list[tuple[str, list[tuple[str, str, bool]]]], str]:
+        """``([(region, [(key, name, checked), ...]), ...], note)`` for ``model`` and ``modality``.
+
+        ``stored``: the remembered selection (JSON list). The note says why the list is empty
+        (model not installed, unreadable) and what to do.
+        """
+        listing = self.listings.get(model or "")
+        note, keys = self.select_model(listing), []
+        if listing is not None and listing.available:
+            try:
+                keys = self.logic.targets_for(listing.name, modality)
+            except (HermesError, OSError, ValueError, KeyError) as error:  # an unreadable package: say why
+                note = f"Could not read the model: {error}"
+        checked = set(remembered_targets(stored, keys))
+        groups = [(region, [(key, name, key in checked) for key, name in targets])
+                  for region, targets in self.logic.target_groups(keys)]
+        return groups, note
+
+    def select_model(self, listing: Any) -> str:
+        """Enable Download only for a catalog entry with a URL; returns the note shown under the model."""
+        self._listing = listing
+        self.view.download_enabled = bool(listing is not None and listing.url and not listing.available
+                                          and not self.busy)
+        self.view.remove_enabled = bool(listing is not None and listing.available and listing.source != "bundled"
+                                        and not self.busy)
+        if listing is None:
+            self.view.download_tooltip = ""
+            return ""
+        if listing.available:
+            self.view.download_tooltip = "Already installed."
+            return ""
+        if listing.url:
+            self.view.download_tooltip = "Download the model file and check its SHA-256."
+            return f"{listing.title} is not downloaded yet: click Download."
+        self.view.download_tooltip = "No download address is known for this model; see the note above."
+        links = " · ".join(f'<a href="{url}">{title}</a>' for title, url in getattr(listing, "weights_links", ()))
+        note = f"{listing.title} is not installed: {listing.how_to_get or 'add its file with Add model file...'}."
+        return note + (f"<br>Weights: {links}" if links else "")
+
+    # ------------------------------------------------------------------ install
+    def start_install(self) -> None:
+        """Install what :func:`install.find_missing` found, in background processes (the GUI stays live)."""
+        if self.busy or not self.missing:
+            return
+        self._start_job("install", install.install_commands(self.missing, self.python), "Installing Python packages...")
+
+    def add_model_file(self, path: str | Path) -> str | None:
+        """A package (.safetensors) is added at once; upstream's Hermes-R checkpoint (.pth) is imported
+        in the background (the CLI's safe ``models import-upstream``: no unpickling of code). Returns a
+        message for the user, None when a background import started."""
+        from .. import models
+
+        path = Path(path)
+        if path.suffix.lower() == ".pth":
+            command = [self.python, "-m", "HermesSegmentLib.cli", "models", "import-upstream", str(path)]
+            self._start_job("import", [command], f"Importing {path.name} (a few minutes)...")
+            return None
+        return f"Added {models.add(path).stem}."
+
+    def _start_job(self, kind: str, commands: list[list[str]], status: str) -> None:
+        if self.busy:
+            raise HermesError("wait for the current task to end, or cancel it")
+        self._job, self._job_kind = process.CommandSequence(commands).start(), kind
+        self.view.install_enabled = self.view.segment_enabled = self.view.inputs_enabled = False
+        self.view.progress, self.view.status = 0, status
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, request: RunRequest, confirmed: bool = False) -> None:
+        """Validate the request, write the input next to a fresh run folder and start the engine on it.
+
+        A long run (large model off a GPU, see :mod:`estimate`) first measures this computer's
+        per-window time if it is not known yet, then sets :attr:`question`; it starts on a Yes.
+        """
+        if self.busy:
+            raise HermesError("a run is already in progress; cancel it first")
+        if self.missing:
+            raise HermesError(f"{self.missing.describe()} Click Install first.")
+        if request.volume is None:
+            raise HermesError("select an input volume")
+        if not request.targets:
+            raise HermesError("select at least one target")
+        if not confirmed and not self._duration_accepted(request):
+            return
+        from .mrml_logic import volume_to_sitk
+
+        image = volume_to_sitk(request.volume)
+        self.temp_root.mkdir(parents=True, exist_ok=True)
+        self._run_dir = Path(tempfile.mkdtemp(prefix="HermesSegment-", dir=self.temp_root))
+        try:
+            options = dataclasses.replace(request.options, model=request.model)
+            self._run, self._result_path = process.start_segmentation(
+                image, self._run_dir, modality=request.modality, targets=request.targets, options=options,
+                python=self.python)
+        except BaseException:
+            self._remove_run_dir()
+            raise
+        self.request, self.result, self._cancel_reason = request, None, ""
+        self.view = PanelView(segment_text="Cancel", inputs_enabled=False, status="Starting...",
+                              download_tooltip=self.view.download_tooltip)
+
+    def _duration_accepted(self, request: RunRequest) -> bool:
+        from ..models import read_manifest, resolve
+        from . import estimate
+
+        package, device = resolve(request.model), request.options.device
+        manifest = read_manifest(package)
+        if not estimate.is_slow(manifest, device):
+            return True
+        self._pending = request
+        seconds = estimate.cached_window_seconds(package, device)
+        if seconds is None:
+            self._start_job("measure", [estimate.measure_command(package, device, self.python)],
+                            "Measuring how long one window of this model takes on this computer...")
+            return False
+        overlap = request.options.window_overlap
+        dims, spacing = request.volume.GetImageData().GetDimensions(), request.volume.GetSpacing()
+        self.question = estimate.question(estimate.window_count(dims[::-1], spacing[::-1], manifest, overlap), seconds)
+        if self.question is None:
+            self._pending = None
+        return self.question is None
+
+    def answer(self, yes: bool) -> None:
+        """The user's answer to :attr:`question`: Yes starts the pending run."""
+        request, self._pending, self.question = self._pending, None, None
+        if yes and request is not None:
+            self.start_run(request, confirmed=True)
+
+    def cancel(self, reason: str = "Cancelled.") -> None:
+        """Stop the run (its whole process tree) or the install; the end is handled by :meth:`poll`."""
+        if self._run is not None and not self._run.finished:
+            if not self._run.cancelled:  # the first reason stays (closing a scene also removes its nodes)
+                self._cancel_reason = reason
+            self._run.cancel()
+        elif self._job is not None:
+            self._job.cancel()
+
+    def take_result(self) -> Any:
+        """The segmentation node of the last finished run, once (the widget selects it as output)."""
+        result, self.result = self.result, None
+        return result
+
+    def shutdown(self) -> None:
+        """Cancel whatever runs and wait for it to end (the module is closing); nothing is imported."""
+        self.cancel("Cancelled: the module was closed.")
+        if self._run is not None:
+            self._run.wait()
+            self._run = None
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        self._remove_run_dir()
+        self._set_idle()
+
+    def node_removed(self, node: Any) -> None:
+        """Removing the run's input volume or output segmentation cancels the run."""
+        request = self.request
+        if request is not None and self._run is not None and node in (request.volume, request.segmentation):
+            self.cancel(f"Cancelled: '{node.GetName()}' was removed from the scene.")
+
+    def scene_closing(self) -> None:
+        self.cancel("Cancelled: the scene was closed.")
+
+    def poll(self) -> str | None:
+        """Read what the background process reported; returns an error to show, else None.
+
+        Progress events move the bar by the whole run's fraction (:func:`process.overall_fraction`).
+        """
+        self.view.log = []
+        if self._job is not None:
+            return self._poll_job()
+        if self._run is None:
+            return None
+        finished = self._run.finished  # checked first: what the child wrote before ending is read below
+        for event in self._run.poll():
+            if isinstance(event, process.ProgressEvent):
+                self.view.progress = int(100 * event.overall)
+                self.view.status = self._run.status_line()
+            else:
+                self.view.log.append(event.text)
+        return self._finish() if finished else None
+
+    def _finish(self) -> str | None:
+        run, request = self._run, self.request
+        assert run is not None and request is not None
+        self._run = None
+        error = None
+        try:
+            if run.succeeded:
+                self.result = self.logic.import_file(self._result_path, request.volume, request.segmentation,
+                                                     model_name=request.model)
+                self.view.status, self.view.progress = f"Done in {run.elapsed():.0f} s.", 100
+            elif run.cancelled:
+                self.view.status, self.view.progress = self._cancel_reason or "Cancelled.", 0
+            else:
+                error = f"Segmentation failed: {run.error()}"
+                self.view.status, self.view.progress = error, 0
+        except HermesError as failure:
+            error = f"Could not load the result: {failure}"
+            self.view.status = error
+        finally:
+            self._remove_run_dir()
+            self._set_idle()
+        return error
+
+    def _poll_job(self) -> str | None:
+        assert self._job is not None
+        self.view.log.extend(self._job.poll())
+        self.view.progress = int(100 * self._job.fraction())
+        if not self._job.finished:
+            return None
+        job, kind, self._job = self._job, self._job_kind, None
+        error = job.error()
+        if kind == "measure":
+            self._set_idle()
+            request, self._pending = self._pending, None
+            if error or request is None:
+                self.view.status = f"Could not measure this computer's speed: {error}" if error else ""
+                return self.view.status or None
+            self.start_run(request)  # now with the measured time: sets the question or starts
+            return None
+        self.lists_changed = True
+        self.missing = install.find_missing()
+        what = "Installation" if kind == "install" else "Import"
+        self.view.status = f"{what} failed: {error}" if error else f"{what} finished."
+        self._set_idle()
+        return self.view.status if error else None
+
+    def _remove_run_dir(self) -> None:
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+
+def on_slicer_startup() -> None:
+    """Once Slicer has started: load the terminology context our segments name, register the samples."""
+    import slicer
+
+    from .. import vocabulary
+    from . import sample_data
+
+    if not slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(vocabulary.TERMINOLOGY_FILE)):
+        raise HermesError(f"Slicer could not load {vocabulary.TERMINOLOGY_FILE.name}; reinstall the extension")
+    sample_data.register()
+
+
+def modality_entries() -> list[tuple[str, str]]:
+    """``(label, key)`` of every modality, for the modality list."""
+    from .. import vocabulary
+
+    return [(m.label, m.key) for m in vocabulary.load_vocabulary().modalities]
+
+
+def run_options(parameters: Any, preset: str, device: str) -> SegmentOptions:
+    """The run's :class:`SegmentOptions` from the parameter node's fields, a preset and a device."""
+    from ..postprocess import PostprocessOptions
+
+    cleanup = PostprocessOptions(side_constraint=parameters.sideConstraint, single_piece=parameters.singlePiece,
+                                 keep_largest=parameters.keepLargest, fill_holes=parameters.fillHoles,
+                                 min_island_ml=parameters.minIslandMl if parameters.removeIslands else None)
+    return SegmentOptions(device=device, postprocess=cleanup, **PRESETS[preset])
+
+
+def reload_library() -> None:
+    """Re-execute every loaded ``HermesSegmentLib`` module, submodules first (the panel's Reload)."""
+    import importlib
+
+    for name in sorted((n for n in sys.modules if n.split(".")[0] == "HermesSegmentLib"), reverse=True):
+        importlib.reload(sys.modules[name])
+
+
+def remembered_targets(stored: str | None, offered: Sequence[str]) -> list[str]:
+    """The remembered selection restricted to what the model offers now (the stored list is kept as is)."""
+    import json
+
+    try:
+        remembered = json.loads(stored or "[]")
+    except ValueError:
+        return []
+    return [key for key in offered if key in remembered]
+
+
+def stored_selection(selected: Sequence[str]) -> str:
+    """The selection as remembered in the settings (a JSON list; see :func:`remembered_targets`)."""
+    import json
+
+    return json.dumps(list(selected))
+
+
+def models_folder() -> str:
+    """The user's model folder (made if missing), for "Open cache folder"."""
+    from .models import user_models_dir
+
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    return str(user_models_dir())
+
+
+def settings_key(model: str | None, modality: str | None) -> str:
+    return f"HermesSegment/targets/{model}/{modality}"
+

@@ -1,0 +1,193 @@
+"""Stand-in for ``slicer.parameterNodeWrapper`` (Base/Python/slicer/parameterNodeWrapper in Slicer).
+
+Slicer's wrapper is pure Python but ships only inside Slicer, so this is an independent
+implementation of the part of its documented API the module uses, with the behaviours a widget must
+cope with in the released versions (see /work/notes/slicer_api.md for the evidence):
+
+- ``@parameterNodeWrapper`` on a class of annotated fields: ``bool``, ``int``, ``float``, ``str`` and
+  MRML node classes; ``Annotated[float, WithinRange(lo, hi), Decimals(n)]``; defaults by ``=``;
+- values live in the wrapped ``vtkMRMLScriptedModuleNode`` (parameters and node references);
+- ``connectParametersToGui(mapping)`` returns a tag counting from 0; ``connectGui(gui)`` finds the
+  widgets by their ``SlicerParameterName`` property and returns ``None`` in Slicer 5.6-5.10
+  (Slicer issue #7547, PR #8667) -- choose with :data:`CONNECT_GUI_RETURNS_TAG`;
+- a float field without a range sets a ``QDoubleSpinBox`` to -inf..inf, as Slicer's connector does;
+- ``disconnectGui(tag)`` drops the widget connections of that tag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import qt
+import slicer
+import vtk
+
+SlicerParameterNamePropertyName = "SlicerParameterName"
+#: False reproduces Slicer <= 5.10, whose ``connectGui`` returns None (the tag is lost).
+CONNECT_GUI_RETURNS_TAG = True
+
+
+@dataclasses.dataclass
+class WithinRange:
+    minimum: float
+    maximum: float
+
+
+@dataclasses.dataclass
+class Decimals:
+    value: int
+
+
+@dataclasses.dataclass
+class Default:
+    value: typing.Any
+
+
+def _split(annotation):
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        return base, extras
+    if typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], []
+    return annotation, []
+
+
+def _is_node_type(base):
+    return isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode)
+
+
+class _Field:
+    def __init__(self, name, annotation, default):
+        self.name = name
+        self.base, self.extras = _split(annotation)
+        self.default = default
+
+    def extra(self, kind):
+        return next((e for e in self.extras if isinstance(e, kind)), None)
+
+    def read(self, node):
+        if _is_node_type(self.base):
+            return node.GetNodeReference(self.name)
+        text = node.GetParameter(self.name)
+        if self.base is bool:
+            return text == "True"
+        return self.base(text)
+
+    def write(self, node, value):
+        if _is_node_type(self.base):
+            node.SetNodeReferenceID(self.name, value.GetID() if value is not None else None)
+            return
+        value = self.base(value)
+        limits = self.extra(WithinRange)
+        if limits is not None and not limits.minimum <= value <= limits.maximum:
+            raise ValueError(f"{self.name}={value} is outside {limits.minimum}..{limits.maximum}")
+        node.SetParameter(self.name, str(value))
+
+
+class _Connector:
+    """One widget <-> one field."""
+
+    def __init__(self, wrapper, field, widget):
+        self.wrapper, self.field, self.widget = wrapper, field, widget
+        if isinstance(widget, qt.QCheckBox):
+            self.signal, self.get, self.set = "stateChanged(int)", lambda: widget.checked, lambda v: setattr(widget, "checked", v)
+        elif isinstance(widget, qt.QDoubleSpinBox):
+            limits, decimals = field.extra(WithinRange), field.extra(Decimals)
+            if decimals is not None:
+                widget.decimals = decimals.value
+            widget.minimum = limits.minimum if limits else float("-inf")
+            widget.maximum = limits.maximum if limits else float("inf")
+            self.signal, self.get, self.set = "valueChanged(double)", lambda: widget.value, lambda v: setattr(widget, "value", v)
+        elif _is_node_type(field.base) and hasattr(widget, "currentNode"):
+            self.signal, self.get, self.set = "currentNodeChanged(vtkMRMLNode*)", widget.currentNode, widget.setCurrentNode
+        else:
+            raise RuntimeError(f"no GUI connector for {field.name} ({field.base}) and {type(widget).__name__}")
+
+    def connect(self):
+        self.widget.connect(self.signal, self.changed)
+
+    def disconnect(self):
+        self.widget.disconnect(self.signal, self.changed)
+
+    def changed(self, *_):
+        if not self.wrapper._updatingGui:
+            setattr(self.wrapper, self.field.name, self.get())
+
+    def update(self):
+        self.set(getattr(self.wrapper, self.field.name))
+
+
+def parameterNodeWrapper(cls):
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {}
+    for name, annotation in hints.items():
+        default = getattr(cls, name, None)
+        base, extras = _split(annotation)
+        marked = next((e for e in extras if isinstance(e, Default)), None)
+        if marked is not None:
+            default = marked.value
+        elif default is None and not _is_node_type(base):
+            default = base()
+        fields[name] = _Field(name, annotation, default)
+        setattr(cls, name, property(lambda self, f=fields[name]: f.read(self.parameterNode),
+                                    lambda self, value, f=fields[name]: f.write(self.parameterNode, value)))
+
+    def __init__(self, parameterNode):
+        self.parameterNode = parameterNode
+        self._guis, self._nextTag, self._updatingGui = {}, 0, False
+        for field in fields.values():
+            if not _is_node_type(field.base) and not parameterNode.GetParameter(field.name):
+                field.write(parameterNode, field.default)
+
+    def connectParametersToGui(self, mapping):
+        connectors = [_Connector(self, fields[name], widget) for name, widget in mapping.items()]
+        tag, self._nextTag = self._nextTag, self._nextTag + 1
+        self._guis[tag] = connectors
+        for connector in connectors:
+            connector.update()
+            connector.connect()
+        self.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda *_: self._updateGui())
+        return tag
+
+    def connectGui(self, gui):
+        widgets = gui.findChildren(qt.QWidget) if hasattr(gui, "findChildren") else list(vars(gui).values())
+        mapping = {w.property(SlicerParameterNamePropertyName): w for w in widgets
+                   if w.property(SlicerParameterNamePropertyName)}
+        tag = self.connectParametersToGui(mapping)
+        return tag if CONNECT_GUI_RETURNS_TAG else None
+
+    def disconnectGui(self, tag):
+        for connector in self._guis.pop(tag, []):
+            connector.disconnect()
+
+    def _updateGui(self):
+        if self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            for connectors in self._guis.values():
+                for connector in connectors:
+                    connector.update()
+        finally:
+            self._updatingGui = False
+
+    cls.__init__ = __init__
+    cls.allParameters = dict(fields)
+    cls.connectParametersToGui = connectParametersToGui
+    cls.connectGui = connectGui
+    cls.disconnectGui = disconnectGui
+    cls._updateGui = _updateGui
+    cls.StartModify = lambda self: self.parameterNode.StartModify()
+    cls.EndModify = lambda self, was: self.parameterNode.EndModify(was)
+    cls.AddObserver = lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(event, callback, priority)
+    cls.RemoveObserver = lambda self, tag: self.parameterNode.RemoveObserver(tag)
+    return cls
+
+
+def findChildWidgetForParameter(widget, parameter):
+    for child in widget.findChildren(qt.QWidget):
+        if child.property(SlicerParameterNamePropertyName) == parameter:
+            return child
+    return None

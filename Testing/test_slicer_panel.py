@@ -1,0 +1,360 @@
+"""Click-through tests of the Slicer panel: HermesSegment.py's widget code runs for real on PySide6
+(offscreen) through Testing/slicer_gui, against slicer-core's MRML scene."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6", reason="the panel tests need the Qt binding from the test extra (PySide6)")
+pytest.importorskip("slicer", reason="the panel tests need slicer-core")
+
+from slicer_gui import (
+    dialogs,
+    slicer_app,
+)
+
+pytestmark = pytest.mark.slicer
+MODULE_FILE = Path(__file__).resolve().parents[1] / "HermesSegment" / "HermesSegment.py"
+
+
+@pytest.fixture
+def gui(tmp_path):
+    """slicer.app, an empty scene, recorded message boxes."""
+    app = slicer_app.install(tmp_path)
+    recorder = dialogs.Dialogs().install()
+    yield app, recorder
+    import slicer
+
+    slicer.mrmlScene.Clear(1)
+
+
+@pytest.fixture
+def panel(gui):
+    panel = slicer_app.ModulePanel(MODULE_FILE)
+    panel.enter()
+    yield panel
+    panel.exit()
+    panel.widget.cleanup()
+
+
+def add_ct(name="CT", shape=(24, 32, 32), body_hu=40):
+    """A small CT-like volume: air around a soft-tissue box (HU)."""
+    import slicer
+    import vtk
+
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    image = vtk.vtkImageData()
+    image.SetDimensions(shape[2], shape[1], shape[0])
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    node.SetAndObserveImageData(image)
+    array = slicer.util.arrayFromVolume(node)
+    array[:] = -1000
+    array[4:-4, 8:-8, 8:-8] = body_hu
+    slicer.util.arrayFromVolumeModified(node)
+    return node
+
+
+def check_first_target(panel):
+    import qt
+
+    panel.widget.targetItems()[0].setCheckState(0, qt.Qt.Checked)
+
+
+def test_segment_starts_a_run(panel, gui):
+    _app, recorder = gui
+    volume = add_ct()
+    panel.widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    check_first_target(panel)
+    panel.widget.ui.segmentButton.click()
+    assert not recorder.slot_errors, recorder.slot_errors
+    assert panel.widget.ui.segmentButton.text == "Cancel"
+    panel.widget.ui.segmentButton.click()  # cancel
+    wait_until_idle(panel)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def wait_until_idle(panel, limit_s=240.0):
+    """Let the panel's timer poll the background run until it ends (a generous limit, not a timing test)."""
+    import time
+
+    import qt
+
+    deadline = time.monotonic() + limit_s
+    while panel.widget.controller.busy:
+        assert time.monotonic() < deadline, "the background run did not end"
+        qt.QApplication.processEvents()
+        time.sleep(0.05)
+    qt.QApplication.processEvents()
+
+
+def start_segment(panel, volume):
+    ui = panel.widget.ui
+    ui.inputVolumeSelector.setCurrentNode(volume)
+    ui.modalityComboBox.setCurrentIndex(ui.modalityComboBox.findData("CT"))
+    check_first_target(panel)
+    ui.segmentButton.click()
+
+
+def run_folders(app):
+    return sorted(Path(app.temporaryPath).glob("HermesSegment-*"))
+
+
+# ---------------------------------------------------------------------------------------------- click-through
+@pytest.mark.slow
+def test_segment_click_through_puts_segments_in_the_scene(panel, gui):
+    import slicer
+
+    app, recorder = gui
+    volume = add_ct()
+    start_segment(panel, volume)
+    ui = panel.widget.ui
+    assert ui.segmentButton.text == "Cancel" and not ui.inputVolumeSelector.enabled and not ui.modelComboBox.enabled
+    assert not ui.downloadModelButton.enabled and not ui.removeModelButton.enabled
+    assert len(run_folders(app)) == 1
+    wait_until_idle(panel)
+    assert not recorder.slot_errors and not recorder.texts(), (recorder.slot_errors, recorder.texts())
+    segmentation = panel.widget._parameterNode.outputSegmentation
+    assert segmentation is not None and segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
+    assert ui.segmentButton.text == "Segment" and ui.inputVolumeSelector.enabled
+    assert ui.progressBar.value == 100 and ui.statusLabel.text.startswith("Done")
+    assert run_folders(app) == [], "the run folder (a copy of the input) must be deleted"
+    # a second run starts from an empty bar
+    start_segment(panel, volume)
+    assert ui.progressBar.value == 0
+    ui.segmentButton.click()
+    wait_until_idle(panel)
+
+
+def test_cancel_stops_the_run_and_imports_nothing(panel, gui):
+    import slicer
+
+    app, recorder = gui
+    start_segment(panel, add_ct())
+    panel.widget.ui.segmentButton.click()  # Cancel
+    wait_until_idle(panel)
+    assert panel.widget.ui.statusLabel.text == "Cancelled."
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert run_folders(app) == [] and not recorder.texts()
+
+
+@pytest.mark.slow
+def test_result_goes_into_the_inputs_captured_at_start(panel, gui):
+    first, second = add_ct("first"), add_ct("second", shape=(20, 30, 30))
+    start_segment(panel, first)
+    panel.widget.ui.inputVolumeSelector.setCurrentNode(second)  # the selector is disabled in the GUI; a script may still do it
+    wait_until_idle(panel)
+    segmentation = panel.widget._parameterNode.outputSegmentation
+    assert segmentation is not None
+    reference = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+    assert reference is first
+
+
+def test_removing_the_input_volume_cancels_cleanly(panel, gui):
+    import slicer
+
+    app, recorder = gui
+    volume = add_ct()
+    start_segment(panel, volume)
+    slicer.mrmlScene.RemoveNode(volume)
+    wait_until_idle(panel)
+    assert "was removed" in panel.widget.ui.statusLabel.text
+    assert not recorder.slot_errors and run_folders(app) == []
+
+
+def test_closing_the_scene_mid_run_cancels_and_reconnects(panel, gui):
+    import slicer
+
+    app, recorder = gui
+    start_segment(panel, add_ct())
+    slicer.mrmlScene.Clear(0)
+    wait_until_idle(panel)
+    assert "scene was closed" in panel.widget.ui.statusLabel.text
+    assert panel.widget._parameterNode is not None, "the entered panel gets a new parameter node after the close"
+    panel.widget.ui.fillHolesCheckBox.checked = True
+    assert panel.widget._parameterNode.fillHoles
+    assert not recorder.slot_errors and run_folders(app) == []
+
+
+@pytest.mark.parametrize("returns_tag", [True, False], ids=["connectGui-returns-tag", "connectGui-returns-None"])
+def test_leaving_the_module_disconnects_the_gui(gui, monkeypatch, returns_tag):
+    from slicer_gui import parameter_node_wrapper
+
+    monkeypatch.setattr(parameter_node_wrapper, "CONNECT_GUI_RETURNS_TAG", returns_tag)
+    panel = slicer_app.ModulePanel(MODULE_FILE)
+    for _ in range(3):
+        panel.enter()
+        panel.exit()
+    node = panel.widget.logic.getParameterNode()
+    assert node._guis == {}, "every GUI connection made on enter is undone on exit"
+    before = node.fillHoles
+    panel.widget.ui.fillHolesCheckBox.checked = not before
+    assert node.fillHoles == before, "a widget changed after exit must not change the parameter node"
+    panel.enter()
+    panel.widget.ui.fillHolesCheckBox.checked = not before
+    assert node.fillHoles == (not before) and len(panel.widget._parameterNode._guis) == 1
+    panel.exit()
+
+
+def test_island_size_keeps_its_range(panel):
+    spin = panel.widget.ui.minIslandSpinBox
+    assert (spin.minimum, spin.maximum, spin.decimals) == (0.0, 1000.0, 2)
+
+
+def test_download_is_disabled_without_an_address(panel):
+    ui = panel.widget.ui
+    assert not ui.removeModelButton.enabled, "the bundled model cannot be removed"
+    index = ui.modelComboBox.findData("hermes-r")
+    ui.modelComboBox.setCurrentIndex(index)
+    assert not ui.downloadModelButton.enabled
+    assert "No download address" in ui.downloadModelButton.toolTip
+    assert "import-upstream" in ui.modelInfoLabel.text or "not installed" in ui.modelInfoLabel.text
+
+
+def test_remembered_selection_survives_a_model_that_cannot_be_read(panel, monkeypatch):
+    ui = panel.widget.ui
+    check_first_target(panel)
+    key = panel.widget._settingsKey()
+    import qt
+
+    remembered = qt.QSettings().value(key)
+    assert remembered and remembered != "[]"
+    monkeypatch.setattr(panel.widget.controller.logic, "targets_for", lambda *a: (_ for _ in ()).throw(OSError("unreadable")))
+    panel.widget.refreshTargets()
+    assert ui.targetTree.topLevelItemCount == 0
+    assert qt.QSettings().value(key) == remembered
+
+
+def test_missing_packages_are_shown_and_installed_from_the_panel(gui, monkeypatch):
+    import sys
+
+    from HermesSegmentLib.slicer import install
+
+    state = {"missing": install.Missing("is not installed (it comes through the PyTorch extension)", ["jsonschema>=4.18"])}
+    monkeypatch.setattr(install, "find_missing", lambda *a: state["missing"])
+    commands = []
+
+    def fake_commands(missing, python=None, folder=None):
+        commands.append(missing)
+        state["missing"] = install.Missing()
+        return [[sys.executable, "-c", "print('Successfully installed jsonschema')"]]
+
+    monkeypatch.setattr(install, "install_commands", fake_commands)
+    panel = slicer_app.ModulePanel(MODULE_FILE)
+    panel.enter()
+    ui = panel.widget.ui
+    assert not ui.installFrame.isHidden() and "PyTorch is not installed" in ui.installLabel.text
+    assert "jsonschema" in ui.installLabel.text
+    assert not ui.segmentButton.enabled and ui.modelComboBox.count == 0
+    ui.installButton.click()
+    assert not ui.installButton.enabled
+    wait_until_idle(panel)
+    assert "Successfully installed jsonschema" in ui.logTextEdit.toPlainText()
+    assert ui.installLabel.text == "" and ui.segmentButton.enabled
+    assert ui.modelComboBox.count >= 1 and panel.widget.targetItems(), "lists are rebuilt after the install"
+    panel.exit()
+
+
+def test_self_test_skips_inference_without_dependencies(gui, monkeypatch):
+    from HermesSegmentLib.slicer import install
+
+    monkeypatch.setattr(install, "find_missing", lambda *a: install.Missing("is not installed", []))
+    panel = slicer_app.ModulePanel(MODULE_FILE)
+    messages = []
+    test = panel.python_module.HermesSegmentTest()
+    monkeypatch.setattr(test, "delayDisplay", messages.append)
+    test.runTest()
+    assert messages and messages[0].startswith("Inference test skipped: PyTorch is not installed")
+
+
+def test_reload_reloads_the_library(panel, monkeypatch):
+    import importlib
+
+    import slicer
+
+    reloaded, module_reloaded = [], []
+    monkeypatch.setattr(importlib, "reload", lambda module: reloaded.append(module.__name__))
+    monkeypatch.setattr(slicer.ScriptedLoadableModule.ScriptedLoadableModuleWidget, "onReload",
+                        lambda self: module_reloaded.append(True))
+    panel.widget.onReload()
+    assert {"HermesSegmentLib", "HermesSegmentLib.slicer.panel", "HermesSegmentLib.slicer.background"} <= set(reloaded)
+    assert reloaded.index("HermesSegmentLib.slicer.panel") < reloaded.index("HermesSegmentLib"), "submodules first"
+    assert module_reloaded
+
+
+def test_opening_the_panel_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, pathlib; sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(MODULE_FILE.parent)!r}]\n"
+        "from slicer_gui import slicer_app\n"
+        f"slicer_app.install(pathlib.Path({str(tmp_path)!r}))\n"
+        f"panel = slicer_app.ModulePanel(pathlib.Path({str(MODULE_FILE)!r})); panel.enter()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HERMES_SEGMENT_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_sample_data_registers_at_startup(gui):
+    import slicer
+
+    app, _ = gui
+    panel = slicer_app.ModulePanel(MODULE_FILE)  # Slicer keeps the module object for its whole life
+    app.startupCompleted.emit()
+    assert panel.module is not None
+    sources = slicer.modules.sampleDataSources["HermesSegment"]
+    assert [s.sampleName for s in sources] == ["HermesPhantomCT"]
+    assert callable(sources[0].customDownloader)
+
+
+def test_hermes_r_shows_where_the_weights_are_and_imports_a_pth_in_the_background(panel, gui, monkeypatch, tmp_path):
+    import sys
+
+    import qt
+
+    ui = panel.widget.ui
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findData("hermes-r"))
+    assert "drive.google.com" in ui.modelInfoLabel.text and "pan.baidu.com" in ui.modelInfoLabel.text
+    assert ui.modelInfoLabel.openExternalLinks
+    checkpoint = tmp_path / "hermes_r.pth"
+    checkpoint.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(qt.QFileDialog, "getOpenFileName", staticmethod(lambda *a: str(checkpoint)))
+    ui.addModelFileButton.click()
+    assert panel.widget.controller.busy and not ui.segmentButton.enabled and "Importing hermes_r.pth" in ui.statusLabel.text
+    wait_until_idle(panel)
+    _app, recorder = gui
+    assert recorder.texts() and recorder.texts()[0].startswith("Import failed:"), recorder.texts()
+    assert ui.segmentButton.enabled
+
+
+@pytest.mark.slow
+def test_a_long_cpu_run_is_measured_then_asked_first(panel, gui, monkeypatch):
+    import qt
+
+    from HermesSegmentLib.slicer import estimate
+
+    monkeypatch.setattr(estimate, "LARGE_BASE_CHANNELS", 1)  # the demo model plays a large model
+    monkeypatch.setattr(estimate, "ASK_ABOVE_SECONDS", 0.0)
+    _app, recorder = gui
+    ui = panel.widget.ui
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    volume = add_ct()
+    start_segment(panel, volume)
+    assert "Measuring" in ui.statusLabel.text and panel.widget.controller.busy
+    wait_until_idle(panel)
+    assert recorder.texts() and "expected to take about" in recorder.texts()[-1], recorder.texts()
+    assert "windows of" in recorder.texts()[-1] and "GPU" in recorder.texts()[-1]
+    assert panel.widget._parameterNode.outputSegmentation is None, "No: nothing ran"
+    assert estimate.cache_file().is_file()
+    recorder.answers.append(qt.QMessageBox.Yes)
+    ui.segmentButton.click()  # the time is cached now: asked at once, Yes starts the run
+    assert len(recorder.texts()) == 2 and panel.widget.controller.busy
+    wait_until_idle(panel)
+    assert panel.widget._parameterNode.outputSegmentation is not None
