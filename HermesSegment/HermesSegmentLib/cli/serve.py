@@ -1,0 +1,113 @@
+"""`hermes-segment serve`: run the segmentation server (see README, "Run on a GPU server").
+
+Loads the models once on the chosen devices, then serves the HTTP API of
+``HermesSegmentLib.server.app`` with uvicorn until Ctrl-C or SIGTERM. Needs the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import HermesError
+
+TLS_ADVICE = """\
+This server listens on {host}, beyond this computer. Its traffic is plain HTTP: put it behind a
+reverse proxy that speaks HTTPS, for example Caddy, which gets and renews the certificate itself:
+    caddy reverse-proxy --from segment.example.org --to 127.0.0.1:{port}
+(then start this server with --host 127.0.0.1), or nginx with `proxy_pass http://127.0.0.1:{port};`
+and `client_max_body_size {max_mb}m;`. Give the token to the people who may use this server only."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..models import DEFAULT_MODEL
+    from ..server.protocol import TOKEN_ENV
+    from ..server.settings import ServerSettings
+
+    defaults = ServerSettings(work_dir=Path("."))
+    parser = subparsers.add_parser(
+        "serve", help="serve segmentation over HTTP (Slicer panels and `segment --server` as clients)",
+        description="Serve segmentation jobs over HTTP with a bearer token. Binds to 127.0.0.1 unless --host says "
+                    "otherwise; the OpenAPI page is at /docs.")
+    parser.add_argument("--host", default=defaults.host,
+                        help="address to listen on (default 127.0.0.1, this computer only; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port}; 0: any free port)")
+    parser.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV}, else the one stored in "
+                                        "the work folder, else a new one, printed once)")
+    parser.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                        help=f"model to offer, by name or .safetensors file; repeat for several (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default="auto",
+                        help="where jobs run: auto (a GPU when there is one), cpu, cuda, or a list like cuda:0,cuda:1")
+    parser.add_argument("--jobs-per-device", type=int, default=defaults.jobs_per_device,
+                        help="jobs running at once on each device (default 1; more only with memory to spare)")
+    parser.add_argument("--work-dir", type=Path,
+                        help="server folder for uploads, results and the token (default ~/.hermes-segment/server)")
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
+                        help="largest upload accepted, in MB (default %(default).0f)")
+    parser.add_argument("--max-voxels", type=int, default=defaults.max_voxels,
+                        help="largest image accepted, in voxels (default %(default)d)")
+    parser.add_argument("--max-jobs-per-client", type=int, default=defaults.max_jobs_per_client,
+                        help="unfinished jobs allowed per client address (default %(default)d)")
+    parser.add_argument("--max-queued-jobs", type=int, default=defaults.max_queued_jobs,
+                        help="jobs allowed to wait in all (default %(default)d)")
+    parser.add_argument("--keep-results", type=float, default=defaults.keep_results_s, metavar="SECONDS",
+                        help="delete a finished job's files this long after it ended (default %(default).0f)")
+    parser.add_argument("--job-timeout", type=float, default=defaults.job_timeout_s, metavar="SECONDS",
+                        help="stop a job that runs longer than this (default %(default).0f)")
+    parser.add_argument("--upload-timeout", type=float, default=defaults.upload_idle_timeout_s, metavar="SECONDS",
+                        help="drop an upload that sends nothing for this long (default %(default).0f)")
+    parser.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                        help="addresses of a reverse proxy whose X-Forwarded-For names the real client "
+                             "(comma-separated; default: none trusted)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..server.app import create_app
+    except ModuleNotFoundError as error:
+        raise HermesError(f"the server needs {error.name}, which is not installed; "
+                          "install it with: pip install 'hermes-segment[server]'") from None
+    from ..models import DEFAULT_MODEL
+    from ..models.catalog import user_home
+    from ..server.engine import Engine
+    from ..server.settings import ServerSettings, resolve_token
+
+    work_dir = (args.work_dir or user_home() / "server").expanduser().resolve()
+    token, token_source = resolve_token(args.token, work_dir)
+    settings = ServerSettings(
+        work_dir=work_dir, host=args.host, port=args.port, token=token, models=args.models or [DEFAULT_MODEL],
+        devices=[d.strip() for d in args.device.split(",") if d.strip()], jobs_per_device=args.jobs_per_device,
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_voxels=args.max_voxels,
+        max_jobs_per_client=args.max_jobs_per_client, max_queued_jobs=args.max_queued_jobs,
+        keep_results_s=args.keep_results, job_timeout_s=args.job_timeout, upload_idle_timeout_s=args.upload_timeout)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    say(f"loading {', '.join(settings.models)} on {', '.join(settings.devices)} ...")
+    engine = Engine(settings)
+    config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port, log_level="info",
+                            proxy_headers=args.forwarded_allow_ips is not None,
+                            forwarded_allow_ips=args.forwarded_allow_ips, timeout_keep_alive=30)
+    try:
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn exits when the address is taken
+        raise HermesError(f"cannot listen on {settings.host}:{settings.port} (in use, or not an address of this "
+                          "computer); choose another --port or --host") from None
+    port = sock.getsockname()[1]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    say(f"HermesSegment server on http://{host}:{port} ({', '.join(engine.device_names)}; models: "
+        f"{', '.join(engine.model_names)}); API docs at /docs")
+    if token_source == "new":
+        say(f"new token (stored in {work_dir / 'token'}; give it to your users):\n    {token}")
+    elif token_source == "file":
+        say(f"token: the one stored in {work_dir / 'token'}")
+    if not settings.loopback:
+        say(TLS_ADVICE.format(host=settings.host, port=port, max_mb=int(args.max_upload_mb) + 1))
+    say(f"clients: hermes-segment segment IMAGES --out DIR --modality CT --server http://{host}:{port} "
+        "(token in $HERMES_SEGMENT_TOKEN)")
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+

@@ -1,0 +1,244 @@
+"""Client of ``hermes-segment serve``: what ``segment --server``, the console API and the Slicer panel use.
+
+Needs only ``requests`` (which Slicer bundles) and the standard library: no torch, no FastAPI, so
+a laptop without a GPU stack can send its images to the server::
+
+    client = ServerClient("https://segment.example.org", token="...")   # or $HERMES_SEGMENT_TOKEN
+    status, files = client.segment(Path("ct.nii.gz"), {"modality": "CT", "targets": "all"}, Path("out"), "ct")
+
+Every failure is a :class:`HermesError` with one line (the server's own message when it sent
+one); a cancelled run raises :class:`CancelledError` after the job was cancelled on the server.
+Result files arrive under temporary names and are renamed only once all are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import requests
+
+from ..atomic import atomic_paths
+from ..errors import CancelledError, HermesError
+from .protocol import (API_PREFIX, CANCELLED, DICOM_ZIP_SUFFIX, DONE, FAILED, IMAGE_SUFFIXES, QUEUED, RESULT_STEM,
+                       TOKEN_ENV)
+
+Progress = Callable[[str, float, str], None]
+CHUNK = 1 << 20
+
+
+class ServerClient:
+    """One server: ``url`` (``http(s)://host:port``) and its bearer ``token`` (default ``$HERMES_SEGMENT_TOKEN``).
+
+    ``timeout``: seconds to wait for the server to answer a request (uploads and downloads may
+    take longer, as long as data flows). ``verify``: TLS certificate check (``True``, or a CA
+    bundle path for a hospital's own certificate authority).
+    """
+
+    def __init__(self, url: str, token: Optional[str] = None, *, timeout: float = 60.0, poll_interval: float = 0.5,
+                 verify: Union[bool, str] = True) -> None:
+        url = (url or "").strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise HermesError(f"server address {url!r} must start with http:// or https:// "
+                              "(e.g. https://gpu-server.example.org)")
+        token = token or os.environ.get(TOKEN_ENV, "")
+        if not token:
+            raise HermesError(f"no token for {url}; give the token the server printed at its start "
+                              f"(--token, or the environment variable {TOKEN_ENV})")
+        self.url, self.timeout, self.poll_interval = url, timeout, poll_interval
+        self._session = requests.Session()
+        self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.verify = verify
+        self._info: Optional[dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ requests
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self._session.request(method, f"{self.url}{API_PREFIX}{path}", **kwargs)
+        except requests.exceptions.SSLError as error:
+            raise HermesError(f"TLS check of {self.url} failed ({_reason(error)}); check the address, or give the "
+                              "certificate authority's bundle") from None
+        except requests.exceptions.Timeout:
+            raise HermesError(f"the server at {self.url} did not answer within {self.timeout:.0f} s; "
+                              "it may be overloaded, try again later") from None
+        except requests.exceptions.ConnectionError as error:
+            raise HermesError(f"cannot reach the server at {self.url} ({_reason(error)}); check the address and "
+                              "that `hermes-segment serve` runs there") from None
+        if response.status_code >= 400:
+            raise _error_from(response, self.url)
+        return response
+
+    def info(self) -> dict[str, Any]:
+        """Version, devices, models (with targets per modality) and limits of the server."""
+        self._info = self._request("GET", "/info").json()
+        return self._info
+
+    def check(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"model", "modality", "targets"}`` that ``options`` resolve to on the server
+        (``"all"`` becomes the list of targets); :class:`HermesError` with suggestions otherwise."""
+        return self._request("POST", "/check", json=dict(options)).json()
+
+    def submit(self, image: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Upload ``image`` and queue a job with ``options``; returns the job's status.
+
+        ``image``: an image file (NIfTI, NRRD, MHA), a folder holding one DICOM series (zipped
+        for the upload), or a SimpleITK image (sent as compressed NRRD).
+        """
+        with tempfile.TemporaryDirectory(prefix="hermes-upload-") as scratch:
+            path = _uploadable(image, Path(scratch))
+            limit = (self._info or self.info())["limits"]["max_upload_bytes"]
+            size = path.stat().st_size
+            if size > limit:
+                raise HermesError(f"{_name(image)} is {size / 2**20:.0f} MB, over the server's upload limit of "
+                                  f"{limit / 2**20:.0f} MB; crop the image or ask its administrator")
+            with open(path, "rb") as file:
+                return self._request("POST", "/jobs", files={"image": (path.name, file, "application/octet-stream")},
+                                     data={"options": json.dumps(dict(options))}).json()
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+
+    def delete(self, job_id: str) -> None:
+        """Cancel the job if it still runs and delete it with its files on the server."""
+        self._request("DELETE", f"/jobs/{job_id}")
+
+    # ------------------------------------------------------------------ a whole run
+    def wait(self, job_id: str, progress: Optional[Progress] = None, cancel: Any = None) -> dict[str, Any]:
+        """Poll until the job ends; returns its final status.
+
+        ``progress(stage, fraction of the stage, message)`` as a local run reports it, with
+        stage ``"queued"`` while waiting. ``cancel``: anything with a ``cancelled`` attribute (a
+        ``CancelToken``); when it turns true the job is cancelled on the server and
+        :class:`CancelledError` is raised. A failed job raises :class:`HermesError` with the
+        server's reason.
+        """
+        last = None
+        while True:
+            if cancel is not None and cancel.cancelled:
+                self.cancel(job_id)
+                raise CancelledError()
+            status = self.status(job_id)
+            state = status["state"]
+            if state == DONE:
+                return status
+            if state == FAILED:
+                raise HermesError(f"the server could not segment the image: {status['error']}")
+            if state == CANCELLED:
+                raise CancelledError(f"the job was cancelled on the server: {status.get('error') or 'no reason given'}")
+            report = _progress_of(status)
+            if progress is not None and report != last:
+                progress(*report)
+                last = report
+            _sleep(self.poll_interval, cancel)
+
+    def download(self, status: Mapping[str, Any], folder: Path, stem: str,
+                 exclude: tuple[str, ...] = ()) -> list[Path]:
+        """Download the files of a done job into ``folder``, ``case`` in their names replaced by ``stem``.
+
+        Atomic as a set: all files are complete before any of them gets its final name.
+        """
+        names = [name for name in status["files"] if name not in exclude]
+        finals = [folder / (stem + name[len(RESULT_STEM):] if name.startswith(RESULT_STEM) else name)
+                  for name in names]
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_paths(finals) as temps:
+            for name, temp in zip(names, temps):
+                response = self._request("GET", f"/jobs/{status['id']}/files/{name}", stream=True)
+                with response, open(temp, "wb") as file:
+                    for chunk in response.iter_content(CHUNK):
+                        file.write(chunk)
+        return finals
+
+    def segment(self, image: Any, options: Mapping[str, Any], folder: Path, stem: str,
+                progress: Optional[Progress] = None, cancel: Any = None) -> tuple[dict[str, Any], list[Path]]:
+        """Submit, wait, download into ``folder`` (file names start with ``stem``), delete on the server.
+
+        Returns the final status (its ``summary`` lists voxels and mL per target) and the files.
+        """
+        job = self.submit(image, options)
+        try:
+            status = self.wait(job["id"], progress, cancel)
+            return status, self.download(status, folder, stem)
+        finally:
+            try:
+                self.delete(job["id"])
+            except HermesError:
+                pass  # the server forgets finished jobs by itself; nothing of the result depends on this
+
+
+def _uploadable(image: Any, scratch: Path) -> Path:
+    """A file to upload: the image file itself, a zip of a DICOM series folder, or a SimpleITK image as NRRD."""
+    if not isinstance(image, (str, Path)):
+        import SimpleITK as sitk
+
+        path = scratch / "image.nrrd"
+        sitk.WriteImage(image, str(path), True)
+        return path
+    path = Path(image)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        if not files:
+            raise HermesError(f"{path}: empty folder; give an image file or a folder holding a DICOM series")
+        archive = scratch / f"series{DICOM_ZIP_SUFFIX}"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zipped:
+            for number, file in enumerate(files):
+                zipped.write(file, f"{number:05d}.dcm")
+        return archive
+    if not path.is_file():
+        raise HermesError(f"{path}: no such file or folder; check the path")
+    if not path.name.lower().endswith(IMAGE_SUFFIXES):
+        raise HermesError(f"{path}: a server accepts {', '.join(IMAGE_SUFFIXES)} files or DICOM series folders; "
+                          "convert the image first")
+    return path
+
+
+def _progress_of(status: Mapping[str, Any]) -> tuple[str, float, str]:
+    if status["state"] == QUEUED:
+        eta = status.get("eta_seconds")
+        about = f", about {eta:.0f} s" if eta is not None else ""
+        return QUEUED, 0.0, f"position {status.get('queue_position') or '?'} in the server's queue{about}"
+    return status["stage"], float(status.get("stage_fraction", status["fraction"])), status.get("message", "")
+
+
+def _sleep(seconds: float, cancel: Any) -> None:
+    """Sleep, waking early when ``cancel`` turns true (so Cancel answers within 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (cancel is not None and cancel.cancelled):
+        time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+
+
+def _error_from(response: requests.Response, url: str) -> HermesError:
+    try:
+        detail = str(response.json().get("detail", "")).strip()
+    except ValueError:
+        detail = ""
+    detail = detail or response.reason or f"HTTP {response.status_code}"
+    if response.status_code == 401:
+        return HermesError(f"the server at {url} refused the token ({detail}); check the token its administrator "
+                           "gave you")
+    if response.status_code == 404 and not detail.startswith("no job"):
+        return HermesError(f"{url} does not look like a HermesSegment server (HTTP 404); check the address")
+    return HermesError(f"server: {detail}")
+
+
+def _reason(error: Exception) -> str:
+    text = str(error.args[0] if error.args else error)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "No route to host",
+                   "certificate verify failed", "Connection reset"):
+        if marker in text:
+            return marker.lower()
+    return " ".join(text.split())[:120]
+
+
+def _name(image: Any) -> str:
+    return Path(image).name if isinstance(image, (str, Path)) else "the image"

@@ -1,0 +1,282 @@
+"""`hermes-segment serve` as a real uvicorn process on 127.0.0.1 with the demo model.
+
+What a hospital's server must do: the same masks as a local run, for many clients at once;
+nothing for a caller without the token; one-line errors for bad uploads while staying healthy;
+cancel; and an empty server folder once results have expired.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+
+from serving import AUTH, running_server, small_ct, phantom_crops
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from HermesSegmentLib.errors import CancelledError, HermesError  # noqa: E402
+from HermesSegmentLib.outputs import read_seg_nrrd  # noqa: E402
+from HermesSegmentLib.pipeline import segment_image  # noqa: E402
+from HermesSegmentLib.server.jobs import FairQueue, Job  # noqa: E402
+
+EXACT = {"modality": "CT", "targets": "all", "precision": "float32"}  # float32: bit-reproducible masks
+MAX_UPLOAD_MB = 1
+MAX_VOXELS = 400_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("server"), "--max-upload-mb", str(MAX_UPLOAD_MB),
+                        "--max-voxels", str(MAX_VOXELS), "--max-jobs-per-client", "12") as running:
+        yield running
+    assert not (running.work_dir / "jobs").exists(), "a stopped server leaves no job folder behind"
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    return phantom_crops(tmp_path_factory.mktemp("phantom"), 4)
+
+
+@pytest.fixture(scope="module")
+def local_masks(crops):
+    """The masks of a local run (same model and options) of every crop: {path: [(key, offset, mask)]}."""
+    return {path: _masks_of(segment_image(sitk.ReadImage(str(path)), model="hermes-demo", device="cpu", **EXACT))
+            for path in crops}
+
+
+def _masks_of(result_or_masks) -> list[tuple[str, tuple, np.ndarray]]:
+    masks = getattr(result_or_masks, "masks", result_or_masks)
+    return [(m.key, m.tight_box(), _tight(m)) for m in masks]
+
+
+def _tight(mask) -> np.ndarray:
+    box = mask.tight_box()
+    if box is None:
+        return np.zeros((0, 0, 0), bool)
+    return mask.array[tuple(slice(lo - o, hi - o + 1) for (lo, hi), o in zip(box, mask.offset_zyx))]
+
+
+def _same(local, remote) -> bool:
+    return [(k, b) for k, b, _ in local] == [(k, b) for k, b, _ in remote] and \
+        all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(local, remote))
+
+
+def test_a_job_gives_the_masks_of_a_local_run(server, crops, local_masks, tmp_path):
+    stages = []
+    status, files = server.client().segment(crops[0], {**EXACT, "outputs": ["seg-nrrd", "nifti"]}, tmp_path, "crop0",
+                                            progress=lambda stage, fraction, message: stages.append(stage))
+    assert sorted(f.name for f in files) == ["crop0.json", "crop0.nii.gz", "crop0.seg.nrrd"]
+    masks, reference = read_seg_nrrd(tmp_path / "crop0.seg.nrrd")
+    assert reference.GetSize() == sitk.ReadImage(str(crops[0])).GetSize()
+    assert sum(m.voxels for m in masks) > 1000, "the crop holds organs the demo model finds"
+    assert _same(local_masks[crops[0]], _masks_of(masks))
+    assert [row["voxels"] for row in status["summary"]] == [int(np.count_nonzero(m)) for _, _, m in local_masks[crops[0]]]
+    assert "inference" in stages and status["device"] == "cpu"
+    assert not list(tmp_path.glob(".partial-*"))
+    assert server.job_folders() == [], "the client deletes its job once downloaded"
+
+
+def test_eight_concurrent_clients_all_get_their_own_correct_result(server, crops, local_masks, tmp_path):
+    outcomes: dict[int, object] = {}
+
+    def one_client(number: int) -> None:
+        path = crops[number % len(crops)]
+        try:
+            server.client().segment(path, EXACT, tmp_path / str(number), "case")
+            outcomes[number] = _same(local_masks[path], _masks_of(read_seg_nrrd(tmp_path / str(number) / "case.seg.nrrd")[0]))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            outcomes[number] = error
+
+    threads = [threading.Thread(target=one_client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert outcomes == {n: True for n in range(8)}
+
+
+def test_without_the_right_token_every_call_is_refused_and_nothing_runs(server, tmp_path):
+    image = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(small_ct(), str(image))
+    before = server.get("/v1/info").json()["queue"]
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": AUTH["Authorization"][7:]}):
+        for method, path in (("GET", "/v1/info"), ("GET", "/v1/jobs/" + "0" * 32), ("DELETE", "/v1/jobs/" + "0" * 32),
+                             ("GET", "/v1/jobs/" + "0" * 32 + "/files/case.seg.nrrd")):
+            response = requests.request(method, server.url + path, headers=headers, timeout=30)
+            assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer", (method, path)
+            assert "token" in response.json()["detail"]
+        with open(image, "rb") as file:
+            response = requests.post(server.url + "/v1/jobs", headers=headers, files={"image": ("ct.nii.gz", file)},
+                                     data={"options": '{"modality": "CT", "targets": "all"}'}, timeout=30)
+        assert response.status_code == 401
+    assert server.get("/v1/info").json()["queue"] == before
+    assert server.job_folders() == []
+    with pytest.raises(HermesError, match="refused the token"):
+        type(server.client())(server.url, "not-the-token-0123456789").info()
+
+
+def test_an_upload_over_the_limit_is_refused_with_413(server, tmp_path):
+    noise = np.random.default_rng(0).integers(-1000, 1000, (60, 150, 150), dtype=np.int16)  # incompressible
+    big = tmp_path / "big.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(noise), str(big))
+    assert big.stat().st_size > MAX_UPLOAD_MB * 2**20 * 1.5
+    with open(big, "rb") as file:
+        response = server.post("/v1/jobs", files={"image": ("big.nrrd", file)},
+                               data={"options": '{"modality": "CT", "targets": "all"}'})
+    assert response.status_code == 413 and "upload limit" in response.json()["detail"]
+    with pytest.raises(HermesError, match="over the server's upload limit"):
+        server.client().submit(big, EXACT)  # the client checks before it uploads
+    # Few bytes but too many voxels: refused from the header, before the image is read.
+    many = tmp_path / "many.nii.gz"
+    sitk.WriteImage(sitk.Image(100, 100, 50, sitk.sitkInt16), str(many), True)
+    with pytest.raises(HermesError, match="500,000 voxels; this server accepts at most 400,000"):
+        server.client().submit(many, EXACT)
+    assert server.job_folders() == []
+
+
+def test_bad_uploads_get_one_line_errors_and_the_server_stays_healthy(server, tmp_path):
+    def submit(name: str, content: bytes, options: str = '{"modality": "CT", "targets": "all"}') -> requests.Response:
+        return server.post("/v1/jobs", files={"image": (name, io.BytesIO(content))}, data={"options": options})
+
+    refused = {
+        "garbage": submit("ct.nii.gz", b"this is not an image" * 100),
+        "format": submit("ct.png", b"\x89PNG...."),
+        "zip": submit("series.zip", b"PK\x03\x04 broken"),
+        "options": submit("ct.nii.gz", b"x", '{"modality": "CT", "targets": "livr"}'),
+        "option name": submit("ct.nii.gz", b"x", '{"modality": "CT", "targets": "all", "device": "cuda"}'),
+        "model path": submit("ct.nii.gz", b"x", '{"modality": "CT", "targets": "all", "model": "/etc/passwd"}'),
+        "not json": submit("ct.nii.gz", b"x", "{modality: CT"),
+    }
+    for what, response in refused.items():
+        detail = response.json()["detail"]
+        assert response.status_code == 400 and isinstance(detail, str) and "\n" not in detail, (what, detail)
+    assert "did you mean: liver" in refused["options"].json()["detail"]
+    assert "does not offer the model" in refused["model path"].json()["detail"]
+
+    # A header that reads but voxels that do not: the job fails with one line, the server goes on.
+    image = tmp_path / "cut.nrrd"
+    sitk.WriteImage(small_ct(), str(image))
+    cut = image.read_bytes()[:-3000]
+    status = server.post("/v1/jobs", files={"image": ("cut.nrrd", io.BytesIO(cut))},
+                         data={"options": '{"modality": "CT", "targets": "all"}'}).json()
+    client = server.client()
+    with pytest.raises(HermesError, match="could not segment the image") as failure:
+        client.wait(status["id"])
+    assert "\n" not in str(failure.value) and "Traceback" not in str(failure.value)
+    client.delete(status["id"])
+
+    # Names from the request never reach the file system.
+    sitk.WriteImage(small_ct(), str(image))
+    with open(image, "rb") as file:
+        status = server.post("/v1/jobs", files={"image": ("../../../escape.nrrd", file)},
+                             data={"options": '{"modality": "CT", "targets": ["heart"]}'}).json()
+    final = client.wait(status["id"])
+    assert final["files"] == ["case.seg.nrrd"]
+    for name in ("../token", "..%2Ftoken", "%2e%2e%2f%2e%2e%2ftoken", "case.seg.nrrd/../../token"):
+        assert server.get(f"/v1/jobs/{status['id']}/files/{name}").status_code == 404, name
+    assert not list(server.work_dir.rglob("escape*"))
+    client.delete(status["id"])
+    assert server.get("/v1/jobs/" + "f" * 32).status_code == 404
+    assert server.get("/v1/jobs/not-a-job-id").status_code == 422
+    assert server.get("/v1/info").ok
+
+
+def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server, tmp_path):
+    from HermesSegmentLib import imaging
+
+    series = tmp_path / "series"
+    series.mkdir()
+    image = sitk.Cast(small_ct(shape_xyz=(40, 40, 12), spacing=(3.5, 3.5, 8.0)), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        plane = image[:, :, z]
+        for tag, value in (("0008|0060", "CT"), ("0020|000e", "1.2.826.0.1.3680043.2.1125.1"),
+                           ("0020|0013", str(z + 1)), ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", "3.5\\3.5")):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
+        writer.Execute(plane)
+    local = segment_image(imaging.read_image(series), model="hermes-demo", device="cpu", **EXACT)
+    status, files = server.client().segment(series, EXACT, tmp_path / "out", "series")  # zipped by the client
+    assert _same(_masks_of(local), _masks_of(read_seg_nrrd(files[0])[0]))
+
+
+def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
+    client = server.client()
+    image = tmp_path / "wide.nrrd"
+    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(3.0, 3.0, 4.0)), str(image))  # many windows at overlap 0.9
+    job = client.submit(image, {"modality": "CT", "targets": "all", "overlap": 0.9, "crop_to_body": False})
+
+    class CancelAtFirstWindow:
+        cancelled = False
+
+    token = CancelAtFirstWindow()
+
+    def progress(stage: str, fraction: float, message: str) -> None:
+        if stage == "inference" and fraction > 0:
+            token.cancelled = True
+
+    with pytest.raises(CancelledError):
+        client.wait(job["id"], progress=progress, cancel=token)
+    status = client.status(job["id"])
+    while status["state"] == "running":  # stops within one window batch
+        status = client.status(job["id"])
+    assert status["state"] == "cancelled" and status["files"] == []
+    assert server.get(f"/v1/jobs/{job['id']}/files/case.seg.nrrd").status_code == 409
+    assert not list((server.work_dir / "jobs" / job["id"]).rglob("*.seg.nrrd"))
+    client.delete(job["id"])
+    sitk.WriteImage(small_ct(), str(image))
+    status, files = client.segment(image, {"modality": "CT", "targets": ["heart"]}, tmp_path, "next")
+    assert status["state"] == "done" and files[0].name == "next.seg.nrrd"
+
+
+def test_results_expire_and_leave_the_server_folder_empty(tmp_path):
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(small_ct(), str(image))
+    with running_server(tmp_path / "server", "--keep-results", "1", "--max-jobs-per-client", "1") as server:
+        client = server.client()
+        first = client.submit(image, {"modality": "CT", "targets": ["heart"]})
+        with pytest.raises(HermesError, match="unfinished jobs on this server, its limit per client"):
+            client.submit(image, {"modality": "CT", "targets": ["heart"]})  # HTTP 429
+        done = client.wait(first["id"])
+        assert done["files"] == ["case.seg.nrrd"] and len(server.job_folders()) == 1
+        for _ in range(100):
+            if not server.job_folders():
+                break
+            threading.Event().wait(0.1)
+        assert server.job_folders() == []
+        assert server.get(f"/v1/jobs/{first['id']}").status_code == 404
+    assert not (tmp_path / "server" / "jobs").exists()
+
+
+def test_the_queue_serves_clients_in_turn():
+    queue = FairQueue()
+    jobs = [Job(id=str(n), client=client, request=None, folder=Path(".")) for n, client in enumerate("aaab")]
+    for job in jobs:
+        queue.push(job)
+    assert [job.id for job in queue.order()] == ["0", "3", "1", "2"]
+    assert [queue.pop().id for _ in range(4)] == ["0", "3", "1", "2"] and queue.pop() is None
+
+
+def test_a_zip_is_unpacked_under_numbered_names_and_within_its_limit(tmp_path):
+    from HermesSegmentLib.server.uploads import UploadTooLarge, unpack_dicom_zip
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("../../outside.dcm", b"a" * 100)
+        zipped.writestr("/abs/path.dcm", b"b" * 100)
+        zipped.writestr("bomb.dcm", b"\0" * 5_000_000)  # 5 MB that compress to a few kB
+    with pytest.raises(UploadTooLarge):
+        unpack_dicom_zip(archive, tmp_path / "small", max_bytes=1_000_000)
+    unpack_dicom_zip(archive, tmp_path / "dicom", max_bytes=10_000_000)
+    assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm"]
+    assert not (tmp_path.parent / "outside.dcm").exists()
