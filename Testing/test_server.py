@@ -23,7 +23,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from HermesSegmentLib.errors import CancelledError, HermesError  # noqa: E402
-from HermesSegmentLib.outputs import read_seg_nrrd  # noqa: E402
+from HermesSegmentLib.writers import read_seg_nrrd  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
 from HermesSegmentLib.server.jobs import FairQueue, Job  # noqa: E402
 
@@ -190,7 +190,7 @@ def test_bad_uploads_get_one_line_errors_and_the_server_stays_healthy(server, tm
 
 
 def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server, tmp_path):
-    from HermesSegmentLib import imaging
+    from HermesSegmentLib.read import read_image
 
     series = tmp_path / "series"
     series.mkdir()
@@ -205,7 +205,7 @@ def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server,
             plane.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
         writer.Execute(plane)
-    local = segment_image(imaging.read_image(series), model="hermes-demo", device="cpu", **EXACT)
+    local = segment_image(read_image(series), model="hermes-demo", device="cpu", **EXACT)
     status, files = server.client().segment(series, EXACT, tmp_path / "out", "series")  # zipped by the client
     assert _same(_masks_of(local), _masks_of(read_seg_nrrd(files[0])[0]))
 

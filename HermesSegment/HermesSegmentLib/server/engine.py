@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import pydantic
 
-from .. import imaging, outputs, vocabulary
+from .. import read, vocabulary, writers
 from ..errors import HermesError
 from ..inference import describe, select_device
 from ..models import LoadedModel, load
@@ -114,7 +114,7 @@ class Engine:
 
     # ------------------------------------------------------------------ what a worker calls
     def segment(self, image_path: Path, options: Any, device: str, progress: Any, cancel: Any) -> Any:
-        image = imaging.read_image(image_path)
+        image = read.read_image(image_path)
         return segment_image(image, model=self.model(options.model, device), device=device, progress=progress,
                              cancel=cancel, **segment_kwargs(options))
 
@@ -123,18 +123,18 @@ class Engine:
         """Write the outputs ``options.outputs`` asks for (always the .seg.nrrd) into ``folder``."""
         written: list[Path] = []
         segmentation = folder / f"{RESULT_STEM}.seg.nrrd"
-        outputs.write_seg_nrrd(segmentation, result.masks, result.reference)
+        writers.write_seg_nrrd(segmentation, result.masks, result.reference)
         written.append(segmentation)
         if "nifti" in options.outputs:
-            written += outputs.write_label_map_nifti(folder / f"{RESULT_STEM}.nii.gz", result.masks, result.reference,
+            written += writers.write_label_map_nifti(folder / f"{RESULT_STEM}.nii.gz", result.masks, result.reference,
                                                      overlap_policy=options.overlap_policy)
         if "probabilities" in options.outputs:
-            written += outputs.write_probability_maps(folder / f"{RESULT_STEM}_probabilities",
+            written += writers.write_probability_maps(folder / f"{RESULT_STEM}_probabilities",
                                                       result.probability_maps(), result.reference)
         if "summary" in options.outputs:
             spacing = result.reference.GetSpacing()
             summary = folder / "summary.csv"
-            outputs.append_summary_csv(summary, [
+            writers.append_summary_csv(summary, [
                 {"case": RESULT_STEM, "target": m.key, "voxels": m.voxels, "volume_ml": round(m.volume_ml(spacing), 3),
                  "seconds": round(result.seconds.get("total", 0.0), 2)} for m in result.masks])
             written.append(summary)
