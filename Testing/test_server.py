@@ -25,9 +25,13 @@ pytest.importorskip("uvicorn")
 from HermesSegmentLib.errors import CancelledError, HermesError  # noqa: E402
 from HermesSegmentLib.writers import read_seg_nrrd  # noqa: E402
 from HermesSegmentLib.pipeline import segment_image  # noqa: E402
+from HermesSegmentLib.mask import TargetMask  # noqa: E402
+from HermesSegmentLib.pipeline import SegmentOptions  # noqa: E402
+from HermesSegmentLib.server.client import job_request  # noqa: E402
 from HermesSegmentLib.server.jobs import FairQueue, Job  # noqa: E402
 
-EXACT = {"modality": "CT", "targets": "all", "precision": "float32"}  # float32: bit-reproducible masks
+EXACT = job_request("CT", "all", SegmentOptions(precision="float32"))  # float32: bit-reproducible masks
+HEART = job_request("CT", ["heart"])
 MAX_UPLOAD_MB = 1
 MAX_VOXELS = 400_000
 
@@ -48,20 +52,15 @@ def crops(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_masks(crops):
     """The masks of a local run (same model and options) of every crop: {path: [(key, offset, mask)]}."""
-    return {path: _masks_of(segment_image(sitk.ReadImage(str(path)), model="hermes-demo", device="cpu", **EXACT))
+    return {path: _masks_of(segment_image(sitk.ReadImage(str(path)), modality="CT", targets="all",
+                                                  precision="float32", device="cpu"))
             for path in crops}
 
 
 def _masks_of(result_or_masks) -> list[tuple[str, tuple, np.ndarray]]:
-    masks = getattr(result_or_masks, "masks", result_or_masks)
-    return [(m.key, m.tight_box(), _tight(m)) for m in masks]
-
-
-def _tight(mask) -> np.ndarray:
-    box = mask.tight_box()
-    if box is None:
-        return np.zeros((0, 0, 0), bool)
-    return mask.array[tuple(slice(lo - o, hi - o + 1) for (lo, hi), o in zip(box, mask.offset_zyx))]
+    """(key, offset, array) of each mask cut to its True voxels, so that equal masks compare equal."""
+    tight = [TargetMask.cropped(m.array, m.offset_zyx) for m in getattr(result_or_masks, "masks", result_or_masks)]
+    return [(m.key, t.offset_zyx, t.array) for m, t in zip(getattr(result_or_masks, "masks", result_or_masks), tight)]
 
 
 def _same(local, remote) -> bool:
@@ -71,9 +70,12 @@ def _same(local, remote) -> bool:
 
 def test_a_job_gives_the_masks_of_a_local_run(server, crops, local_masks, tmp_path):
     stages = []
-    status, files = server.client().segment(crops[0], {**EXACT, "outputs": ["seg-nrrd", "nifti"]}, tmp_path, "crop0",
+    status, files = server.client().segment(crops[0], {**EXACT, "format": "nifti"}, tmp_path, "crop0",
                                             progress=lambda stage, fraction, message: stages.append(stage))
-    assert sorted(f.name for f in files) == ["crop0.json", "crop0.nii.gz", "crop0.seg.nrrd"]
+    assert sorted(f.name for f in files) == ["crop0.json", "crop0.nii.gz", "summary.csv"]
+    status, files = server.client().segment(crops[0], EXACT, tmp_path, "crop0", exclude=("summary.csv",),
+                                            progress=lambda stage, fraction, message: stages.append(stage))
+    assert [f.name for f in files] == ["crop0.seg.nrrd"]
     masks, reference = read_seg_nrrd(tmp_path / "crop0.seg.nrrd")
     assert reference.GetSize() == sitk.ReadImage(str(crops[0])).GetSize()
     assert sum(m.voxels for m in masks) > 1000, "the crop holds organs the demo model finds"
@@ -115,7 +117,7 @@ def test_without_the_right_token_every_call_is_refused_and_nothing_runs(server, 
             assert "token" in response.json()["detail"]
         with open(image, "rb") as file:
             response = requests.post(server.url + "/v1/jobs", headers=headers, files={"image": ("ct.nii.gz", file)},
-                                     data={"options": '{"modality": "CT", "targets": "all"}'}, timeout=30)
+                                     data={"job": '{"modality": "CT", "targets": "all"}'}, timeout=30)
         assert response.status_code == 401
     assert server.get("/v1/info").json()["queue"] == before
     assert server.job_folders() == []
@@ -130,7 +132,7 @@ def test_an_upload_over_the_limit_is_refused_with_413(server, tmp_path):
     assert big.stat().st_size > MAX_UPLOAD_MB * 2**20 * 1.5
     with open(big, "rb") as file:
         response = server.post("/v1/jobs", files={"image": ("big.nrrd", file)},
-                               data={"options": '{"modality": "CT", "targets": "all"}'})
+                               data={"job": '{"modality": "CT", "targets": "all"}'})
     assert response.status_code == 413 and "upload limit" in response.json()["detail"]
     with pytest.raises(HermesError, match="over the server's upload limit"):
         server.client().submit(big, EXACT)  # the client checks before it uploads
@@ -143,21 +145,23 @@ def test_an_upload_over_the_limit_is_refused_with_413(server, tmp_path):
 
 
 def test_bad_uploads_get_one_line_errors_and_the_server_stays_healthy(server, tmp_path):
-    def submit(name: str, content: bytes, options: str = '{"modality": "CT", "targets": "all"}') -> requests.Response:
-        return server.post("/v1/jobs", files={"image": (name, io.BytesIO(content))}, data={"options": options})
+    def submit(name: str, content: bytes, job: str = '{"modality": "CT", "targets": "all"}') -> requests.Response:
+        return server.post("/v1/jobs", files={"image": (name, io.BytesIO(content))}, data={"job": job})
 
     refused = {
         "garbage": submit("ct.nii.gz", b"this is not an image" * 100),
         "format": submit("ct.png", b"\x89PNG...."),
         "zip": submit("series.zip", b"PK\x03\x04 broken"),
         "options": submit("ct.nii.gz", b"x", '{"modality": "CT", "targets": "livr"}'),
-        "option name": submit("ct.nii.gz", b"x", '{"modality": "CT", "targets": "all", "device": "cuda"}'),
-        "model path": submit("ct.nii.gz", b"x", '{"modality": "CT", "targets": "all", "model": "/etc/passwd"}'),
+        "model path": submit("ct.nii.gz", b"x", '{"modality": "CT", "options": {"model": "/etc/passwd"}}'),
+        "precision": submit("ct.nii.gz", b"x", '{"modality": "CT", "options": {"precision": "fp8"}}'),
         "not json": submit("ct.nii.gz", b"x", "{modality: CT"),
+        "option name": submit("ct.nii.gz", b"x", '{"modality": "CT", "options": {"device": "cuda"}}'),
     }
     for what, response in refused.items():
         detail = response.json()["detail"]
-        assert response.status_code == 400 and isinstance(detail, str) and "\n" not in detail, (what, detail)
+        expected = 422 if what in ("not json", "option name") else 400
+        assert response.status_code == expected and isinstance(detail, str) and "\n" not in detail, (what, detail)
     assert "did you mean: liver" in refused["options"].json()["detail"]
     assert "does not offer the model" in refused["model path"].json()["detail"]
 
@@ -166,7 +170,7 @@ def test_bad_uploads_get_one_line_errors_and_the_server_stays_healthy(server, tm
     sitk.WriteImage(small_ct(), str(image))
     cut = image.read_bytes()[:-3000]
     status = server.post("/v1/jobs", files={"image": ("cut.nrrd", io.BytesIO(cut))},
-                         data={"options": '{"modality": "CT", "targets": "all"}'}).json()
+                         data={"job": '{"modality": "CT", "targets": "all"}'}).json()
     client = server.client()
     with pytest.raises(HermesError, match="could not segment the image") as failure:
         client.wait(status["id"])
@@ -177,9 +181,9 @@ def test_bad_uploads_get_one_line_errors_and_the_server_stays_healthy(server, tm
     sitk.WriteImage(small_ct(), str(image))
     with open(image, "rb") as file:
         status = server.post("/v1/jobs", files={"image": ("../../../escape.nrrd", file)},
-                             data={"options": '{"modality": "CT", "targets": ["heart"]}'}).json()
+                             data={"job": '{"modality": "CT", "targets": ["heart"]}'}).json()
     final = client.wait(status["id"])
-    assert final["files"] == ["case.seg.nrrd"]
+    assert final["files"] == ["case.seg.nrrd", "summary.csv"]
     for name in ("../token", "..%2Ftoken", "%2e%2e%2f%2e%2e%2ftoken", "case.seg.nrrd/../../token"):
         assert server.get(f"/v1/jobs/{status['id']}/files/{name}").status_code == 404, name
     assert not list(server.work_dir.rglob("escape*"))
@@ -205,7 +209,7 @@ def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server,
             plane.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
         writer.Execute(plane)
-    local = segment_image(read_image(series), model="hermes-demo", device="cpu", **EXACT)
+    local = segment_image(read_image(series), modality="CT", targets="all", precision="float32", device="cpu")
     status, files = server.client().segment(series, EXACT, tmp_path / "out", "series")  # zipped by the client
     assert _same(_masks_of(local), _masks_of(read_seg_nrrd(files[0])[0]))
 
@@ -214,7 +218,7 @@ def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
     client = server.client()
     image = tmp_path / "wide.nrrd"
     sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(3.0, 3.0, 4.0)), str(image))  # many windows at overlap 0.9
-    job = client.submit(image, {"modality": "CT", "targets": "all", "overlap": 0.9, "crop_to_body": False})
+    job = client.submit(image, job_request("CT", "all", SegmentOptions(overlap=0.9, crop_to_body=False)))
 
     class CancelAtFirstWindow:
         cancelled = False
@@ -235,7 +239,7 @@ def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
     assert not list((server.work_dir / "jobs" / job["id"]).rglob("*.seg.nrrd"))
     client.delete(job["id"])
     sitk.WriteImage(small_ct(), str(image))
-    status, files = client.segment(image, {"modality": "CT", "targets": ["heart"]}, tmp_path, "next")
+    status, files = client.segment(image, HEART, tmp_path, "next", exclude=("summary.csv",))
     assert status["state"] == "done" and files[0].name == "next.seg.nrrd"
 
 
@@ -244,11 +248,11 @@ def test_results_expire_and_leave_the_server_folder_empty(tmp_path):
     sitk.WriteImage(small_ct(), str(image))
     with running_server(tmp_path / "server", "--keep-results", "1", "--max-jobs-per-client", "1") as server:
         client = server.client()
-        first = client.submit(image, {"modality": "CT", "targets": ["heart"]})
+        first = client.submit(image, HEART)
         with pytest.raises(HermesError, match="unfinished jobs on this server, its limit per client"):
-            client.submit(image, {"modality": "CT", "targets": ["heart"]})  # HTTP 429
+            client.submit(image, HEART)  # HTTP 429
         done = client.wait(first["id"])
-        assert done["files"] == ["case.seg.nrrd"] and len(server.job_folders()) == 1
+        assert done["files"] == ["case.seg.nrrd", "summary.csv"] and len(server.job_folders()) == 1
         for _ in range(100):
             if not server.job_folders():
                 break

@@ -32,11 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "otherwise; the OpenAPI page is at /docs.")
     parser.add_argument("--host", default=defaults.host,
                         help="address to listen on (default 127.0.0.1, this computer only; 0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port}; 0: any free port)")
-    parser.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV}, else the one stored in "
-                                        "the work folder, else a new one, printed once)")
+    parser.add_argument("--port", type=int, default=defaults.port,
+                        help=f"port (default {defaults.port}; 0: any free port)")
+    parser.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV}, else the one "
+                                        "stored in the work folder, else a new one, printed once)")
     parser.add_argument("--model", action="append", dest="models", metavar="MODEL",
-                        help=f"model to offer, by name or .safetensors file; repeat for several (default {DEFAULT_MODEL})")
+                        help=f"model to offer, by name or .safetensors file; repeat for several "
+                             f"(default {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto",
                         help="where jobs run: auto (a GPU when there is one), cpu, cuda, or a list like cuda:0,cuda:1")
     parser.add_argument("--jobs-per-device", type=int, default=defaults.jobs_per_device,

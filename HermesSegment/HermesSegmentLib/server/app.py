@@ -4,18 +4,19 @@ Version 1, every route under ``/v1`` and behind the bearer token:
 
 ====================================  =========================================================
 ``GET /v1/info``                      version, devices, models with their targets per modality, limits
-``POST /v1/check``                    job options (JSON) -> the model, modality and targets they resolve to
+``POST /v1/check``                    a JobRequest (JSON) -> the model, modality and targets it resolves to
 ``POST /v1/jobs``                     multipart: ``image`` (NIfTI/NRRD/MHA, or .zip of one DICOM
-                                      series) and ``options`` (JSON, :data:`.engine.JobOptions`) -> 202
+                                      series) and ``job`` (a JobRequest as JSON) -> 202
 ``GET /v1/jobs/{id}``                 state, stage, fraction, ETA, queue position, files, summary
 ``GET /v1/jobs/{id}/files/{name}``    one result file (names from the status' ``files``)
 ``POST /v1/jobs/{id}/cancel``         stop a queued or running job
 ``DELETE /v1/jobs/{id}``              cancel if needed, then delete the job and its files now
 ====================================  =========================================================
 
-Errors are ``{"detail": "<one line: what is wrong and what to do>"}`` with 400 (bad request or
-image), 401 (token), 404 (no such job or file), 408 (upload stalled), 409 (no result yet), 413
-(too large), 422 (malformed request), 429 (too many jobs of this client), 503 (queue full).
+Errors are ``{"detail": "<one line: what is wrong and what to do>"}`` with 400 (a request the
+server cannot serve: unknown model, modality or target, unreadable image), 401 (token), 404 (no
+such job or file), 408 (upload stalled), 409 (no result yet), 413 (too large), 422 (a request that
+does not fit the schema), 429 (too many jobs of this client), 503 (queue full).
 
 The token and the upload size are checked by :class:`RequestGuard` before the body is read, so a
 caller without the token cannot make the server store or run anything.
@@ -27,7 +28,7 @@ import asyncio
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Path, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -37,7 +38,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..errors import HermesError
-from .engine import Engine, parse_options
+from .engine import Engine, JobRequest, MalformedRequest, parse_request
 from .jobs import ClientLimit, JobNotFound, JobService, QueueFull, ResultNotReady
 from .protocol import API_PREFIX, API_VERSION
 from .settings import ServerSettings
@@ -47,10 +48,9 @@ log = logging.getLogger(__name__)
 
 #: Room in a request body for the multipart framing and the options around the image.
 FORM_OVERHEAD_BYTES = 64 << 10
-JOB_ID = Path(pattern=r"^[0-9a-f]{32}$", description="job ID as returned by POST /v1/jobs")
 
-STATUS_OF_ERROR: dict[type, int] = {JobNotFound: 404, ResultNotReady: 409, UploadTooLarge: 413, ClientLimit: 429,
-                                    QueueFull: 503}
+STATUS_OF_ERROR: dict[type, int] = {JobNotFound: 404, ResultNotReady: 409, UploadTooLarge: 413, MalformedRequest: 422,
+                                    ClientLimit: 429, QueueFull: 503}
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
@@ -73,7 +73,7 @@ class ServerInfo(BaseModel):
     queue: dict[str, int]
 
 
-class CheckedOptions(BaseModel):
+class CheckedRequest(BaseModel):
     model: str
     modality: str
     targets: list[str]
@@ -158,8 +158,110 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    return JSONResponse({"detail": one_line(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+
+async def _malformed(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    return JSONResponse({"detail": one_line(f"{where}: {first.get('msg', 'invalid')}")}, status_code=422)
+
+
+async def _refused(request: Request, error: Exception) -> JSONResponse:
+    status = next((code for kind, code in STATUS_OF_ERROR.items() if isinstance(error, kind)), 400)
+    headers = {"Retry-After": "30"} if status in (429, 503) else None
+    return JSONResponse({"detail": one_line(str(error))}, status_code=status, headers=headers)
+
+
+async def _crashed(request: Request, error: Exception) -> JSONResponse:
+    log.exception("request %s %s failed", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"detail": f"unexpected {type(error).__name__} on the server (its log has the details; "
+                                   "please report this)"}, status_code=500)
+
+
+# ---------------------------------------------------------------------------------------- routes
+# What a route needs comes from the app's state (set by create_app), as FastAPI dependencies.
+def _settings(request: Request) -> ServerSettings:
+    return request.app.state.settings
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+Settings = Annotated[ServerSettings, Depends(_settings)]
+Engine_ = Annotated[Engine, Depends(_engine)]
+Service = Annotated[JobService, Depends(_service)]
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job ID as returned by POST /v1/jobs")]
+_bearer = HTTPBearer(auto_error=False, description="the token `hermes-segment serve` printed at start")
+
+
+def _require_token(settings: Settings,
+                   credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]) -> None:
+    # RequestGuard has already refused a missing or wrong token; this also declares the scheme in OpenAPI.
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
+        raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(_require_token)])
+
+
+@router.get("/info", response_model=ServerInfo, summary="Server version, devices, models, limits")
+def info(settings: Settings, engine: Engine_, service: Service) -> dict[str, Any]:
+    return {"service": "hermes-segment", "version": __version__, "api_version": API_VERSION,
+            "devices": engine.device_names, "jobs_per_device": settings.jobs_per_device,
+            "models": engine.describe_models(), "limits": settings.public_limits(), "queue": service.counts()}
+
+
+@router.post("/check", response_model=CheckedRequest, summary="Check a job request without an image")
+def check(job: JobRequest, engine: Engine_) -> dict[str, Any]:
+    return engine.check(job)
+
+
+@router.post("/jobs", status_code=202, response_model=JobStatus, summary="Submit an image to segment")
+def submit(request: Request, response: Response, settings: Settings, engine: Engine_, service: Service,
+           image: Annotated[UploadFile, File(description="NIfTI, NRRD or MHA image, or a .zip of one DICOM series")],
+           job: Annotated[str, Form(description="a JobRequest as JSON (its schema: POST /v1/check)")]) -> dict:
+    job_request = parse_request(job)
+    engine.check(job_request)
+    client = request.client.host if request.client else "unknown"
+    submitted = service.submit(client, job_request, lambda folder: store_upload(
+        image.file, image.filename or "", folder, max_bytes=settings.max_upload_bytes,
+        max_voxels=settings.max_voxels))
+    response.headers["Location"] = f"{API_PREFIX}/jobs/{submitted.id}"
+    return service.describe(submitted)
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus, summary="Job state and progress")
+def status(job_id: JobId, service: Service) -> dict:
+    return service.describe(service.get(job_id))
+
+
+@router.get("/jobs/{job_id}/files/{name}", response_class=FileResponse, summary="Download one result file")
+def download(job_id: JobId, name: str, service: Service) -> FileResponse:
+    return FileResponse(service.result_file(job_id, name), media_type="application/octet-stream", filename=name)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobStatus, summary="Cancel a queued or running job")
+def cancel(job_id: JobId, service: Service) -> dict:
+    return service.describe(service.cancel(job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204, summary="Cancel if needed, then delete the job and its files")
+def delete(job_id: JobId, service: Service) -> Response:
+    service.delete(job_id)
+    return Response(status_code=204)
+
+
 def create_app(settings: ServerSettings, engine: Engine) -> FastAPI:
-    """The ASGI application: routes, token check, limits, one-line JSON errors; jobs start with it."""
+    """The ASGI application: routes, token check, limits, one-line JSON errors; the workers start with it."""
     service = JobService(settings, engine.devices, engine.segment, engine.write_results)
 
     @asynccontextmanager
@@ -173,81 +275,11 @@ def create_app(settings: ServerSettings, engine: Engine) -> FastAPI:
     app = FastAPI(title="HermesSegment server", version=__version__, lifespan=lifespan,
                   description="Segment CT, PET and MR images with Hermes on this server's GPU. "
                               "Every /v1 route needs the header `Authorization: Bearer <token>`.")
-    app.state.service = service
+    app.state.settings, app.state.engine, app.state.service = settings, engine, service
     app.add_middleware(RequestGuard, token=settings.token, max_body=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
                        idle_timeout=settings.upload_idle_timeout_s)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": one_line(error.detail)}, status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "request"
-        return JSONResponse({"detail": one_line(f"{where}: {first.get('msg', 'invalid')}")}, status_code=422)
-
-    @app.exception_handler(HermesError)
-    async def refused(request: Request, error: HermesError) -> JSONResponse:
-        status = next((code for kind, code in STATUS_OF_ERROR.items() if isinstance(error, kind)), 400)
-        headers = {"Retry-After": "30"} if status in (429, 503) else None
-        return JSONResponse({"detail": one_line(str(error))}, status_code=status, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, error: Exception) -> JSONResponse:
-        log.exception("request %s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"unexpected {type(error).__name__} on the server (its log has the details; "
-                                       "please report this)"}, status_code=500)
-
-    bearer = HTTPBearer(auto_error=False, description="the token `hermes-segment serve` printed at start")
-
-    def require_token(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
-        # RequestGuard already refused a missing or wrong token; this declares the scheme in OpenAPI.
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
-            raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
-
-    router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
-
-    @router.get("/info", response_model=ServerInfo, summary="Server version, devices, models, limits")
-    def info() -> dict[str, Any]:
-        return {"service": "hermes-segment", "version": __version__, "api_version": API_VERSION,
-                "devices": engine.device_names, "jobs_per_device": settings.jobs_per_device,
-                "models": engine.describe_models(), "limits": settings.public_limits(), "queue": service.counts()}
-
-    @router.post("/check", response_model=CheckedOptions, summary="Check job options without an image")
-    def check(options: dict[str, Any]) -> dict[str, Any]:
-        return engine.check(parse_options(options))
-
-    @router.post("/jobs", status_code=202, response_model=JobStatus, summary="Submit an image to segment")
-    def submit(request: Request, response: Response,
-               image: UploadFile = File(description="NIfTI, NRRD or MHA image, or a .zip of one DICOM series"),
-               options: str = Form("{}", description="JSON job options (see the JobOptions schema)")) -> dict:
-        job_options = parse_options(options)
-        engine.check(job_options)
-        client = request.client.host if request.client else "unknown"
-        job = service.submit(client, job_options, lambda folder: store_upload(
-            image.file, image.filename or "", folder, max_bytes=settings.max_upload_bytes,
-            max_voxels=settings.max_voxels))
-        response.headers["Location"] = f"{API_PREFIX}/jobs/{job.id}"
-        return service.describe(job)
-
-    @router.get("/jobs/{job_id}", response_model=JobStatus, summary="Job state and progress")
-    def status(job_id: str = JOB_ID) -> dict:
-        return service.describe(service.get(job_id))
-
-    @router.get("/jobs/{job_id}/files/{name}", response_class=FileResponse, summary="Download one result file")
-    def download(name: str, job_id: str = JOB_ID) -> FileResponse:
-        return FileResponse(service.result_file(job_id, name), media_type="application/octet-stream",
-                            filename=name)
-
-    @router.post("/jobs/{job_id}/cancel", response_model=JobStatus, summary="Cancel a queued or running job")
-    def cancel(job_id: str = JOB_ID) -> dict:
-        return service.describe(service.cancel(job_id))
-
-    @router.delete("/jobs/{job_id}", status_code=204, summary="Cancel if needed, then delete the job and its files")
-    def delete(job_id: str = JOB_ID) -> Response:
-        service.delete(job_id)
-        return Response(status_code=204)
-
+    for kind, handler in ((HTTPException, _http_error), (RequestValidationError, _malformed),
+                          (HermesError, _refused), (Exception, _crashed)):
+        app.add_exception_handler(kind, handler)
     app.include_router(router)
     return app

@@ -4,7 +4,7 @@ Needs only ``requests`` (which Slicer bundles) and the standard library: no torc
 a laptop without a GPU stack can send its images to the server::
 
     client = ServerClient("https://segment.example.org", token="...")   # or $HERMES_SEGMENT_TOKEN
-    status, files = client.segment(Path("ct.nii.gz"), {"modality": "CT", "targets": "all"}, Path("out"), "ct")
+    status, files = client.segment(Path("ct.nii.gz"), job_request("CT", "all"), Path("out"), "ct")
 
 Every failure is a :class:`HermesError` with one line (the server's own message when it sent
 one); a cancelled run raises :class:`CancelledError` after the job was cancelled on the server.
@@ -13,12 +13,13 @@ Result files arrive under temporary names and are renamed only once all are comp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -26,8 +27,19 @@ import requests
 
 from ..atomic import atomic_paths
 from ..errors import CancelledError, HermesError
-from .protocol import (API_PREFIX, CANCELLED, DICOM_ZIP_SUFFIX, DONE, FAILED, IMAGE_SUFFIXES, QUEUED, RESULT_STEM,
-                       TOKEN_ENV)
+from ..pipeline.options import SegmentOptions
+from .protocol import (
+    API_PREFIX,
+    CANCELLED,
+    DICOM_ZIP_SUFFIX,
+    DONE,
+    FAILED,
+    IMAGE_SUFFIXES,
+    QUEUED,
+    RESULT_STEM,
+    SERVER_DECIDES,
+    TOKEN_ENV,
+)
 
 Progress = Callable[[str, float, str], None]
 CHUNK = 1 << 20
@@ -80,13 +92,14 @@ class ServerClient:
         self._info = self._request("GET", "/info").json()
         return self._info
 
-    def check(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``{"model", "modality", "targets"}`` that ``options`` resolve to on the server
-        (``"all"`` becomes the list of targets); :class:`HermesError` with suggestions otherwise."""
-        return self._request("POST", "/check", json=dict(options)).json()
+    def check(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"model", "modality", "targets"}`` that a job ``request`` (see :func:`job_request`)
+        resolves to on the server (``"all"`` becomes the list of targets); :class:`HermesError`
+        with suggestions otherwise."""
+        return self._request("POST", "/check", json=dict(request)).json()
 
-    def submit(self, image: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Upload ``image`` and queue a job with ``options``; returns the job's status.
+    def submit(self, image: Any, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Upload ``image`` and queue a job ``request`` (see :func:`job_request`); returns the job's status.
 
         ``image``: an image file (NIfTI, NRRD, MHA), a folder holding one DICOM series (zipped
         for the upload), or a SimpleITK image (sent as compressed NRRD).
@@ -100,7 +113,7 @@ class ServerClient:
                                   f"{limit / 2**20:.0f} MB; crop the image or ask its administrator")
             with open(path, "rb") as file:
                 return self._request("POST", "/jobs", files={"image": (path.name, file, "application/octet-stream")},
-                                     data={"options": json.dumps(dict(options))}).json()
+                                     data={"job": json.dumps(dict(request))}).json()
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}").json()
@@ -159,21 +172,43 @@ class ServerClient:
                         file.write(chunk)
         return finals
 
-    def segment(self, image: Any, options: Mapping[str, Any], folder: Path, stem: str,
-                progress: Optional[Progress] = None, cancel: Any = None) -> tuple[dict[str, Any], list[Path]]:
-        """Submit, wait, download into ``folder`` (file names start with ``stem``), delete on the server.
+    def segment(self, image: Any, request: Mapping[str, Any], folder: Path, stem: str,
+                progress: Optional[Progress] = None, cancel: Any = None,
+                exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+        """Submit, wait, download into ``folder`` (file names start with ``stem``, ``exclude``
+        left on the server), delete the job on the server.
 
         Returns the final status (its ``summary`` lists voxels and mL per target) and the files.
         """
-        job = self.submit(image, options)
+        job = self.submit(image, request)
         try:
             status = self.wait(job["id"], progress, cancel)
-            return status, self.download(status, folder, stem)
+            return status, self.download(status, folder, stem, exclude)
         finally:
             try:
                 self.delete(job["id"])
             except HermesError:
                 pass  # the server forgets finished jobs by itself; nothing of the result depends on this
+
+
+def job_request(modality: str, targets: Union[str, Sequence[str]] = "all", options: Optional[SegmentOptions] = None,
+                *, format: str = "seg-nrrd", overlap_policy: str = "priority",
+                probabilities: bool = False) -> dict[str, Any]:
+    """The JSON of a job: what `hermes-segment segment` takes for one case. ``options`` must leave the
+    device and batch size at their defaults (they are the server's) and name the model by the name
+    the server knows it by."""
+    options = options or SegmentOptions()
+    defaults = SegmentOptions()
+    for name in SERVER_DECIDES:
+        if getattr(options, name) != getattr(defaults, name):
+            raise HermesError(f"--{name.replace('_', '-')} does not apply to a server run: the server chooses it; "
+                              "leave it out")
+    model = options.model
+    if not isinstance(model, str) or Path(model).suffix == ".safetensors" or os.sep in model:
+        raise HermesError(f"a server run names one of the server's models (see its /v1/info), not {str(model)!r}")
+    fields = {name: value for name, value in dataclasses.asdict(options).items() if name not in SERVER_DECIDES}
+    return {"modality": modality, "targets": targets if isinstance(targets, str) else list(targets),
+            "options": fields, "format": format, "overlap_policy": overlap_policy, "probabilities": probabilities}
 
 
 def _uploadable(image: Any, scratch: Path) -> Path:

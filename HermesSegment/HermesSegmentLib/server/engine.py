@@ -1,77 +1,108 @@
-"""The segmentation pipeline as the server runs it: models loaded once per device, a job's
-options checked against them, ``segment_image`` on the upload, the result files written.
+"""The segmentation pipeline as the server runs it: models loaded once per device, a job request
+checked against them, ``segment_image`` on the upload, the result files written.
 
-A job's options are the keyword arguments of :func:`..pipeline.segment_image` (the same ones the
-CLI and the Slicer module pass), less those the server decides: the device and batch size are
-the server's, probabilities are kept when the job asks for them as an output, progress and
-cancel belong to the job. :func:`job_options_model` builds the request schema from that
-signature, so an option added to the pipeline is accepted by the server with no change here.
+A job request is what `hermes-segment segment` takes for one case: the modality and targets, a
+:class:`~HermesSegmentLib.pipeline.SegmentOptions` (less :data:`.protocol.SERVER_DECIDES`: the
+device and batch size are the server's; the model is one of the server's, by name), the output
+format, the overlap policy and whether to write probabilities. :data:`JobRequest` is built from
+those dataclasses, so an option added to ``SegmentOptions`` is accepted here with no change.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import pydantic
+import torch
 
 from .. import read, vocabulary, writers
 from ..errors import HermesError
-from ..inference import describe, select_device
+from ..inference import compute_dtype, describe, select_device
 from ..models import LoadedModel, load
-from ..pipeline import resolve_targets, segment_image
-from .protocol import RESULT_STEM
+from ..pipeline import SegmentOptions
+from ..pipeline.segment import resolve_targets, segment_image
+from ..writers.case import summary_rows, write_case
+from .protocol import RESULT_STEM, SERVER_DECIDES
 from .settings import ServerSettings
 
-#: segment_image arguments a client does not choose.
-SERVER_DECIDES = ("image", "device", "batch_size", "keep_probabilities", "progress", "cancel")
-#: Output files a job can ask for; the ``.seg.nrrd`` is always written.
-OUTPUT_KINDS = ("seg-nrrd", "nifti", "probabilities", "summary")
 
-
-def job_options_model() -> type[pydantic.BaseModel]:
-    """A pydantic model of the job options: segment_image's keyword arguments less :data:`SERVER_DECIDES`,
-    ``model`` as a name, plus ``outputs`` and the NIfTI ``overlap_policy``. Unknown fields are refused."""
-    hints = typing.get_type_hints(segment_image)
+def schema_of(cls: type, *, exclude: tuple[str, ...] = (), types: Optional[dict[str, Any]] = None) -> Any:
+    """A pydantic model with the fields, types, defaults and help texts of dataclass ``cls`` (nested
+    dataclasses too), less ``exclude``; ``types`` replaces some field types. Unknown fields are refused."""
+    hints = typing.get_type_hints(cls, localns={"LoadedModel": LoadedModel})
     fields: dict[str, Any] = {}
-    for name, parameter in inspect.signature(segment_image).parameters.items():
-        if name in SERVER_DECIDES:
+    for spec in dataclasses.fields(cls):
+        if spec.name in exclude:
             continue
-        annotation = str if name == "model" else hints[name]
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[name] = (annotation, default)
-    fields["outputs"] = (list[Literal[OUTPUT_KINDS]], ["seg-nrrd"])  # type: ignore[valid-type]
-    fields["overlap_policy"] = (Literal["priority", "per_target"], "priority")
-    return pydantic.create_model("JobOptions", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+        annotation = (types or {}).get(spec.name, hints[spec.name])
+        default = spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+        if dataclasses.is_dataclass(annotation):
+            annotation = schema_of(annotation)  # type: ignore[arg-type]
+            default = annotation()
+        help_text = spec.metadata.get("help")
+        if help_text and default is True:  # the help of a --no-... option says what false does
+            help_text = f"false: {help_text}"
+        fields[spec.name] = (annotation, pydantic.Field(default, description=help_text))
+    return pydantic.create_model(cls.__name__, __config__=pydantic.ConfigDict(extra="forbid"), **fields)
 
 
-JobOptions = job_options_model()
+def dataclass_of(cls: type, values: pydantic.BaseModel, **replaced: Any) -> Any:
+    """The ``cls`` instance of a :func:`schema_of` model's values (nested dataclasses too)."""
+    fields = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name in replaced or spec.name not in type(values).model_fields:
+            continue
+        value = getattr(values, spec.name)
+        nested = typing.get_type_hints(cls, localns={"LoadedModel": LoadedModel})[spec.name]
+        is_dataclass = isinstance(nested, type) and dataclasses.is_dataclass(nested)
+        fields[spec.name] = dataclass_of(nested, value) if is_dataclass else value
+    return cls(**fields, **replaced)
 
 
-def parse_options(sent: str | dict[str, Any]) -> Any:
-    """Validated :data:`JobOptions` from what a client sent (JSON text or parsed); one-line :class:`HermesError` otherwise."""
+if TYPE_CHECKING:  # built at import time, so a type checker cannot see its fields
+    JobOptions = Any
+else:
+    JobOptions = schema_of(SegmentOptions, exclude=SERVER_DECIDES, types={"model": str})
+
+
+class JobRequest(pydantic.BaseModel):
+    """One case to segment: what `hermes-segment segment` takes for it, less the input and output paths."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    modality: str = pydantic.Field(description="CT, PET, MR-T1, MR-T2, cine-MR or MR (aliases accepted)")
+    targets: Union[str, list[str]] = pydantic.Field(
+        "all", description="target keys, names or synonyms, a comma-separated string, or 'all'")
+    options: JobOptions = pydantic.Field(default_factory=JobOptions,
+                                         description="SegmentOptions, less the device and batch size")
+    format: Literal[tuple(writers.FORMATS)] = pydantic.Field(  # type: ignore[valid-type]
+        "seg-nrrd", description="output format (hermes-segment segment --format)")
+    overlap_policy: Literal["priority", "per_target"] = "priority"
+    probabilities: bool = pydantic.Field(False, description="also write per-target probability maps")
+
+
+class MalformedRequest(HermesError):
+    """A job request that does not fit the :class:`JobRequest` schema (HTTP 422)."""
+
+
+def parse_request(sent: Union[str, dict[str, Any]]) -> JobRequest:
+    """A validated :class:`JobRequest` from what a client sent (JSON text or parsed); one-line
+    :class:`MalformedRequest` otherwise."""
     try:
         if isinstance(sent, dict):
-            return JobOptions.model_validate(sent)
-        return JobOptions.model_validate_json(sent or "{}")
+            return JobRequest.model_validate(sent)
+        return JobRequest.model_validate_json(sent or "{}")
     except pydantic.ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        raise HermesError(f"job options: {where}: {first['msg']} ({error.error_count()} problem(s) in all)") from None
-
-
-def segment_kwargs(options: Any) -> dict[str, Any]:
-    """The segment_image keyword arguments of a job (model excluded: the worker passes the loaded one)."""
-    excluded = {"model", "outputs", "overlap_policy"}
-    kwargs = {name: getattr(options, name) for name in type(options).model_fields if name not in excluded}
-    kwargs["keep_probabilities"] = "probabilities" in options.outputs
-    return kwargs
+        where = ".".join(str(part) for part in first["loc"]) or "request"
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        raise MalformedRequest(f"job request: {where}: {first['msg']}{more}") from None
 
 
 class Engine:
-    """The models a server offers, loaded once on each of its devices."""
+    """The models a server offers, loaded once on each of its devices, and how a job runs."""
 
     def __init__(self, settings: ServerSettings) -> None:
         devices = [select_device(name) for name in settings.devices]
@@ -94,13 +125,17 @@ class Engine:
                               f"{', '.join(self.model_names)}")
         return self._models[(device or self.devices[0], key)]
 
-    def check(self, options: Any) -> dict[str, Any]:
-        """The model, modality and target keys ``options`` resolve to; :class:`HermesError` (with
+    def check(self, request: JobRequest) -> dict[str, Any]:
+        """The model, modality and target keys of ``request``; :class:`HermesError` (with
         suggestions) for an unknown model, modality or target, before anything is queued."""
-        loaded = self.model(options.model)
-        modality = vocabulary.modality(options.modality).key
+        loaded = self.model(request.options.model)
+        modality = vocabulary.modality(request.modality).key
+        compute_dtype(torch.device(self.devices[0]), request.options.precision)
+        overlap = request.options.overlap
+        if overlap is not None and not 0 <= overlap < 1:
+            raise HermesError(f"overlap must be in [0, 1), got {overlap}")
         return {"model": loaded.name, "modality": modality,
-                "targets": resolve_targets(loaded, modality, options.targets)}
+                "targets": resolve_targets(loaded, modality, request.targets)}
 
     def describe_models(self) -> list[dict[str, Any]]:
         """Name, title, version and the targets offered per modality of every model."""
@@ -113,30 +148,20 @@ class Engine:
         return described
 
     # ------------------------------------------------------------------ what a worker calls
-    def segment(self, image_path: Path, options: Any, device: str, progress: Any, cancel: Any) -> Any:
-        image = read.read_image(image_path)
-        return segment_image(image, model=self.model(options.model, device), device=device, progress=progress,
-                             cancel=cancel, **segment_kwargs(options))
+    def segment(self, image_path: Path, request: JobRequest, device: str, progress: Any, cancel: Any) -> Any:
+        """Read the upload and segment it on ``device`` as `hermes-segment segment` would."""
+        options = dataclass_of(SegmentOptions, request.options, model=self.model(request.options.model, device),
+                               device=device)
+        return segment_image(read.read_image(image_path), modality=request.modality, targets=request.targets,
+                             options=options, keep_probabilities=request.probabilities, progress=progress,
+                             cancel=cancel)
 
     @staticmethod
-    def write_results(result: Any, folder: Path, options: Any) -> dict[str, Path]:
-        """Write the outputs ``options.outputs`` asks for (always the .seg.nrrd) into ``folder``."""
-        written: list[Path] = []
-        segmentation = folder / f"{RESULT_STEM}.seg.nrrd"
-        writers.write_seg_nrrd(segmentation, result.masks, result.reference)
-        written.append(segmentation)
-        if "nifti" in options.outputs:
-            written += writers.write_label_map_nifti(folder / f"{RESULT_STEM}.nii.gz", result.masks, result.reference,
-                                                     overlap_policy=options.overlap_policy)
-        if "probabilities" in options.outputs:
-            written += writers.write_probability_maps(folder / f"{RESULT_STEM}_probabilities",
-                                                      result.probability_maps(), result.reference)
-        if "summary" in options.outputs:
-            spacing = result.reference.GetSpacing()
-            summary = folder / "summary.csv"
-            writers.append_summary_csv(summary, [
-                {"case": RESULT_STEM, "target": m.key, "voxels": m.voxels, "volume_ml": round(m.volume_ml(spacing), 3),
-                 "seconds": round(result.seconds.get("total", 0.0), 2)} for m in result.masks])
-            written.append(summary)
-        return {path.name: path for path in written}
-
+    def write_results(result: Any, folder: Path, request: JobRequest) -> dict[str, Path]:
+        """Write the case's files into the empty ``folder`` as the CLI names them, the case being
+        called ``case``, and its ``summary.csv``; returns them by name."""
+        write_case(folder, RESULT_STEM, result, writers.FORMATS[request.format],
+                   overlap_policy=request.overlap_policy, probabilities=request.probabilities)
+        writers.append_summary_csv(folder / "summary.csv",
+                                   summary_rows(RESULT_STEM, result, result.seconds.get("total", 0.0)))
+        return {path.name: path for path in sorted(folder.iterdir())}

@@ -26,7 +26,8 @@ from typing import Any, Callable, Optional
 
 from ..errors import CancelledError, HermesError
 from ..inference import CancelToken
-from .protocol import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING
+from ..writers.case import summary_rows
+from .protocol import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RESULT_STEM, RUNNING
 from .settings import ServerSettings
 from .uploads import remove_tree
 
@@ -312,6 +313,7 @@ class JobService:
 
     def _run(self, job: Job, device: str) -> None:
         partial, results = job.folder / "partial", job.folder / "results"
+        assert job.input_path is not None, "submit() stores the upload before queuing"
         try:
             job.report("reading", 0.0, "reading the image")
             result = self._segment(job.input_path, job.request, device, job.report, job.cancel)
@@ -320,7 +322,8 @@ class JobService:
             files = self._write_results(result, partial, job.request)
             job.cancel.raise_if_cancelled()
             os.replace(partial, results)
-            job.summary = _summary_rows(result)
+            job.summary = [{key: row[key] for key in ("target", "voxels", "volume_ml")}
+                           for row in summary_rows(RESULT_STEM, result, 0.0)]
             self._finish(job, DONE, files={name: results / path.name for name, path in files.items()})
         except CancelledError:
             if job.timed_out:
@@ -329,9 +332,9 @@ class JobService:
             else:
                 self._finish(job, CANCELLED, error="cancelled by the client")
         except HermesError as error:
-            where = str(job.input_path or job.folder)
-            self._finish(job, FAILED, error=str(error).replace(where, "the uploaded image").replace(str(job.folder), "."))
-        except Exception as error:  # noqa: BLE001 - one job's bug must not take the server down
+            message = str(error).replace(str(job.input_path or job.folder), "the uploaded image")
+            self._finish(job, FAILED, error=message.replace(str(job.folder), "."))
+        except Exception as error:
             log.exception("job %s failed", job.id)
             self._finish(job, FAILED, error=f"unexpected {type(error).__name__} on the server "
                                             "(its log has the details; please report this)")
@@ -375,9 +378,3 @@ class JobService:
                     job.timed_out = True
                     job.cancel.cancel()
 
-
-def _summary_rows(result: Any) -> list[dict[str, Any]]:
-    """Per target: key, voxels and volume in mL on the input grid (the CLI's summary.csv columns)."""
-    spacing = result.reference.GetSpacing()
-    return [{"target": mask.key, "voxels": mask.voxels, "volume_ml": round(mask.volume_ml(spacing), 3)}
-            for mask in result.masks]

@@ -11,6 +11,9 @@ TOKEN_ENV = "HERMES_SEGMENT_TOKEN"
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 
+#: SegmentOptions fields a job does not choose: the server runs on its own devices, with its own batch size.
+SERVER_DECIDES = ("device", "batch_size")
+
 #: Result files are named ``case.seg.nrrd``, ``case.nii.gz``, ``case_probabilities_<target>_prob.nii.gz``
 #: and so on; a client replaces this stem by its own case name.
 RESULT_STEM = "case"

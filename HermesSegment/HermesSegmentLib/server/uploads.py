@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import SimpleITK as sitk
 
@@ -37,7 +37,7 @@ def upload_suffix(filename: str) -> str:
                       f"{', '.join(UPLOAD_SUFFIXES)} (.zip: the files of one DICOM series)")
 
 
-def copy_limited(source: BinaryIO, destination: Path, max_bytes: int) -> int:
+def copy_limited(source: IO[bytes], destination: Path, max_bytes: int) -> int:
     """Copy ``source`` into a new file ``destination``; :class:`UploadTooLarge` past ``max_bytes``."""
     written = 0
     with open(destination, "xb") as target:
@@ -69,7 +69,8 @@ def unpack_dicom_zip(archive: Path, folder: Path, max_bytes: int) -> Path:
                 with zipped.open(member) as source:
                     left -= copy_limited(source, folder / f"{number:05d}.dcm", left)
     except zipfile.BadZipFile:
-        raise HermesError("the upload ends in .zip but is not a readable zip archive; zip the DICOM files again") from None
+        raise HermesError("the upload ends in .zip but is not a readable zip archive; "
+                          "zip the DICOM files again") from None
     except (RuntimeError, NotImplementedError) as error:  # encrypted members, unknown compression
         raise HermesError(f"cannot extract the zip archive ({error}); zip the DICOM files without a password "
                           "using standard (deflate) compression") from None
@@ -100,7 +101,7 @@ def image_voxels(path: Path) -> int:
     return voxels * max(reader.GetNumberOfComponents(), 1)
 
 
-def store_upload(source: BinaryIO, filename: str, folder: Path, *, max_bytes: int, max_voxels: int) -> Path:
+def store_upload(source: IO[bytes], filename: str, folder: Path, *, max_bytes: int, max_voxels: int) -> Path:
     """Store an uploaded image in the job ``folder`` and check it; returns what ``read_image`` takes.
 
     Raises :class:`HermesError` for a format that is not accepted or an unreadable header, and
