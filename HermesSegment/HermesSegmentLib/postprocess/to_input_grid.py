@@ -93,9 +93,10 @@ def probabilities_to_mask(
         mask = _separable_threshold(sub, sub_image, reference, start, stop, axes, cut)
     else:
         origin = reference.TransformIndexToPhysicalPoint([int(v) for v in start])
-        mask = sitk.GetArrayViewFromImage(sitk.Resample(
-            sub_image, [int(v) for v in stop - start], sitk.Transform(), sitk.sitkLinear, origin,
-            reference.GetSpacing(), reference.GetDirection(), 0.0, sitk.sitkFloat32)) >= cut
+        # A view does not keep its image alive: hold the resampled image while the view is read.
+        resampled = sitk.Resample(sub_image, [int(v) for v in stop - start], sitk.Transform(), sitk.sitkLinear,
+                                  origin, reference.GetSpacing(), reference.GetDirection(), 0.0, sitk.sitkFloat32)
+        mask = sitk.GetArrayViewFromImage(resampled) >= cut
     return TargetMask.cropped(mask, tuple(int(v) for v in start[::-1]))
 
 
