@@ -17,7 +17,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from serving import AUTH, running_server, small_ct, phantom_crops
+from serving import AUTH, TOKEN, phantom_crops, running_server, small_ct
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -70,10 +70,10 @@ def _same(local, remote) -> bool:
 
 def test_a_job_gives_the_masks_of_a_local_run(server, crops, local_masks, tmp_path):
     stages = []
-    status, files = server.client().segment(crops[0], {**EXACT, "format": "nifti"}, tmp_path, "crop0",
+    status, files = server.client().segment(crops[0], {**EXACT, "format": "nifti", "name": "crop0"}, tmp_path,
                                             progress=lambda stage, fraction, message: stages.append(stage))
     assert sorted(f.name for f in files) == ["crop0.json", "crop0.nii.gz", "summary.csv"]
-    status, files = server.client().segment(crops[0], EXACT, tmp_path, "crop0", exclude=("summary.csv",),
+    status, files = server.client().segment(crops[0], {**EXACT, "name": "crop0"}, tmp_path, exclude=("summary.csv",),
                                             progress=lambda stage, fraction, message: stages.append(stage))
     assert [f.name for f in files] == ["crop0.seg.nrrd"]
     masks, reference = read_seg_nrrd(tmp_path / "crop0.seg.nrrd")
@@ -92,7 +92,7 @@ def test_eight_concurrent_clients_all_get_their_own_correct_result(server, crops
     def one_client(number: int) -> None:
         path = crops[number % len(crops)]
         try:
-            server.client().segment(path, EXACT, tmp_path / str(number), "case")
+            server.client().segment(path, EXACT, tmp_path / str(number))
             outcomes[number] = _same(local_masks[path], _masks_of(read_seg_nrrd(tmp_path / str(number) / "case.seg.nrrd")[0]))
         except Exception as error:  # noqa: BLE001 - reported by the assertion below
             outcomes[number] = error
@@ -157,10 +157,11 @@ def test_bad_uploads_get_one_line_errors_and_the_server_stays_healthy(server, tm
         "precision": submit("ct.nii.gz", b"x", '{"modality": "CT", "options": {"precision": "fp8"}}'),
         "not json": submit("ct.nii.gz", b"x", "{modality: CT"),
         "option name": submit("ct.nii.gz", b"x", '{"modality": "CT", "options": {"device": "cuda"}}'),
+        "case name": submit("ct.nii.gz", b"x", '{"modality": "CT", "name": "../escape"}'),
     }
     for what, response in refused.items():
         detail = response.json()["detail"]
-        expected = 422 if what in ("not json", "option name") else 400
+        expected = 422 if what in ("not json", "option name", "case name") else 400
         assert response.status_code == expected and isinstance(detail, str) and "\n" not in detail, (what, detail)
     assert "did you mean: liver" in refused["options"].json()["detail"]
     assert "does not offer the model" in refused["model path"].json()["detail"]
@@ -210,7 +211,7 @@ def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server,
         writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
         writer.Execute(plane)
     local = segment_image(read_image(series), modality="CT", targets="all", precision="float32", device="cpu")
-    status, files = server.client().segment(series, EXACT, tmp_path / "out", "series")  # zipped by the client
+    status, files = server.client().segment(series, {**EXACT, "name": "series"}, tmp_path / "out")  # zipped by the client
     assert _same(_masks_of(local), _masks_of(read_seg_nrrd(files[0])[0]))
 
 
@@ -239,7 +240,7 @@ def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
     assert not list((server.work_dir / "jobs" / job["id"]).rglob("*.seg.nrrd"))
     client.delete(job["id"])
     sitk.WriteImage(small_ct(), str(image))
-    status, files = client.segment(image, HEART, tmp_path, "next", exclude=("summary.csv",))
+    status, files = client.segment(image, {**HEART, "name": "next"}, tmp_path, exclude=("summary.csv",))
     assert status["state"] == "done" and files[0].name == "next.seg.nrrd"
 
 
@@ -284,3 +285,65 @@ def test_a_zip_is_unpacked_under_numbered_names_and_within_its_limit(tmp_path):
     unpack_dicom_zip(archive, tmp_path / "dicom", max_bytes=10_000_000)
     assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm"]
     assert not (tmp_path.parent / "outside.dcm").exists()
+
+
+def test_segment_with_server_gives_the_local_outputs_and_resumes(server, crops, local_masks, tmp_path, monkeypatch,
+                                                                   capsys):
+    from HermesSegmentLib.cli import main as cli_main
+
+    monkeypatch.setenv("HERMES_SEGMENT_TOKEN", TOKEN)
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for path in crops[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    command = ["segment", str(folder), "--out", str(tmp_path / "out"), "--modality", "ct", "--precision", "float32",
+               "--server", server.url]
+    assert cli_main(command) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "crop0.hermes-segment.json", "crop0.seg.nrrd", "crop1.hermes-segment.json", "crop1.seg.nrrd", "summary.csv"]
+    for path in crops[:2]:
+        remote = read_seg_nrrd(tmp_path / "out" / path.name.replace(".nii.gz", ".seg.nrrd"))[0]
+        assert _same(local_masks[path], _masks_of(remote))
+    rows = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * len(local_masks[crops[0]])
+    assert "hermes-demo on CPU at http://127.0.0.1" in capsys.readouterr().err
+    assert cli_main(command) == 0 and capsys.readouterr().err.count("done earlier from this input") == 2
+
+    # Request mistakes stop the batch before any upload, with the server's suggestion.
+    assert cli_main([*command, "--targets", "livr", "--overwrite"]) == 2
+    assert "did you mean: liver" in capsys.readouterr().err
+    assert cli_main([*command, "--device", "cuda"]) == 2
+    assert "--device does not apply to a server run" in capsys.readouterr().err
+    assert cli_main([*command[:-1], "http://127.0.0.1:9"]) == 2
+    assert "cannot reach the server at http://127.0.0.1:9" in capsys.readouterr().err
+    assert server.job_folders() == []
+
+
+def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from serving import REPO
+
+    image = tmp_path / "wide.nrrd"
+    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(3.0, 3.0, 4.0)), str(image))
+    env = dict(os.environ, HERMES_SEGMENT_TOKEN=TOKEN, PYTHONPATH=str(REPO / "HermesSegment"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(image), "--out", str(tmp_path / "out"),
+         "--modality", "CT", "--overlap", "0.9", "--no-body-crop", "--server", server.url, "--progress-json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:  # wait until the server runs windows
+        if '"stage": "inference"' in line and '"fraction": 0.0' not in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 143  # 128 + SIGTERM
+    assert "interrupted" in process.stderr.read()
+    for _ in range(100):  # the client deleted its job: the server stops it and removes its folder
+        if not server.job_folders() and server.get("/v1/info").json()["queue"]["running"] == 0:
+            break
+        threading.Event().wait(0.1)
+    assert server.job_folders() == [] and server.get("/v1/info").json()["queue"] == {"queued": 0, "running": 0}
+    assert not (tmp_path / "out" / "wide.seg.nrrd").exists()

@@ -98,7 +98,7 @@ def load_test(server, cases: list[Path], jobs: int, clients: int, scratch: Path)
                 job = work.pop(0)
             started = time.perf_counter()
             try:
-                status, _ = client.segment(cases[job % len(cases)], OPTIONS, scratch / f"client{number}", f"job{job}")
+                status, _ = client.segment(cases[job % len(cases)], {**OPTIONS, "name": f"job{job}"}, scratch / f"client{number}")
             except Exception as error:  # noqa: BLE001 - counted and printed
                 failures.append(f"job {job}: {error}")
                 continue
@@ -106,7 +106,7 @@ def load_test(server, cases: list[Path], jobs: int, clients: int, scratch: Path)
                 latencies.append(time.perf_counter() - started)
                 run_times.append(status["finished"] - status["started"])
 
-    server.client().segment(cases[0], OPTIONS, scratch / "warm-up", "warm-up")
+    server.client().segment(cases[0], OPTIONS, scratch / "warm-up")
     started = time.perf_counter()
     threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(clients)]
     for thread in threads:

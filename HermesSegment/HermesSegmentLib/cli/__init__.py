@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..errors import HermesError
 
-SUBCOMMAND_MODULES = ("models", "targets", "segment", "evaluate", "train", "phantoms")
+SUBCOMMAND_MODULES = ("models", "targets", "segment", "evaluate", "train", "phantoms", "serve")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -6,6 +6,10 @@ A case is done, and skipped unless ``--overwrite``, when its record names this v
 folder is checked before any case is read. A case's files appear together or not at all: SIGTERM
 and Ctrl-C remove the case in progress and exit with 128 + the signal number. The engine's
 warnings are printed as ``warning: CASE: ...`` (JSON lines with ``--progress-json``).
+
+The cases run on this computer, or on a server (``--server URL``: each case uploaded, segmented
+there, its files downloaded: the same files). Started by ``torchrun --nproc_per_node N``, each of
+the N processes takes its share of the cases (:class:`_Shard`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,6 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     parser.add_argument("--progress-json", action="store_true",
                         help="print progress as JSON lines (for the Slicer module)")
+    parser.add_argument("--server", metavar="URL",
+                        help="segment on a `hermes-segment serve` server (e.g. https://gpu.example.org) instead of "
+                             "this computer; --device and --batch-size are then the server's")
+    parser.add_argument("--token", help="the server's token (default: $HERMES_SEGMENT_TOKEN)")
     parser.set_defaults(func=run)
 
 
@@ -65,8 +74,8 @@ class _Progress:
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
         if self.as_json:
-            print(json.dumps({"case": self.case, "stage": stage, "fraction": round(fraction, 4), "message": message}),
-                  flush=True)
+            _write_line(json.dumps({"case": self.case, "stage": stage, "fraction": round(fraction, 4),
+                                    "message": message}))
             return
         if stage == "inference":
             from tqdm import tqdm
@@ -81,65 +90,209 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import batch, vocabulary, writers
-    from ..inference import compute_dtype, describe, precision_name, select_device
-    from ..models import LoadedModel, load
+    from .. import batch, writers
     from ..pipeline import options as segment_options
-    from ..pipeline import resolve_targets
 
     options = segment_options.from_args(args)
     if options.overlap is not None and not 0 <= options.overlap < 1:
         raise HermesError(f"--overlap must be in [0, 1), got {options.overlap}")
+    shard = _Shard.from_environment(options.device)
     # Mistakes in the request, and an output folder that cannot be written, fail before any case is read.
-    modality = vocabulary.modality(args.modality).key
-    device = select_device(options.device)
-    dtype = compute_dtype(device, options.precision)
-    model = options.model if isinstance(options.model, LoadedModel) else load(options.model, device="cpu")
-    options = dataclasses.replace(options, model=model, device=str(device))
-    targets = resolve_targets(model, modality, args.targets)
+    engine: _Engine = _ServerEngine(args, options) if args.server else _LocalEngine(args, options, shard.device)
     paths = batch.find_cases(args.inputs)
     batch.prepare_out_dir(args.out)
     writer = writers.FORMATS[args.format]
 
     def file_names(name: str) -> list[str]:
-        names = writer.file_names(name, targets, overlap_policy=args.overlap_policy)
-        probabilities = [writers.probability_map_name(f"{name}_probabilities", key) for key in targets]
+        names = writer.file_names(name, engine.targets, overlap_policy=args.overlap_policy)
+        probabilities = [writers.probability_map_name(f"{name}_probabilities", key) for key in engine.targets]
         return names + (probabilities if args.probabilities else [])
 
-    cases = batch.plan(paths, args.out, file_names, overwrite=args.overwrite)
-    run_case = _CaseRunner(args, modality=modality, targets=targets, options=options, writer=writer,
-                           request={"model": model.name, "modality": modality, "targets": targets,
-                                    "format": args.format, "frame": args.frame, "series": args.series})
-    run_case.log_line(f"{model.name} on {describe(device)} ({precision_name(dtype)}): {len(cases)} case(s), "
-                      f"{modality}, targets: {', '.join(targets)}")
-    return run_case.all(cases)
+    cases = batch.plan(paths, args.out, file_names, overwrite=args.overwrite)[shard.rank::shard.world_size]
+    run_case = _CaseRunner(args, engine, writer, shard,
+                           request={"model": engine.model_name, "modality": engine.modality, "targets": engine.targets,
+                                    "format": args.format, "frame": args.frame, "series": args.series,
+                                    **({"server": args.server} if args.server else {})})
+    run_case.log_line(f"{engine.description}: {len(cases)} case(s){shard.of_all(len(paths))}, {engine.modality}, "
+                      f"targets: {', '.join(engine.targets)}")
+    try:
+        return run_case.all(cases)
+    finally:
+        shard.merge_summaries(args.out)
+
+
+def _write_line(text: str, stream: Any = None) -> None:
+    """One write per line (stdout by default): the processes of a torchrun batch share the terminal
+    or pipe, and print() writes the newline apart, so their lines would run into each other."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+class _Engine:
+    """Where the cases are segmented: ``description`` (model, device), the resolved ``modality``,
+    ``targets`` and ``model_name``, and :meth:`segment`."""
+
+    description: str
+    modality: str
+    targets: list[str]
+    model_name: str
+
+    def segment(self, case: Case, staging: Path, progress: _Progress, runner: _CaseRunner) -> list[dict[str, Any]]:
+        """Segment ``case`` and write its files into ``staging``; returns its summary rows (no seconds).
+        ``runner.stage`` says what is being done (for the error line), ``runner.warn`` passes warnings on."""
+        raise NotImplementedError
+
+
+class _LocalEngine(_Engine):
+    """This computer: the model loaded once, ``segment_image`` on each case."""
+
+    def __init__(self, args: argparse.Namespace, options: SegmentOptions, device: str) -> None:
+        from .. import vocabulary, writers
+        from ..inference import compute_dtype, describe, precision_name, select_device
+        from ..models import LoadedModel, load
+        from ..pipeline import resolve_targets
+
+        self.args = args
+        self.modality = vocabulary.modality(args.modality).key
+        torch_device = select_device(device)
+        dtype = compute_dtype(torch_device, options.precision)
+        model = options.model if isinstance(options.model, LoadedModel) else load(options.model, device="cpu")
+        self.options = dataclasses.replace(options, model=model, device=str(torch_device))
+        self.targets = resolve_targets(model, self.modality, args.targets)
+        self.model_name = model.name
+        self.writer = writers.FORMATS[args.format]
+        self.description = f"{model.name} on {describe(torch_device)} ({precision_name(dtype)})"
+
+    def segment(self, case: Case, staging: Path, progress: _Progress, runner: _CaseRunner) -> list[dict[str, Any]]:
+        from ..pipeline import segment_image
+        from ..read import read_image
+        from ..writers.case import summary_rows, write_case
+
+        args = self.args
+        runner.stage = "reading the image"
+        image = read_image(case.path, frame=args.frame, series=args.series, modality=self.modality)
+        runner.stage = "segmenting"
+        result = segment_image(image, modality=self.modality, targets=self.targets, options=self.options,
+                               keep_probabilities=args.probabilities, progress=progress)
+        del image
+        runner.stage = "writing the outputs"
+        write_case(staging, case.name, result, self.writer, overlap_policy=args.overlap_policy,
+                   probabilities=args.probabilities)
+        return summary_rows(case.name, result)
+
+
+class _ServerEngine(_Engine):
+    """A `hermes-segment serve` server: each case uploaded, segmented there, its files downloaded."""
+
+    def __init__(self, args: argparse.Namespace, options: SegmentOptions) -> None:
+        from ..server.client import ServerClient, job_request
+
+        self.args = args
+        self.client = ServerClient(args.server, args.token)
+        self.request = job_request(args.modality, args.targets, options, format=args.format,
+                                   overlap_policy=args.overlap_policy, probabilities=args.probabilities,
+                                   frame=args.frame, series=args.series)
+        checked = self.client.check(self.request)
+        self.modality, self.targets, self.model_name = checked["modality"], checked["targets"], checked["model"]
+        self.request["targets"] = self.targets
+        self.description = f"{self.model_name} on {', '.join(self.client.info()['devices'])} at {self.client.url}"
+
+    def segment(self, case: Case, staging: Path, progress: _Progress, runner: _CaseRunner) -> list[dict[str, Any]]:
+        runner.stage = "segmenting on the server"
+        status, _ = self.client.segment(case.path, {**self.request, "name": case.name}, staging, progress=progress,
+                                        exclude=("summary.csv",))
+        for warning in status["warnings"]:
+            runner.warn(warning)
+        return [{"case": case.name, **row} for row in status["summary"]]
+
+
+class _Shard:
+    """This process's share of a batch under ``torchrun`` (rank ``rank`` of ``world_size``: every
+    ``world_size``-th case from the ``rank``-th), or the whole batch without it.
+
+    The ranks join torchrun's process group (gloo: it only waits at the end); each runs on its own
+    GPU (``cuda:<LOCAL_RANK>``) and writes its summary rows to its own file, which rank 0 merges into
+    ``summary.csv`` once every rank is done. Case names and files are those of a single-process run:
+    every rank plans the whole batch the same way, then takes its share.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: str = "auto") -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @classmethod
+    def from_environment(cls, device: str) -> _Shard:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls(device=device)
+        import torch.distributed as dist
+
+        from ..inference import select_device
+
+        if select_device(device).type == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
+    @property
+    def prefix(self) -> str:
+        return f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+
+    @property
+    def summary_name(self) -> str:
+        return "summary.csv" if self.world_size == 1 else f".summary-rank{self.rank}.csv"
+
+    def of_all(self, total: int) -> str:
+        return f" (of {total})" if self.world_size > 1 else ""
+
+    def merge_summaries(self, out: Path) -> None:
+        """Rank 0, once all ranks are done: the ranks' summary rows into ``summary.csv``."""
+        if self.world_size == 1:
+            return
+        import csv
+
+        import torch.distributed as dist
+
+        from ..writers import write_summary_rows
+
+        dist.barrier()
+        if self.rank == 0:
+            for part in sorted(out.glob(".summary-rank*.csv")):
+                with open(part, newline="", encoding="utf-8") as stream:
+                    rows = list(csv.DictReader(stream))
+                for case in dict.fromkeys(row["case"] for row in rows):
+                    write_summary_rows(out / "summary.csv", case, [row for row in rows if row["case"] == case])
+                part.unlink()
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 class _CaseRunner:
     """Segments the cases one by one; says what happens (lines above the progress bars, or JSON)."""
 
-    def __init__(self, args: argparse.Namespace, *, modality: str, targets: list[str], options: SegmentOptions,
-                 writer: SegmentationWriter, request: dict) -> None:
-        self.args, self.modality, self.targets, self.options = args, modality, targets, options
-        self.writer, self.request = writer, request
+    def __init__(self, args: argparse.Namespace, engine: _Engine, writer: SegmentationWriter, shard: _Shard,
+                 request: dict) -> None:
+        self.args, self.engine, self.writer, self.shard, self.request = args, engine, writer, shard, request
         self.case = ""
+        self.stage = ""  # what the case in progress is doing, for an unexpected error's line
 
     def say(self, text: str) -> None:
-        """A line on stderr, above the progress bars rather than through them."""
+        """A line on stderr, above the progress bars rather than through them (one write: see _write_line)."""
         from tqdm import tqdm
 
-        tqdm.write(text, file=sys.stderr)
+        with tqdm.external_write_mode(file=sys.stderr):
+            _write_line(self.shard.prefix + text, sys.stderr)
 
     def log_line(self, text: str) -> None:
         if self.args.progress_json:
-            print(json.dumps({"message": text}), flush=True)
+            _write_line(json.dumps({"message": self.shard.prefix + text}))
         else:
             self.say(text)
 
     def warn(self, text: str) -> None:
         """An engine warning (:mod:`notices`), for the case in progress."""
         if self.args.progress_json:
-            print(json.dumps({"case": self.case, "warning": text}), flush=True)
+            _write_line(json.dumps({"case": self.case, "warning": text}))
         else:
             self.say(f"warning: {self.case}: {text}" if self.case else f"warning: {text}")
 
@@ -160,43 +313,29 @@ class _CaseRunner:
                         failures.append(case.name)
             except KeyboardInterrupt as interrupt:
                 where = f" while segmenting {self.case}" if self.case else ""
-                print(f"error: interrupted by {getattr(interrupt, 'signal_name', 'Ctrl-C')}{where}: its files were "
-                      "removed and it is not counted as done; run the same command again to go on", file=sys.stderr)
+                self.say(f"error: interrupted by {getattr(interrupt, 'signal_name', 'Ctrl-C')}{where}: its files were "
+                         "removed and it is not counted as done; run the same command again to go on")
                 return 128 + getattr(interrupt, "signal_number", 2)
         if failures:
-            print(f"error: {len(failures)} of {len(cases)} case(s) failed: {', '.join(failures)}", file=sys.stderr)
+            self.say(f"error: {len(failures)} of {len(cases)} case(s) failed: {', '.join(failures)}")
             return 1
         return 0
 
     def one(self, case: Case) -> bool:
         """Segment one case and write its files; False when it failed (the error is printed)."""
         from .. import batch, writers
-        from ..pipeline import segment_image
-        from ..read import read_image
 
         args, name = self.args, case.name
         progress = _Progress(name, args.progress_json)
-        stage = "reading the image"
         try:
             started = time.perf_counter()
-            image = read_image(case.path, frame=args.frame, series=args.series, modality=self.modality)
-            stage = "segmenting"
-            result = segment_image(image, modality=self.modality, targets=self.targets, options=self.options,
-                                   keep_probabilities=args.probabilities, progress=progress)
-            del image
-            stage = "writing the outputs"
             with batch.case_files(args.out, case, self.request) as staging:
-                self.writer.write(staging / f"{name}{self.writer.suffix}", result.masks, result.reference,
-                                  overlap_policy=args.overlap_policy)
-                if args.probabilities:
-                    writers.write_probability_maps(staging / f"{name}_probabilities", result.probability_maps(),
-                                                   result.reference)
+                rows = self.engine.segment(case, staging, progress, self)
+                self.stage = "writing the outputs"
             seconds = time.perf_counter() - started
-            spacing = result.reference.GetSpacing()
-            writers.write_summary_rows(args.out / "summary.csv", name, [
-                {"case": name, "target": m.key, "voxels": m.voxels, "volume_ml": round(m.volume_ml(spacing), 3),
-                 "seconds": round(seconds, 2)} for m in result.masks])
-            self.log_line(f"{name}: {len(result.masks)} targets in {seconds:.1f} s -> "
+            writers.write_summary_rows(args.out / self.shard.summary_name, name,
+                                       [{**row, "seconds": round(seconds, 2)} for row in rows])
+            self.log_line(f"{name}: {len(rows)} targets in {seconds:.1f} s -> "
                           f"{args.out / (name + self.writer.suffix)}")
             return True
         except CancelledError:
@@ -205,7 +344,7 @@ class _CaseRunner:
             self.say(f"error: {name}: {error}")
         except Exception as error:  # one broken case must not stop a batch of hundreds
             log.debug("case %s failed", name, exc_info=True)
-            self.say(f"error: {name}: {_unexpected(error, stage, args.out)}")
+            self.say(f"error: {name}: {_unexpected(error, self.stage, args.out)}")
         finally:
             progress.close()
         return False

@@ -95,6 +95,7 @@ class JobStatus(BaseModel):
     finished: Optional[float]
     files: list[str]
     summary: list[dict[str, Any]]
+    warnings: list[str]
 
 
 class RequestGuard:

@@ -4,7 +4,7 @@ Needs only ``requests`` (which Slicer bundles) and the standard library: no torc
 a laptop without a GPU stack can send its images to the server::
 
     client = ServerClient("https://segment.example.org", token="...")   # or $HERMES_SEGMENT_TOKEN
-    status, files = client.segment(Path("ct.nii.gz"), job_request("CT", "all"), Path("out"), "ct")
+    status, files = client.segment(Path("ct.nii.gz"), job_request("CT", "all", name="ct"), Path("out"))
 
 Every failure is a :class:`HermesError` with one line (the server's own message when it sent
 one); a cancelled run raises :class:`CancelledError` after the job was cancelled on the server.
@@ -31,12 +31,12 @@ from ..pipeline.options import SegmentOptions
 from .protocol import (
     API_PREFIX,
     CANCELLED,
+    DEFAULT_CASE_NAME,
     DICOM_ZIP_SUFFIX,
     DONE,
     FAILED,
     IMAGE_SUFFIXES,
     QUEUED,
-    RESULT_STEM,
     SERVER_DECIDES,
     TOKEN_ENV,
 )
@@ -154,15 +154,13 @@ class ServerClient:
                 last = report
             _sleep(self.poll_interval, cancel)
 
-    def download(self, status: Mapping[str, Any], folder: Path, stem: str,
-                 exclude: tuple[str, ...] = ()) -> list[Path]:
-        """Download the files of a done job into ``folder``, ``case`` in their names replaced by ``stem``.
+    def download(self, status: Mapping[str, Any], folder: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+        """Download the files of a done job (less ``exclude``) into ``folder``, under their names.
 
         Atomic as a set: all files are complete before any of them gets its final name.
         """
         names = [name for name in status["files"] if name not in exclude]
-        finals = [folder / (stem + name[len(RESULT_STEM):] if name.startswith(RESULT_STEM) else name)
-                  for name in names]
+        finals = [folder / name for name in names]
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_paths(finals) as temps:
             for name, temp in zip(names, temps):
@@ -172,18 +170,17 @@ class ServerClient:
                         file.write(chunk)
         return finals
 
-    def segment(self, image: Any, request: Mapping[str, Any], folder: Path, stem: str,
-                progress: Optional[Progress] = None, cancel: Any = None,
-                exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
-        """Submit, wait, download into ``folder`` (file names start with ``stem``, ``exclude``
-        left on the server), delete the job on the server.
+    def segment(self, image: Any, request: Mapping[str, Any], folder: Path, progress: Optional[Progress] = None,
+                cancel: Any = None, exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+        """Submit, wait, download into ``folder`` (the files the CLI would write for a case called
+        ``request["name"]``, less ``exclude``), delete the job on the server.
 
-        Returns the final status (its ``summary`` lists voxels and mL per target) and the files.
+        Returns the final status (``summary``: voxels and mL per target; ``warnings``) and the files.
         """
         job = self.submit(image, request)
         try:
             status = self.wait(job["id"], progress, cancel)
-            return status, self.download(status, folder, stem, exclude)
+            return status, self.download(status, folder, exclude)
         finally:
             try:
                 self.delete(job["id"])
@@ -192,23 +189,25 @@ class ServerClient:
 
 
 def job_request(modality: str, targets: Union[str, Sequence[str]] = "all", options: Optional[SegmentOptions] = None,
-                *, format: str = "seg-nrrd", overlap_policy: str = "priority",
-                probabilities: bool = False) -> dict[str, Any]:
+                *, format: str = "seg-nrrd", overlap_policy: str = "priority", probabilities: bool = False,
+                frame: Optional[int] = None, series: Optional[str] = None,
+                name: str = DEFAULT_CASE_NAME) -> dict[str, Any]:
     """The JSON of a job: what `hermes-segment segment` takes for one case. ``options`` must leave the
     device and batch size at their defaults (they are the server's) and name the model by the name
     the server knows it by."""
     options = options or SegmentOptions()
     defaults = SegmentOptions()
-    for name in SERVER_DECIDES:
-        if getattr(options, name) != getattr(defaults, name):
-            raise HermesError(f"--{name.replace('_', '-')} does not apply to a server run: the server chooses it; "
+    for field_name in SERVER_DECIDES:
+        if getattr(options, field_name) != getattr(defaults, field_name):
+            raise HermesError(f"--{field_name.replace('_', '-')} does not apply to a server run: the server chooses it; "
                               "leave it out")
     model = options.model
     if not isinstance(model, str) or Path(model).suffix == ".safetensors" or os.sep in model:
         raise HermesError(f"a server run names one of the server's models (see its /v1/info), not {str(model)!r}")
-    fields = {name: value for name, value in dataclasses.asdict(options).items() if name not in SERVER_DECIDES}
+    fields = {key: value for key, value in dataclasses.asdict(options).items() if key not in SERVER_DECIDES}
     return {"modality": modality, "targets": targets if isinstance(targets, str) else list(targets),
-            "options": fields, "format": format, "overlap_policy": overlap_policy, "probabilities": probabilities}
+            "options": fields, "format": format, "overlap_policy": overlap_policy, "probabilities": probabilities,
+            "frame": frame, "series": series, "name": name}
 
 
 def _uploadable(image: Any, scratch: Path) -> Path:

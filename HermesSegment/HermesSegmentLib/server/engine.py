@@ -13,19 +13,19 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 import pydantic
 import torch
 
-from .. import read, vocabulary, writers
+from .. import notices, read, vocabulary, writers
 from ..errors import HermesError
 from ..inference import compute_dtype, describe, select_device
 from ..models import LoadedModel, load
 from ..pipeline import SegmentOptions
 from ..pipeline.segment import resolve_targets, segment_image
 from ..writers.case import summary_rows, write_case
-from .protocol import RESULT_STEM, SERVER_DECIDES
+from .protocol import DEFAULT_CASE_NAME, SERVER_DECIDES
 from .settings import ServerSettings
 
 
@@ -68,6 +68,15 @@ else:
     JobOptions = schema_of(SegmentOptions, exclude=SERVER_DECIDES, types={"model": str})
 
 
+def plain_file_name(name: str) -> str:
+    """``name`` if it can only name a file inside a folder: no folder part, no leading dot, no control
+    character, at most 128 characters; ``ValueError`` otherwise."""
+    if not 0 < len(name) <= 128 or name.startswith(".") or name != name.strip() \
+            or any(c in "/\\:" or ord(c) < 32 for c in name):
+        raise ValueError("must be a plain file name: no folder, no leading dot, at most 128 characters")
+    return name
+
+
 class JobRequest(pydantic.BaseModel):
     """One case to segment: what `hermes-segment segment` takes for it, less the input and output paths."""
 
@@ -81,6 +90,11 @@ class JobRequest(pydantic.BaseModel):
         "seg-nrrd", description="output format (hermes-segment segment --format)")
     overlap_policy: Literal["priority", "per_target"] = "priority"
     probabilities: bool = pydantic.Field(False, description="also write per-target probability maps")
+    frame: Optional[int] = pydantic.Field(None, description="the frame to segment in a 4D image")
+    series: Optional[str] = pydantic.Field(
+        None, description="a zipped DICOM folder holding several series: the series' UID or a part of its description")
+    name: Annotated[str, pydantic.AfterValidator(plain_file_name)] = pydantic.Field(
+        DEFAULT_CASE_NAME, description="the case's name: its files are called <name>.seg.nrrd and so on")
 
 
 class MalformedRequest(HermesError):
@@ -149,19 +163,25 @@ class Engine:
 
     # ------------------------------------------------------------------ what a worker calls
     def segment(self, image_path: Path, request: JobRequest, device: str, progress: Any, cancel: Any) -> Any:
-        """Read the upload and segment it on ``device`` as `hermes-segment segment` would."""
+        """Read the upload and segment it on ``device`` as `hermes-segment segment` would; the
+        result's ``warnings`` hold those of the reading too (this thread's only)."""
         options = dataclass_of(SegmentOptions, request.options, model=self.model(request.options.model, device),
                                device=device)
-        return segment_image(read.read_image(image_path), modality=request.modality, targets=request.targets,
-                             options=options, keep_probabilities=request.probabilities, progress=progress,
-                             cancel=cancel)
+        modality = vocabulary.modality(request.modality).key
+        with notices.collect() as warnings:
+            image = read.read_image(image_path, frame=request.frame, series=request.series, modality=modality)
+            result = segment_image(image, modality=modality, targets=request.targets, options=options,
+                                   keep_probabilities=request.probabilities, progress=progress, cancel=cancel)
+        result.warnings = list(warnings)
+        return result
 
     @staticmethod
     def write_results(result: Any, folder: Path, request: JobRequest) -> dict[str, Path]:
-        """Write the case's files into the empty ``folder`` as the CLI names them, the case being
-        called ``case``, and its ``summary.csv``; returns them by name."""
-        write_case(folder, RESULT_STEM, result, writers.FORMATS[request.format],
+        """Write the case's files into the empty ``folder`` as the CLI names them, and its
+        ``summary.csv``; returns them by name."""
+        write_case(folder, request.name, result, writers.FORMATS[request.format],
                    overlap_policy=request.overlap_policy, probabilities=request.probabilities)
-        writers.append_summary_csv(folder / "summary.csv",
-                                   summary_rows(RESULT_STEM, result, result.seconds.get("total", 0.0)))
+        seconds = round(result.seconds.get("total", 0.0), 2)
+        writers.write_summary_rows(folder / "summary.csv", request.name,
+                                   [{**row, "seconds": seconds} for row in summary_rows(request.name, result)])
         return {path.name: path for path in sorted(folder.iterdir())}

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 from ..errors import CancelledError, HermesError
 from ..inference import CancelToken
 from ..writers.case import summary_rows
-from .protocol import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RESULT_STEM, RUNNING
+from .protocol import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING
 from .settings import ServerSettings
 from .uploads import remove_tree
 
@@ -86,6 +86,7 @@ class Job:
     error: Optional[str] = None
     files: dict[str, Path] = field(default_factory=dict)
     summary: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     cancel: CancelToken = field(default_factory=CancelToken)
     timed_out: bool = False
 
@@ -280,7 +281,7 @@ class JobService:
                 "eta_seconds": None if eta is None else round(eta, 1),
                 "device": job.device or None, "error": job.error,
                 "created": job.created, "started": job.started, "finished": job.finished,
-                "files": sorted(job.files), "summary": job.summary,
+                "files": sorted(job.files), "summary": job.summary, "warnings": job.warnings,
             }
 
     @property
@@ -323,7 +324,8 @@ class JobService:
             job.cancel.raise_if_cancelled()
             os.replace(partial, results)
             job.summary = [{key: row[key] for key in ("target", "voxels", "volume_ml")}
-                           for row in summary_rows(RESULT_STEM, result, 0.0)]
+                           for row in summary_rows(job.request.name, result)]
+            job.warnings = list(getattr(result, "warnings", []))
             self._finish(job, DONE, files={name: results / path.name for name, path in files.items()})
         except CancelledError:
             if job.timed_out:

@@ -14,9 +14,8 @@ FINISHED = (DONE, FAILED, CANCELLED)
 #: SegmentOptions fields a job does not choose: the server runs on its own devices, with its own batch size.
 SERVER_DECIDES = ("device", "batch_size")
 
-#: Result files are named ``case.seg.nrrd``, ``case.nii.gz``, ``case_probabilities_<target>_prob.nii.gz``
-#: and so on; a client replaces this stem by its own case name.
-RESULT_STEM = "case"
+#: The case name of a job that gives none: its files are ``case.seg.nrrd`` and so on.
+DEFAULT_CASE_NAME = "case"
 
 #: Single-file formats a job accepts (MHD is left out: its voxels live in a second file), and a
 #: zip archive holding the files of one DICOM series.

@@ -26,8 +26,8 @@ def write_case(folder: Path, name: str, result: Any, writer: SegmentationWriter,
     return destination
 
 
-def summary_rows(name: str, result: Any, seconds: float) -> list[dict[str, Any]]:
-    """The case's rows of ``summary.csv``: one per target, voxels and mL on the input grid."""
+def summary_rows(name: str, result: Any) -> list[dict[str, Any]]:
+    """The case's rows of ``summary.csv``, less the seconds: one per target, voxels and mL on the input grid."""
     spacing = result.reference.GetSpacing()
-    return [{"case": name, "target": mask.key, "voxels": mask.voxels, "volume_ml": round(mask.volume_ml(spacing), 3),
-             "seconds": round(seconds, 2)} for mask in result.masks]
+    return [{"case": name, "target": mask.key, "voxels": mask.voxels, "volume_ml": round(mask.volume_ml(spacing), 3)}
+            for mask in result.masks]
