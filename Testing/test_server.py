@@ -313,7 +313,7 @@ def test_segment_with_server_gives_the_local_outputs_and_resumes(server, crops, 
     assert cli_main([*command, "--targets", "livr", "--overwrite"]) == 2
     assert "did you mean: liver" in capsys.readouterr().err
     assert cli_main([*command, "--device", "cuda"]) == 2
-    assert "--device does not apply to a server run" in capsys.readouterr().err
+    assert "device (--device) does not apply to a server run" in capsys.readouterr().err
     assert cli_main([*command[:-1], "http://127.0.0.1:9"]) == 2
     assert "cannot reach the server at http://127.0.0.1:9" in capsys.readouterr().err
     assert server.job_folders() == []
@@ -347,3 +347,26 @@ def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_
         threading.Event().wait(0.1)
     assert server.job_folders() == [] and server.get("/v1/info").json()["queue"] == {"queued": 0, "running": 0}
     assert not (tmp_path / "out" / "wide.seg.nrrd").exists()
+
+
+@pytest.mark.slicer
+def test_console_api_with_server_imports_the_local_segments(server, crops):
+    pytest.importorskip("slicer")
+    from test_slicer_logic import _itk_into_volume, segment_voxels
+
+    from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
+
+    scene = __import__("slicer").vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "crop")
+    _itk_into_volume(sitk.ReadImage(str(crops[1])), volume)
+    local = MRMLLogic().segment(volume, "CT", "all", precision="float32", device="cpu")
+    stages = []
+    remote = MRMLLogic().segment(volume, "CT", "all", precision="float32", server=server.url, token=TOKEN,
+                                 progress=lambda stage, fraction, message: stages.append(stage))
+    owned_local, owned_remote = MRMLLogic.owned_segments(local), MRMLLogic.owned_segments(remote)
+    assert list(owned_local) == list(owned_remote) and "inference" in stages
+    for key in owned_local:
+        assert segment_voxels(local, owned_local[key]) == segment_voxels(remote, owned_remote[key]), key
+    assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
+    with pytest.raises(HermesError, match="device \\(--device\\) does not apply to a server run"):
+        MRMLLogic().segment(volume, "CT", "all", device="cuda", server=server.url, token=TOKEN)

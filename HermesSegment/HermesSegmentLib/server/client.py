@@ -199,8 +199,8 @@ def job_request(modality: str, targets: Union[str, Sequence[str]] = "all", optio
     defaults = SegmentOptions()
     for field_name in SERVER_DECIDES:
         if getattr(options, field_name) != getattr(defaults, field_name):
-            raise HermesError(f"--{field_name.replace('_', '-')} does not apply to a server run: the server chooses it; "
-                              "leave it out")
+            raise HermesError(f"{field_name} (--{field_name.replace('_', '-')}) does not apply to a server run: the "
+                              "server chooses it; leave it out")
     model = options.model
     if not isinstance(model, str) or Path(model).suffix == ".safetensors" or os.sep in model:
         raise HermesError(f"a server run names one of the server's models (see its /v1/info), not {str(model)!r}")

@@ -154,6 +154,8 @@ class MRMLLogic:
         segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
         progress: Callable[[str, float, str], None] | None = None,
         cancel: Any = None,
+        server: str | None = None,
+        token: str | None = None,
         **overrides: Any,
     ) -> slicer.vtkMRMLSegmentationNode:
         """Segment ``targets`` in ``volumeNode`` and return the (new or updated) segmentation node.
@@ -161,16 +163,40 @@ class MRMLLogic:
         Blocks until done. ``options`` (:class:`SegmentOptions`) and ``overrides`` of its fields
         (``model="hermes-demo"``, ``device="cpu"``, ``fast=True``...) are those of
         ``pipeline.segment_image``; ``progress(stage, fraction, message)`` and ``cancel`` (a
-        ``CancelToken``) are passed on. Raises :class:`HermesError` for user mistakes.
+        ``CancelToken``) are passed on. ``server="https://..."`` runs the segmentation on a
+        `hermes-segment serve` server instead (its ``token=`` or ``$HERMES_SEGMENT_TOKEN``; device and
+        batch size are the server's); the result is imported the same way. Raises
+        :class:`HermesError` for user mistakes.
         """
         options = dataclasses.replace(options or SegmentOptions(), **overrides)
+        model_name = options.model if isinstance(options.model, str) else getattr(options.model, "name", "")
+        if server:
+            return self._segment_on_server(server, token, volumeNode, modality, targets, options, segmentationNode,
+                                           progress, cancel)
         from ..pipeline import segment_image
 
         segmenter = self._segmenter or segment_image
         result = segmenter(volume_to_sitk(volumeNode), modality=modality, targets=targets, options=options,
                            progress=progress, cancel=cancel)
-        model_name = options.model if isinstance(options.model, str) else getattr(options.model, "name", "")
         return self.import_result(result, volumeNode, segmentationNode, model_name=str(model_name))
+
+    def _segment_on_server(self, server: str, token: str | None, volumeNode: slicer.vtkMRMLScalarVolumeNode,
+                           modality: str, targets: Sequence[str] | str, options: SegmentOptions,
+                           segmentationNode: slicer.vtkMRMLSegmentationNode | None, progress: Any,
+                           cancel: Any) -> slicer.vtkMRMLSegmentationNode:
+        """The volume sent to the server (as NRRD), its .seg.nrrd imported as a background run's is."""
+        import tempfile
+
+        from ..server.client import ServerClient, job_request
+
+        client = ServerClient(server, token)
+        request = job_request(modality, targets, options, name="volume")
+        with tempfile.TemporaryDirectory(prefix="hermes-server-") as folder:
+            status, files = client.segment(volume_to_sitk(volumeNode), request, Path(folder), progress=progress,
+                                           cancel=cancel, exclude=("summary.csv",))
+            for warning in status["warnings"]:  # the server's notices, said here as a local run says them
+                logger.warning("%s", warning)
+            return self.import_file(files[0], volumeNode, segmentationNode, model_name=str(options.model))
 
     def import_file(
         self,
