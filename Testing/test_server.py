@@ -86,6 +86,7 @@ def test_a_job_gives_the_masks_of_a_local_run(server, crops, local_masks, tmp_pa
     assert server.job_folders() == [], "the client deletes its job once downloaded"
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_all_get_their_own_correct_result(server, crops, local_masks, tmp_path):
     outcomes: dict[int, object] = {}
 
@@ -244,6 +245,7 @@ def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
     assert status["state"] == "done" and files[0].name == "next.seg.nrrd"
 
 
+@pytest.mark.slow
 def test_results_expire_and_leave_the_server_folder_empty(tmp_path):
     image = tmp_path / "ct.nrrd"
     sitk.WriteImage(small_ct(), str(image))
