@@ -372,3 +372,22 @@ def test_console_api_with_server_imports_the_local_segments(server, crops):
     assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
     with pytest.raises(HermesError, match="device \\(--device\\) does not apply to a server run"):
         MRMLLogic().segment(volume, "CT", "all", device="cuda", server=server.url, token=TOKEN)
+
+
+def test_segment_with_server_needs_no_torch(server, tmp_path):
+    """A laptop without PyTorch (or Slicer without the PyTorch extension) can use a server."""
+    import os
+    import subprocess
+    import sys
+
+    from serving import REPO
+
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(small_ct(), str(image))
+    code = ("import sys; sys.modules['torch'] = None; from HermesSegmentLib.cli import main; "
+            f"sys.exit(main(['segment', {str(image)!r}, '--out', {str(tmp_path / 'out')!r}, '--modality', 'CT', "
+            f"'--targets', 'heart', '--server', {server.url!r}]))")
+    env = dict(os.environ, HERMES_SEGMENT_TOKEN=TOKEN, PYTHONPATH=str(REPO / "HermesSegment"))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out" / "ct.seg.nrrd").is_file() and (tmp_path / "out" / "summary.csv").is_file()

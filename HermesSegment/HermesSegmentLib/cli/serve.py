@@ -21,7 +21,7 @@ and `client_max_body_size {max_mb}m;`. Give the token to the people who may use 
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..models import DEFAULT_MODEL
+    from ..pipeline.options import DEFAULT_MODEL
     from ..server.protocol import TOKEN_ENV
     from ..server.settings import ServerSettings
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise HermesError(f"the server needs {error.name}, which is not installed; "
                           "install it with: pip install 'hermes-segment[server]'") from None
-    from ..models import DEFAULT_MODEL
+    from ..pipeline.options import DEFAULT_MODEL
     from ..models.catalog import user_home
     from ..server.engine import Engine
     from ..server.settings import ServerSettings, resolve_token
