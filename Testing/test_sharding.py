@@ -8,6 +8,7 @@ a second run skips everything (resumable).
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -31,8 +32,14 @@ def torchrun_segment(inputs: Path, out: Path) -> subprocess.CompletedProcess:
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO / "HermesSegment"), os.environ.get("PYTHONPATH")) if p))
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "HermesSegmentLib.cli", "segment", str(inputs), "--out", str(out), *OPTIONS],
+         "-m", "HermesSegmentLib.cli", "segment", str(inputs), "--out", str(out), *OPTIONS, "--progress-json"],
         capture_output=True, text=True, env=env, timeout=900)
+
+
+def messages(run: subprocess.CompletedProcess) -> list[str]:
+    """The log lines of all ranks (JSON lines on stdout: one write each, so never interleaved)."""
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    return [line["message"] for line in lines if "message" in line]
 
 
 def summary_rows(path: Path) -> list[tuple[str, str, str]]:
@@ -51,7 +58,8 @@ def test_two_ranks_split_the_cases_and_give_the_single_process_outputs(tmp_path)
     run = torchrun_segment(cases, tmp_path / "sharded")
     assert run.returncode == 0, run.stderr[-3000:]
 
-    done = re.findall(r"rank (\d)/2: (crop\d): \d+ targets", run.stderr)
+    done = [re.match(r"rank (\d)/2: (crop\d): \d+ targets", m).groups() for m in messages(run)
+            if re.match(r"rank \d/2: crop\d: \d+ targets", m)]
     assert sorted(case for _, case in done) == names, "every case exactly once"
     assert {rank for rank, _ in done} == {"0", "1"}, "both ranks worked"
     single_files = sorted(p.name for p in (tmp_path / "single").iterdir())
@@ -65,5 +73,6 @@ def test_two_ranks_split_the_cases_and_give_the_single_process_outputs(tmp_path)
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "sharded").iterdir()}
     again = torchrun_segment(cases, tmp_path / "sharded")
-    assert again.returncode == 0 and again.stderr.count("done earlier from this input") == len(names)
+    assert again.returncode == 0
+    assert sum("done earlier from this input" in m for m in messages(again)) == len(names)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "sharded").iterdir()} == stamps

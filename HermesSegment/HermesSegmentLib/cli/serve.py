@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise HermesError(f"the server needs {error.name}, which is not installed; "
                           "install it with: pip install 'hermes-segment[server]'") from None
-    from ..pipeline.options import DEFAULT_MODEL
     from ..models.catalog import user_home
+    from ..pipeline.options import DEFAULT_MODEL
     from ..server.engine import Engine
     from ..server.settings import ServerSettings, resolve_token
 
