@@ -391,3 +391,19 @@ def test_segment_with_server_needs_no_torch(server, tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "out" / "ct.seg.nrrd").is_file() and (tmp_path / "out" / "summary.csv").is_file()
+
+
+def test_the_openapi_schema_is_built_from_segment_options(server):
+    """/docs and /openapi.json describe the API without the token (they hold no data and run nothing);
+    the job request's options are SegmentOptions' fields, less those the server decides."""
+    import dataclasses
+
+    from HermesSegmentLib.postprocess import PostprocessOptions
+
+    assert requests.get(server.url + "/docs", timeout=30).ok
+    schemas = requests.get(server.url + "/openapi.json", timeout=30).json()["components"]["schemas"]
+    assert set(schemas["SegmentOptions"]["properties"]) == \
+        {f.name for f in dataclasses.fields(SegmentOptions)} - {"device", "batch_size"}
+    assert set(schemas["PostprocessOptions"]["properties"]) == {f.name for f in dataclasses.fields(PostprocessOptions)}
+    assert {"modality", "targets", "options", "format", "overlap_policy", "probabilities", "frame"} == \
+        set(schemas["JobRequest"]["properties"])
