@@ -59,8 +59,7 @@ class ResultNotReady(HermesError):
 
 
 #: What a worker calls: ``segment(image_path, request, device, progress, cancel) -> result`` and
-#: ``write_results(result, folder, request) -> {file name: path}`` (see :mod:`.engine`). The
-#: service takes them as arguments, so that this module knows neither torch nor the output formats.
+#: ``write_results(result, folder, request) -> {file name: path}``; :class:`.engine.Engine` has both.
 Segmenter = Callable[[Path, Any, str, Callable[[str, float, str], None], CancelToken], Any]
 ResultWriter = Callable[[Any, Path, Any], dict[str, Path]]
 
