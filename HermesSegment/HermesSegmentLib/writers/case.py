@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .base import SegmentationWriter
-from .probabilities import write_probability_maps
 
 
 def write_case(folder: Path, name: str, result: Any, writer: SegmentationWriter, *, overlap_policy: str = "priority",
@@ -19,6 +18,8 @@ def write_case(folder: Path, name: str, result: Any, writer: SegmentationWriter,
 
     ``probabilities`` needs a result segmented with ``keep_probabilities=True``.
     """
+    from . import write_probability_maps  # looked up in the package at each call (tests replace it there)
+
     destination = folder / f"{name}{writer.suffix}"
     writer.write(destination, result.masks, result.reference, overlap_policy=overlap_policy)
     if probabilities:
