@@ -321,6 +321,49 @@ def test_segment_with_server_gives_the_local_outputs_and_resumes(server, crops, 
     assert server.job_folders() == []
 
 
+def test_segment_with_server_keeps_the_batch_rules(server, crops, tmp_path, monkeypatch, capsys):
+    """A server run follows a local batch's rules: outputs beside the inputs never replace them, the
+    record names the input, a file hermes-segment did not write stops the batch before any upload,
+    and a server's file names never reach outside the case's folder."""
+    import json
+
+    from HermesSegmentLib import batch
+    from HermesSegmentLib.cli import main as cli_main
+    from HermesSegmentLib.server.client import ServerClient
+
+    monkeypatch.setenv("HERMES_SEGMENT_TOKEN", TOKEN)
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    image = folder / crops[0].name
+    image.write_bytes(crops[0].read_bytes())
+    before = image.read_bytes()
+    command = ["segment", str(folder), "--out", str(folder), "--modality", "CT", "--targets", "heart",
+               "--server", server.url]
+    assert cli_main(command) == 0
+    assert image.read_bytes() == before
+    record = json.loads((folder / "crop0.hermes-segment.json").read_text())
+    assert record["input"] == batch.input_identity(image) and record["request"]["server"] == server.url
+    assert [row.split(",")[:2] for row in (folder / "summary.csv").read_text().splitlines()[1:]] == [["crop0", "heart"]]
+    assert cli_main(command) == 0 and "done earlier from this input" in capsys.readouterr().err
+
+    (folder / "crop1.nii.gz").write_bytes(crops[1].read_bytes())
+    sitk.WriteImage(small_ct(), str(folder / "crop1.seg.nrrd"))  # someone's own file: an input here
+    assert cli_main(command) == 2
+    assert "crop1.seg.nrrd would replace an input of this batch" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (folder / "crop1.seg.nrrd").rename(other / "crop0.seg.nrrd")
+    assert cli_main([*command[:3], str(other), *command[4:]]) == 2
+    assert "crop0.seg.nrrd exists and was not written by hermes-segment" in capsys.readouterr().err
+    assert server.job_folders() == [] and sorted(p.name for p in other.iterdir()) == ["crop0.seg.nrrd"]
+
+    client = ServerClient(server.url, TOKEN)
+    for name in ("../evil.seg.nrrd", "/tmp/evil", ".hidden", "a\\b"):
+        with pytest.raises(HermesError, match="not a plain file name"):
+            client.download({"id": "0" * 32, "files": [name]}, tmp_path / "downloads")
+    assert not (tmp_path / "downloads").exists() and not (tmp_path / "evil.seg.nrrd").exists()
+
+
 def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_path):
     import os
     import signal
@@ -405,5 +448,5 @@ def test_the_openapi_schema_is_built_from_segment_options(server):
     assert set(schemas["SegmentOptions"]["properties"]) == \
         {f.name for f in dataclasses.fields(SegmentOptions)} - {"device", "batch_size"}
     assert set(schemas["PostprocessOptions"]["properties"]) == {f.name for f in dataclasses.fields(PostprocessOptions)}
-    assert {"modality", "targets", "options", "format", "overlap_policy", "probabilities", "frame"} == \
-        set(schemas["JobRequest"]["properties"])
+    assert {"modality", "targets", "options", "format", "overlap_policy", "probabilities", "frame", "series",
+            "name"} == set(schemas["JobRequest"]["properties"])

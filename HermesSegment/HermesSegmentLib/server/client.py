@@ -160,6 +160,10 @@ class ServerClient:
         Atomic as a set: all files are complete before any of them gets its final name.
         """
         names = [name for name in status["files"] if name not in exclude]
+        for name in names:  # a server's answer never names a path outside ``folder``
+            if not name or name != Path(name).name or name.startswith(".") or "\\" in name:
+                raise HermesError(f"the server at {self.url} sent a result file name that is not a plain file name "
+                                  f"({name[:80]!r}); is it a HermesSegment server?")
         finals = [folder / name for name in names]
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_paths(finals) as temps:
