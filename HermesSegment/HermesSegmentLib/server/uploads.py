@@ -17,6 +17,7 @@ from typing import IO
 import SimpleITK as sitk
 
 from ..errors import HermesError
+from ..image_files import image_header
 from .protocol import DICOM_ZIP_SUFFIX, UPLOAD_SUFFIXES
 
 MAX_DICOM_FILES = 20_000
@@ -79,22 +80,17 @@ def unpack_dicom_zip(archive: Path, folder: Path, max_bytes: int) -> Path:
 
 def image_voxels(path: Path) -> int:
     """Voxels of the image at ``path`` (a file, or a folder holding one DICOM series), from headers only."""
-    reader = sitk.ImageFileReader()
+    first, count = path, 1
     if path.is_dir():
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
         if not series:
             raise HermesError("the zip archive holds no DICOM series; zip the files of one series")
         files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
-        reader.SetFileName(files[0])
-        count = len(files)
-    else:
-        reader.SetFileName(str(path))
-        count = 1
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+        first, count = Path(files[0]), len(files)
+    reader = image_header(first)
+    if reader is None:
         raise HermesError("cannot read the image header (unsupported format or corrupt file); "
-                          f"send NIfTI, NRRD, MHA or a zipped DICOM series ({', '.join(UPLOAD_SUFFIXES)})") from None
+                          f"send NIfTI, NRRD, MHA or a zipped DICOM series ({', '.join(UPLOAD_SUFFIXES)})")
     voxels = count
     for size in reader.GetSize():
         voxels *= max(int(size), 1)
