@@ -3,6 +3,7 @@ against slicer-core: the progress contract through the real CLI, modality guess,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,24 +82,80 @@ def test_existing_segmentation_keeps_its_reference_geometry():
     assert fresh.GetSegmentation().GetConversionParameter(name), "a new segmentation takes the input's geometry"
 
 
-def test_window_count_matches_the_sliding_window():
-    from HermesSegmentLib.inference.windows import window_starts
+class Everywhere:
+    """A predictor that finds a target in every voxel (logit +10) or, with ``sign=-1``, nowhere."""
+
+    def __init__(self, sign=1.0):
+        self.sign = sign
+
+    def __call__(self, windows):
+        return 0.0 * windows + 10.0 * self.sign
+
+    def to(self, device):
+        return self
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1),
+                                       (0.8, 0.6, 0, -0.6, 0.8, 0, 0, 0, 1)])
+def test_window_count_is_what_the_sliding_window_runs(direction):
+    """From the header alone: the model-space grid the preprocessing makes, the coverage windows when
+    nothing is near (the fewest) and the whole lattice when targets are everywhere (the most)."""
+    sitk = pytest.importorskip("SimpleITK")
+    from HermesSegmentLib.inference import WindowPlan, predict_volume
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+    from HermesSegmentLib.preprocess import to_model_space
     from HermesSegmentLib.slicer import estimate
 
-    manifest = {"input": {"spacing_zyx_mm": [1.5, 1.5, 1.5], "window_size_zyx": [128, 128, 128]}}
-    for shape, spacing, overlap in [((300, 512, 512), (1.0, 0.8, 0.8), 0.5), ((40, 256, 256), (3.0, 1.2, 1.2), 0.25),
-                                    ((60, 60, 60), (1.0, 1.0, 1.0), 0.5)]:
-        model_shape = [max(1, round(n * s / 1.5)) for n, s in zip(shape, spacing)]
-        padded = [max(n, 128) for n in model_shape]
-        assert estimate.window_count(shape, spacing, manifest, overlap) == len(window_starts(padded, [128] * 3, overlap))
+    image = sitk.Image([70, 50, 30], sitk.sitkInt16)
+    image.SetSpacing((0.9, 1.1, 2.5))
+    image.SetDirection(direction)
+    image.SetOrigin((12.0, -40.0, 3.0))
+    manifest = {"input": {"spacing_zyx_mm": [2.0, 2.0, 2.0], "window_size_zyx": [16, 16, 16]}}
+    matrix = np.asarray(direction, float).reshape(3, 3) * np.asarray(image.GetSpacing())
+    grid = estimate.model_grid_zyx(image.GetSize(), np.column_stack([matrix, image.GetOrigin()]), manifest)
+    model_space = to_model_space(image, spacing_zyx=[2.0] * 3, modality="CT", crop_to_body=False,
+                                 normalization={"method": "clip_zscore", "clip": [-1000, 1000]})
+    assert grid == model_space.grid_size_zyx
+    for options in (SegmentOptions(), SegmentOptions(fast=True)):
+        count = estimate.window_count(grid, manifest, options)
+        ran = []
+        for sign in (-1.0, 1.0):
+            plan = WindowPlan(near_targets=0.125)
+            predict_volume(Everywhere(sign), model_space.array, window_zyx=(16, 16, 16), overlap=options.window_overlap,
+                           plan=plan)
+            ran.append(plan.windows)
+        assert (count.fewest, count.most) == tuple(ran) and count.fewest < count.most
+        assert estimate.window_count(grid, manifest, dataclasses.replace(options, target_windows=False)) == \
+            estimate.WindowCount(count.most, count.most)
 
 
 def test_question_only_for_long_runs():
     from HermesSegmentLib.slicer import estimate
 
-    assert estimate.question(10, 1.0) is None
-    text = estimate.question(112, 8.7)
-    assert "about 16 minutes" in text and "112 windows of 8.7 s" in text
+    assert estimate.question(estimate.Estimate(estimate.WindowCount(10, 10), 1.0)) is None
+    text = estimate.question(estimate.Estimate(estimate.WindowCount(112, 112), 8.7))
+    assert "about 16 minutes (112 windows of 8.7 s each" in text and "GPU" in text
+    text = estimate.question(estimate.Estimate(estimate.WindowCount(36, 112), 8.7))
+    assert "about 5-16 minutes (36 to 112 windows of 8.7 s each" in text and "smaller the asked targets" in text
+    assert estimate.question(estimate.Estimate(estimate.WindowCount(4, 20), 7.0)) is not None, "the most decides"
     assert estimate.is_slow({"architecture": {"base_channels": 32}}, "cpu")
     assert not estimate.is_slow({"architecture": {"base_channels": 32}}, "cuda")
     assert not estimate.is_slow({"architecture": {"base_channels": 8}}, "auto")
+
+
+def test_per_window_time_is_measured_for_the_runs_options_and_cached(capsys):
+    """The background command carries the run's options; each option that changes a window's time
+    has its own cached measurement."""
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+    from HermesSegmentLib.slicer import estimate
+
+    options = SegmentOptions(model="hermes-demo", device="cpu", backend="torch", precision="float32")
+    command = estimate.measure_command(options, "CT", python="python")
+    assert command[:3] == ["python", "-m", "HermesSegmentLib.slicer.estimate"]
+    assert estimate.cached_window_seconds(options) is None
+    assert estimate.main(command[3:]) == 0
+    seconds = json.loads(capsys.readouterr().out)["window_seconds"]
+    assert seconds > 0 and estimate.cached_window_seconds(options) == seconds
+    assert estimate.cached_window_seconds(dataclasses.replace(options, precision="bfloat16")) is None
+    assert estimate.main(["--modality", "CT", "--model", "no-such-model"]) == 1
+    assert "error:" in capsys.readouterr().err

@@ -356,5 +356,6 @@ def test_a_long_cpu_run_is_measured_then_asked_first(panel, gui, monkeypatch):
     recorder.answers.append(qt.QMessageBox.Yes)
     ui.segmentButton.click()  # the time is cached now: asked at once, Yes starts the run
     assert len(recorder.texts()) == 2 and panel.widget.controller.busy
+    assert ui.statusLabel.text.startswith("Starting: expected about"), ui.statusLabel.text
     wait_until_idle(panel)
     assert panel.widget._parameterNode.outputSegmentation is not None

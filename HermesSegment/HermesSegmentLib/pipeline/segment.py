@@ -124,6 +124,23 @@ def _explain_empty(masks: Sequence[TargetMask], image: sitk.Image, window_zyx: S
                     ", ".join(empty), " x ".join(f"{v:.0f}" for v in extent), " x ".join(f"{v:.0f}" for v in view))
 
 
+def window_predictor(loaded: LoadedModel, modality: str, task_indices: Sequence[int], options: SegmentOptions,
+                     device: torch.device) -> tuple[Any, int]:
+    """(predictor, batch size): what a run of ``options`` calls on its windows of ``modality`` (a
+    canonical key) for the task rows ``task_indices``, and how many windows it gives it at a time.
+
+    The model's fixed query for the modality (:meth:`LoadedModel.query`: a target's mask does not
+    depend on the other targets asked), the asked tasks' logits picked from it, run by the asked
+    backend. The Slicer panel's per-window time (``slicer.estimate``) is measured on exactly this.
+    """
+    window = loaded.manifest["input"]["window_size_zyx"]
+    query = loaded.query(modality)
+    predictor = _backend(options, loaded, window, device,
+                         loaded.predictor(query, loaded.modality_entry(modality)["slot"], precision=options.precision,
+                                          outputs=[query.index(index) for index in task_indices]))
+    return predictor, _batch_size(options, loaded, window, device)
+
+
 def _batch_size(options: SegmentOptions, model: LoadedModel, window: Sequence[int], device: torch.device) -> int:
     """The asked batch size, else one chosen from the model's memory per window and the free memory."""
     if options.batch_size:
@@ -254,15 +271,11 @@ def _segment(image: sitk.Image, modality: str, targets: Union[str, Sequence[str]
 
     mark = time.perf_counter()
     # The same query whatever was asked (LoadedModel.query), the asked targets' logits picked from it.
-    query = loaded.query(modality_key)
-    predictor = _backend(options, loaded, window, torch_device,
-                         loaded.predictor(query, entry["slot"], precision=options.precision,
-                                          outputs=[query.index(index) for index in task_indices]))
+    predictor, batch_size = window_predictor(loaded, modality_key, task_indices, options, torch_device)
     plan = WindowPlan(near_targets=options.threshold / 4 if options.target_windows else None)
     with _stage("running the network"):
         probabilities = predict_volume(predictor, model_space.array, window_zyx=window, overlap=overlap,
-                                       blending=options.blending,
-                                       batch_size=_batch_size(options, loaded, window, torch_device),
+                                       blending=options.blending, batch_size=batch_size,
                                        device=torch_device, plan=plan, progress=progress, cancel=cancel)
     timings["inference"] = time.perf_counter() - mark
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..inference.windows import lattice_box
 from ..read import guess_modality
 from .body import find_body
 from .normalization import normalization_for
@@ -109,8 +110,6 @@ def to_model_space(
     if crop_to_body:
         body_box = body or full
         if window_lattice is not None:
-            from ..inference.windows import lattice_box  # here: importing the package loads torch
-
             window, overlap = window_lattice
             body_box = lattice_box(body_box, array.shape, window, overlap)
     else:
@@ -133,11 +132,23 @@ def to_model_space(
 
 def physical_corners(image: sitk.Image) -> np.ndarray:
     """(8, 3) LPS points of the outer voxel edges of ``image`` (index -0.5 .. size-0.5)."""
-    size = np.asarray(image.GetSize(), dtype=float)
     matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    return edge_corners(image.GetSize(), np.column_stack([matrix, image.GetOrigin()]))
+
+
+def edge_corners(size_xyz: Sequence[int], index_to_lps: np.ndarray) -> np.ndarray:
+    """(8, 3) LPS points of the outer voxel edges of a grid of ``size_xyz`` voxels (index -0.5 ..
+    size-0.5); ``index_to_lps``: (3, 4) [direction x spacing | origin], mm."""
     corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
-    index = corners * size - 0.5
-    return index @ matrix.T + np.asarray(image.GetOrigin())
+    index = corners * np.asarray(size_xyz, dtype=float) - 0.5
+    return index @ index_to_lps[:, :3].T + index_to_lps[:, 3]
+
+
+def model_grid_size(corners: np.ndarray, spacing_xyz: np.ndarray) -> np.ndarray:
+    """Voxels (xyz) of the axis-aligned grid at ``spacing_xyz`` covering the physical ``corners``:
+    the model-space size of an input before the body crop (what :func:`to_model_space` resamples to)."""
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return np.maximum(1, np.ceil((hi - lo) / spacing_xyz - 1e-6)).astype(int)
 
 
 def _model_grid(image: sitk.Image, spacing_xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -148,7 +159,7 @@ def _model_grid(image: sitk.Image, spacing_xyz: np.ndarray) -> Tuple[np.ndarray,
     """
     corners = physical_corners(image)
     lo, hi = corners.min(axis=0), corners.max(axis=0)
-    size = np.maximum(1, np.ceil((hi - lo) / spacing_xyz - 1e-6)).astype(int)
+    size = model_grid_size(corners, spacing_xyz)
     centre = (lo + hi) / 2
     origin = centre - (size - 1) * spacing_xyz / 2
     return size, origin

@@ -71,6 +71,11 @@ def ijk_to_ras_array(volumeNode: slicer.vtkMRMLVolumeNode) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def ijk_to_lps_array(volumeNode: slicer.vtkMRMLVolumeNode) -> np.ndarray:
+    """The volume's (3, 4) IJK->LPS matrix [direction x spacing | origin], mm (no parent transform)."""
+    return _RAS_TO_LPS @ ijk_to_ras_array(volumeNode)[:3, :]
+
+
 def volume_to_sitk(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
     """A SimpleITK image with the voxels and the exact geometry of a scalar volume node.
 
@@ -94,7 +99,7 @@ def volume_to_sitk(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
             "placed under the same transform; harden the transform on the volume first for the model to see a "
             "regular grid", volumeNode.GetName(), parent.GetName())
     image = sitk.GetImageFromArray(np.array(slicer.util.arrayFromVolume(volumeNode), copy=True))
-    lps = _RAS_TO_LPS @ ijk_to_ras_array(volumeNode)[:3, :]
+    lps = ijk_to_lps_array(volumeNode)
     spacing = np.linalg.norm(lps[:, :3], axis=0)
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(o) for o in lps[:, 3]])

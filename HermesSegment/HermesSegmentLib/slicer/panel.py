@@ -100,6 +100,8 @@ class PanelController:
         self.lists_changed = False
         #: A Yes/No question the widget must put to the user (a long run ahead), answered by :meth:`answer`.
         self.question: str | None = None
+        #: The expected duration of the run being started (a large model off a GPU), else "".
+        self.expected = ""
         self._pending: RunRequest | None = None
         self.result: Any = None
         self._run: process.BackgroundRun | None = None
@@ -230,26 +232,34 @@ class PanelController:
             self._remove_run_dir()
             raise
         self.request, self.result, self._cancel_reason = request, None, ""
-        self.view = PanelView(segment_text="Cancel", inputs_enabled=False, status="Starting...",
+        starting = f"Starting: expected {self.expected}." if self.expected else "Starting..."
+        self.view = PanelView(segment_text="Cancel", inputs_enabled=False, status=starting,
                               download_tooltip=self.view.download_tooltip)
 
     def _duration_accepted(self, request: RunRequest) -> bool:
+        """True when the run may start now; else a measurement runs first or :attr:`question` is set.
+
+        Sets :attr:`expected` (shown when the run starts) for a large model off a GPU.
+        """
         from ..models import read_manifest, resolve
         from . import estimate
+        from .mrml_logic import ijk_to_lps_array
 
-        package, device = resolve(request.model), request.options.device
-        manifest = read_manifest(package)
-        if not estimate.is_slow(manifest, device):
+        options = dataclasses.replace(request.options, model=request.model)
+        manifest = read_manifest(resolve(request.model))
+        self.expected = ""
+        if not estimate.is_slow(manifest, options.device):
             return True
         self._pending = request
-        seconds = estimate.cached_window_seconds(package, device)
+        seconds = estimate.cached_window_seconds(options)
         if seconds is None:
-            self._start_job("measure", [estimate.measure_command(package, device, self.python)],
+            self._start_job("measure", [estimate.measure_command(options, request.modality, self.python)],
                             "Measuring how long one window of this model takes on this computer...")
             return False
-        overlap = request.options.window_overlap
-        dims, spacing = request.volume.GetImageData().GetDimensions(), request.volume.GetSpacing()
-        self.question = estimate.question(estimate.window_count(dims[::-1], spacing[::-1], manifest, overlap), seconds)
+        grid = estimate.model_grid_zyx(request.volume.GetImageData().GetDimensions(),
+                                       ijk_to_lps_array(request.volume), manifest)
+        expected = estimate.Estimate(estimate.window_count(grid, manifest, options), seconds)
+        self.expected, self.question = expected.describe(), estimate.question(expected)
         if self.question is None:
             self._pending = None
         return self.question is None
