@@ -47,6 +47,10 @@ class HermesSegmentParameterNode:
     fillHoles: bool = False
     removeIslands: bool = True
     minIslandMl: Annotated[float, WithinRange(0.0, 1000.0), Decimals(2)] = 0.5
+    batchSize: Annotated[int, WithinRange(0, 64)] = 0  # 0: from memory
+    threshold: Annotated[float, WithinRange(0.05, 0.95), Decimals(2)] = 0.5
+    cropToBody: bool = True
+    targetWindows: bool = True
 
 
 class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -71,8 +75,11 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, key in panel.modality_entries():
             self.ui.modalityComboBox.addItem(label, key)
         self.ui.presetComboBox.addItems(list(panel.PRESETS))
-        for label, device in panel.DEVICES.items():
-            self.ui.deviceComboBox.addItem(label, device)
+        for combo, entries in ((self.ui.deviceComboBox, panel.DEVICES.items()),
+                               (self.ui.backendComboBox, panel.backend_entries()),
+                               (self.ui.precisionComboBox, panel.PRECISIONS.items())):
+            for label, value in entries:
+                combo.addItem(label, value)
         for name, signal, slot in (
                 ("modalityComboBox", "currentIndexChanged(int)", self.refreshTargets),
                 ("modelComboBox", "currentIndexChanged(int)", self.refreshTargets),
@@ -259,7 +266,9 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.controller.busy:
             return self.controller.cancel()
         p = self._parameterNode
-        options = run_options(p, self.ui.presetComboBox.currentText, self.ui.deviceComboBox.currentData)
+        options = run_options(p, preset=self.ui.presetComboBox.currentText, device=self.ui.deviceComboBox.currentData,
+                              backend=self.ui.backendComboBox.currentData,
+                              precision=self.ui.precisionComboBox.currentData)
         try:
             self.ui.logTextEdit.clear()
             self.controller.start_run(RunRequest(p.inputVolume, p.outputSegmentation, self.ui.modelComboBox.currentData,

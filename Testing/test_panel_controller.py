@@ -159,3 +159,33 @@ def test_per_window_time_is_measured_for_the_runs_options_and_cached(capsys):
     assert estimate.cached_window_seconds(dataclasses.replace(options, precision="bfloat16")) is None
     assert estimate.main(["--modality", "CT", "--model", "no-such-model"]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_panel_fills_every_segment_option():
+    """Each SegmentOptions field is set by a parameter-node field or by a named list, or is said not offered:
+    a field added to SegmentOptions fails here until the panel offers it."""
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+    from HermesSegmentLib.slicer import panel
+
+    fields = [f.name for f in dataclasses.fields(SegmentOptions) if f.name != "postprocess"]
+    fields += [f"postprocess.{f.name}" for f in dataclasses.fields(SegmentOptions().postprocess)]
+    filled = list(panel.PARAMETER_OPTIONS.values()) + list(panel.OTHER_OPTIONS)
+    assert sorted(filled) == sorted(fields)
+
+
+def test_backends_and_precisions_offered_are_the_engines(monkeypatch):
+    import importlib.util
+
+    from HermesSegmentLib.inference import PRECISION_CHOICES
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+    from HermesSegmentLib.slicer import panel
+
+    assert tuple(panel.PRECISIONS.values()) == tuple(PRECISION_CHOICES)
+    choices = next(f for f in dataclasses.fields(SegmentOptions) if f.name == "backend").metadata["choices"]
+    real_find_spec = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, installed=installed: (real_find_spec("json") if installed else None)
+                            if name == "openvino" else real_find_spec(name, *a))
+        offered = [value for _label, value in panel.backend_entries()]
+        assert set(offered) <= set(choices) and ("openvino" in offered) == installed

@@ -204,6 +204,45 @@ def test_island_size_keeps_its_range(panel):
     assert (spin.minimum, spin.maximum, spin.decimals) == (0.0, 1000.0, 2)
 
 
+def test_advanced_offers_the_segment_options_with_the_command_lines_defaults(panel, gui):
+    """Left alone, the Advanced section asks for the CLI's defaults (the island rule aside, on in the
+    panel); each option set there reaches the engine's command line."""
+    import dataclasses
+    import importlib.util
+
+    from HermesSegmentLib.pipeline.options import SegmentOptions
+    from HermesSegmentLib.postprocess import PostprocessOptions
+
+    ui, widget = panel.widget.ui, panel.widget
+    assert (ui.batchSizeSpinBox.minimum, ui.batchSizeSpinBox.maximum) == (0, 64)
+    assert (ui.thresholdSpinBox.minimum, ui.thresholdSpinBox.maximum) == (0.05, 0.95)
+    backends = [ui.backendComboBox.itemData(i) for i in range(ui.backendComboBox.count)]
+    assert backends[:2] == ["auto", "torch"]
+    assert ("openvino" in backends) == (importlib.util.find_spec("openvino") is not None)
+    from HermesSegmentLib.slicer.panel import run_options
+
+    chosen = dict(preset=ui.presetComboBox.currentText, device=ui.deviceComboBox.currentData,
+                  backend=ui.backendComboBox.currentData, precision=ui.precisionComboBox.currentData)
+    defaults = run_options(widget._parameterNode, **chosen)
+    assert defaults == dataclasses.replace(SegmentOptions(), postprocess=PostprocessOptions(min_island_ml=0.5))
+
+    ui.backendComboBox.setCurrentIndex(ui.backendComboBox.findData("torch"))
+    ui.precisionComboBox.setCurrentIndex(ui.precisionComboBox.findData("float32"))
+    ui.batchSizeSpinBox.value = 3
+    ui.thresholdSpinBox.value = 0.4
+    ui.targetWindowsCheckBox.checked = False
+    ui.cropToBodyCheckBox.checked = False
+    start_segment(panel, add_ct())
+    command = widget.controller._run.command
+    ui.segmentButton.click()  # cancel
+    wait_until_idle(panel)
+    for expected in (["--backend", "torch"], ["--precision", "float32"], ["--batch-size", "3"], ["--threshold", "0.4"]):
+        assert command[command.index(expected[0]):][:2] == expected, command
+    assert "--no-target-windows" in command and "--no-body-crop" in command
+    _app, recorder = gui
+    assert not recorder.slot_errors, recorder.slot_errors
+
+
 def test_download_is_disabled_without_an_address(panel):
     ui = panel.widget.ui
     assert not ui.removeModelButton.enabled, "the bundled model cannot be removed"

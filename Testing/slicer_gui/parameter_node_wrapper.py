@@ -10,7 +10,8 @@ cope with in the released versions (see /work/notes/slicer_api.md for the eviden
 - ``connectParametersToGui(mapping)`` returns a tag counting from 0; ``connectGui(gui)`` finds the
   widgets by their ``SlicerParameterName`` property and returns ``None`` in Slicer 5.6-5.10
   (Slicer issue #7547, PR #8667) -- choose with :data:`CONNECT_GUI_RETURNS_TAG`;
-- a float field without a range sets a ``QDoubleSpinBox`` to -inf..inf, as Slicer's connector does;
+- a float field without a range sets a ``QDoubleSpinBox`` to -inf..inf, as Slicer's connector does; an
+  int field sets a ``QSpinBox`` to its ``WithinRange`` (``setRange``), else to the whole int range;
 - ``disconnectGui(tag)`` drops the widget connections of that tag.
 """
 
@@ -100,6 +101,10 @@ class _Connector:
             widget.minimum = limits.minimum if limits else float("-inf")
             widget.maximum = limits.maximum if limits else float("inf")
             self.signal, self.get, self.set = "valueChanged(double)", lambda: widget.value, lambda v: setattr(widget, "value", v)
+        elif isinstance(widget, qt.QSpinBox) and field.base is int:
+            limits = field.extra(WithinRange)  # Slicer: setRange, else the whole int range
+            widget.setRange(*((limits.minimum, limits.maximum) if limits else (-2**31, 2**31 - 1)))
+            self.signal, self.get, self.set = "valueChanged(int)", lambda: widget.value, lambda v: setattr(widget, "value", v)
         elif _is_node_type(field.base) and hasattr(widget, "currentNode"):
             self.signal, self.get, self.set = "currentNodeChanged(vtkMRMLNode*)", widget.currentNode, widget.setCurrentNode
         else:

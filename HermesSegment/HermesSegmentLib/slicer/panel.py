@@ -26,7 +26,7 @@ from ..pipeline.options import SegmentOptions
 from . import background as process
 from . import install
 
-__all__ = ["DEVICES", "HELP", "PRESETS", "HermesError", "PanelController", "PanelView", "RunRequest"]
+__all__ = ["DEVICES", "HELP", "PRECISIONS", "PRESETS", "HermesError", "PanelController", "PanelView", "RunRequest"]
 
 #: The module's help text (Slicer shows it at the top of the panel).
 HELP = """Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
@@ -42,6 +42,26 @@ PRESETS = _PRESETS
 #: operators fail there, as TotalSegmentator found); it is offered explicitly.
 DEVICES = {"Automatic (GPU if available, else CPU)": "auto", "NVIDIA GPU (CUDA)": "cuda", "CPU": "cpu",
            "Apple GPU (MPS, experimental)": "mps"}
+#: Precision choices: label -> ``--precision`` value (``inference.device.PRECISION_CHOICES``). Automatic
+#: leaves it to the preset (Best quality: float32), else bf16 where the hardware multiplies it natively.
+PRECISIONS = {"Automatic": "auto", "float32 (bit-reproducible)": "float32",
+              "bfloat16 (faster where supported)": "bfloat16"}
+
+#: How the panel fills every :class:`SegmentOptions` field (``postprocess.`` for PostprocessOptions),
+#: so that none is forgotten: parameter-node fields (saved with the scene) ...
+PARAMETER_OPTIONS = {
+    "batchSize": "batch_size", "threshold": "threshold", "cropToBody": "crop_to_body",
+    "targetWindows": "target_windows", "sideConstraint": "postprocess.side_constraint",
+    "singlePiece": "postprocess.single_piece", "keepLargest": "postprocess.keep_largest",
+    "fillHoles": "postprocess.fill_holes",
+}
+#: ... and the rest (what sets each one, or why it is not offered).
+OTHER_OPTIONS = {
+    "model": "the model list", "device": "the device list", "backend": "the backend list (backend_entries)",
+    "precision": "the precision list, else the preset", "overlap": "the preset", "fast": "the preset",
+    "postprocess.min_island_ml": "removeIslands and minIslandMl",
+    "blending": "not offered: Gaussian blending, as nnU-Net and MONAI do; uniform is for comparisons (command line)",
+}
 
 
 @dataclass
@@ -395,14 +415,34 @@ def modality_entries() -> list[tuple[str, str]]:
     return [(m.label, m.key) for m in vocabulary.load_vocabulary().modalities]
 
 
-def run_options(parameters: Any, preset: str, device: str) -> SegmentOptions:
-    """The run's :class:`SegmentOptions` from the parameter node's fields, a preset and a device."""
+def backend_entries() -> list[tuple[str, str]]:
+    """``(label, --backend value)`` for the backend list: OpenVINO only when it is installed."""
+    import importlib.util
+
+    entries = [("Automatic (OpenVINO for large models on the CPU when installed, else PyTorch)", "auto"),
+               ("PyTorch", "torch")]
+    if importlib.util.find_spec("openvino") is not None:
+        entries.append(("OpenVINO (CPU; faster, a tenth of the memory for large models)", "openvino"))
+    return entries
+
+
+def run_options(parameters: Any, *, preset: str, device: str, backend: str = "auto",
+                precision: str = "auto") -> SegmentOptions:
+    """The run's :class:`SegmentOptions`: the parameter node's fields (:data:`PARAMETER_OPTIONS`; a batch
+    size of 0 means "from memory"), the preset's, then the device, backend and precision lists
+    (a precision other than Automatic overrides the preset's)."""
     from ..postprocess import PostprocessOptions
 
-    cleanup = PostprocessOptions(side_constraint=parameters.sideConstraint, single_piece=parameters.singlePiece,
-                                 keep_largest=parameters.keepLargest, fill_holes=parameters.fillHoles,
-                                 min_island_ml=parameters.minIslandMl if parameters.removeIslands else None)
-    return SegmentOptions(device=device, postprocess=cleanup, **PRESETS[preset])
+    values: dict[str, Any] = {}
+    cleanup: dict[str, Any] = {"min_island_ml": parameters.minIslandMl if parameters.removeIslands else None}
+    for name, path in PARAMETER_OPTIONS.items():
+        owner, _, option = path.rpartition(".")
+        (cleanup if owner else values)[option] = getattr(parameters, name)
+    values["batch_size"] = values["batch_size"] or None
+    values.update(PRESETS[preset], device=device, backend=backend)
+    if precision != "auto":
+        values["precision"] = precision
+    return SegmentOptions(postprocess=PostprocessOptions(**cleanup), **values)
 
 
 def reload_library() -> None:
