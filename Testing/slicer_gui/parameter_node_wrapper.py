@@ -158,8 +158,7 @@ def parameterNodeWrapper(cls):
 
     def connectGui(self, gui):
         widgets = gui.findChildren(qt.QWidget) if hasattr(gui, "findChildren") else list(vars(gui).values())
-        mapping = {w.property(SlicerParameterNamePropertyName): w for w in widgets
-                   if w.property(SlicerParameterNamePropertyName)}
+        mapping = {_parameterName(w): w for w in widgets if _parameterName(w)}
         tag = self.connectParametersToGui(mapping)
         return tag if CONNECT_GUI_RETURNS_TAG else None
 
@@ -191,8 +190,16 @@ def parameterNodeWrapper(cls):
     return cls
 
 
+def _parameterName(widget):
+    """The widget's ``SlicerParameterName`` dynamic property, or None. Asked only of widgets that have
+    it: PySide6 6.12's ``QObject.property()`` of a missing property returns None one reference short,
+    and enough such calls abort the interpreter ("none_dealloc")."""
+    names = {bytes(name).decode() for name in widget.dynamicPropertyNames()}
+    return widget.property(SlicerParameterNamePropertyName) if SlicerParameterNamePropertyName in names else None
+
+
 def findChildWidgetForParameter(widget, parameter):
     for child in widget.findChildren(qt.QWidget):
-        if child.property(SlicerParameterNamePropertyName) == parameter:
+        if _parameterName(child) == parameter:
             return child
     return None
