@@ -155,6 +155,7 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.downloadModelButton.enabled = view.download_enabled
         self.ui.downloadModelButton.toolTip = view.download_tooltip
         self.ui.progressBar.value, self.ui.statusLabel.text = view.progress, view.status
+        self.ui.warningsLabel.visible, self.ui.warningsLabel.text = bool(view.warnings), view.warnings_html()
         for line in view.log:
             self.ui.logTextEdit.appendPlainText(line)
 

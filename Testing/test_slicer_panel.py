@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("PySide6", reason="the panel tests need the Qt binding from the test extra (PySide6)")
@@ -125,6 +127,31 @@ def test_segment_click_through_puts_segments_in_the_scene(panel, gui):
     # a second run starts from an empty bar
     start_segment(panel, volume)
     assert ui.progressBar.value == 0
+    ui.segmentButton.click()
+    wait_until_idle(panel)
+
+
+@pytest.mark.slow
+def test_warnings_of_a_run_are_shown_above_the_bar(panel, gui):
+    """A CT of stored scanner values (air 0, water 1024) is converted to Hounsfield units with a warning:
+    the panel shows it in its warning box (and the log), says so in the status, and clears it on the next run."""
+    import slicer
+
+    _app, recorder = gui
+    volume = add_ct("stored values", body_hu=40)
+    array = slicer.util.arrayFromVolume(volume)
+    array[:] = np.where(array < -500, 0, array + 1024)  # air at 0, soft tissue near 1024 + 40
+    slicer.util.arrayFromVolumeModified(volume)
+    ui = panel.widget.ui
+    assert ui.warningsLabel.isHidden()
+    start_segment(panel, volume)
+    wait_until_idle(panel)
+    assert not recorder.slot_errors and not recorder.texts(), (recorder.slot_errors, recorder.texts())
+    assert not ui.warningsLabel.isHidden() and "rescale was never applied" in ui.warningsLabel.text
+    assert ui.warningsLabel.text.startswith("<b>Check the result:</b>")
+    assert re.search(r"with \d+ warnings? \(above\)", ui.statusLabel.text) and "Warning: " in ui.logTextEdit.toPlainText()
+    start_segment(panel, add_ct("in HU"))  # the next run starts without the last run's warnings
+    assert ui.warningsLabel.isHidden() and ui.warningsLabel.text == ""
     ui.segmentButton.click()
     wait_until_idle(panel)
 

@@ -83,6 +83,18 @@ class PanelView:
     download_tooltip: str = ""
     remove_enabled: bool = False  # only the user's own or downloaded packages, never the bundled one
     log: list[str] = field(default_factory=list)
+    #: The engine's warnings in this run (:mod:`notices`: CT values converted to Hounsfield units, an
+    #: irregular series resampled, a rule skipped, ...): shown above the bar until the next run starts.
+    warnings: list[str] = field(default_factory=list)
+
+    def warnings_html(self) -> str:
+        """The warnings as the panel's warning box shows them (rich text), "" when there are none."""
+        import html
+
+        if not self.warnings:
+            return ""
+        items = "".join(f"<li>{html.escape(text)}</li>" for text in self.warnings)
+        return f"<b>Check the result:</b><ul>{items}</ul>"
 
 
 @dataclass
@@ -340,6 +352,9 @@ class PanelController:
             if isinstance(event, process.ProgressEvent):
                 self.view.progress = int(100 * event.overall)
                 self.view.status = self._run.status_line()
+            elif event.stream == "warning":
+                self.view.warnings.append(event.text)
+                self.view.log.append(f"Warning: {event.text}")
             else:
                 self.view.log.append(event.text)
         return self._finish() if finished else None
@@ -353,7 +368,9 @@ class PanelController:
             if run.succeeded:
                 self.result = self.logic.import_file(self._result_path, request.volume, request.segmentation,
                                                      model_name=request.model)
-                self.view.status, self.view.progress = f"Done in {run.elapsed():.0f} s.", 100
+                count = len(self.view.warnings)
+                warned = f", with {count} warning{'s' if count > 1 else ''} (above)" if count else ""
+                self.view.status, self.view.progress = f"Done in {run.elapsed():.0f} s{warned}.", 100
             elif run.cancelled:
                 self.view.status, self.view.progress = self._cancel_reason or "Cancelled.", 0
             else:
