@@ -400,6 +400,63 @@ def test_hermes_r_shows_where_the_weights_are_and_imports_a_pth_in_the_backgroun
     assert ui.segmentButton.enabled
 
 
+#: Hermes-R's layout (72 task-prior rows, 6 modality slots, five prior sites) at a tiny width.
+TINY_HERMES_R = dict(base_channels=8, blocks_per_stage=(1, 1, 1, 1), fusion_depths=(1, 1, 1, 1, 1),
+                     num_task_priors=72, num_modality_slots=6, modality_tokens=2, head_dim=16)
+
+
+def tiny_hermes_r_interpreter(folder):
+    """An interpreter for the panel's background jobs whose Hermes-R is :data:`TINY_HERMES_R` (the
+    import then checks a checkpoint against that layout): the job's command line runs unchanged."""
+    import sys
+
+    launcher = folder / "tiny_hermes_r.py"
+    launcher.write_text(
+        "import runpy, sys\n"
+        "from HermesSegmentLib.models import manifest\n"
+        "from HermesSegmentLib.network import HermesConfig\n"
+        f"manifest.HERMES_R = HermesConfig(**{TINY_HERMES_R!r})\n"
+        "assert sys.argv[1] == '-m'\n"
+        "sys.argv = sys.argv[2:]\n"
+        "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n", encoding="utf-8")
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{launcher}" "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_a_hermes_r_checkpoint_is_imported_from_the_panel(panel, gui, monkeypatch, tmp_path):
+    """Upstream's checkpoint saved as a plain state dict (torch.save), chosen in Add model file...: imported
+    in the background (read with weights_only=True), Hermes-R is then installed, offers its CT targets,
+    and holds exactly the checkpoint's tensors."""
+    import qt
+    import torch
+
+    from HermesSegmentLib import models
+    from HermesSegmentLib.network import HermesConfig, HermesNetwork
+
+    torch.manual_seed(0)
+    state = HermesNetwork(HermesConfig(**TINY_HERMES_R)).state_dict()
+    checkpoint = tmp_path / "hermes_r.pth"
+    torch.save(state, checkpoint)
+    ui, controller = panel.widget.ui, panel.widget.controller
+    controller.python = tiny_hermes_r_interpreter(tmp_path)
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findData("hermes-r"))
+    assert ui.modelComboBox.currentText.endswith("(not installed)") and not panel.widget.targetItems()
+    monkeypatch.setattr(qt.QFileDialog, "getOpenFileName", staticmethod(lambda *a: str(checkpoint)))
+    ui.addModelFileButton.click()
+    assert controller.busy and "Importing hermes_r.pth" in ui.statusLabel.text
+    wait_until_idle(panel)
+    _app, recorder = gui
+    assert not recorder.texts() and not recorder.slot_errors, (recorder.texts(), recorder.slot_errors)
+    assert ui.statusLabel.text == "Import finished."
+    assert ui.modelComboBox.currentData == "hermes-r" and not ui.modelComboBox.currentText.endswith("(not installed)")
+    ui.modalityComboBox.setCurrentIndex(ui.modalityComboBox.findData("CT"))
+    assert len(panel.widget.targetItems()) > 10, "Hermes-R offers its CT targets"
+    imported = models.load(models.resolve("hermes-r")).network.state_dict()
+    assert list(imported) == list(state) and all(torch.equal(imported[k], v) for k, v in state.items())
+
+
 @pytest.mark.slow
 def test_a_long_cpu_run_is_measured_then_asked_first(panel, gui, monkeypatch):
     import qt
