@@ -80,6 +80,12 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                (self.ui.precisionComboBox, panel.PRECISIONS.items())):
             for label, value in entries:
                 combo.addItem(label, value)
+        settings, runOn = qt.QSettings(), self.ui.runOnComboBox
+        runOn.addItems(list(panel.RUN_ON))
+        runOn.setCurrentIndex(max(0, runOn.findText(settings.value(panel.RUN_ON_KEY, ""))))
+        self.ui.serverUrlLineEdit.text = settings.value(panel.SERVER_URL_KEY, "")
+        self.ui.serverTokenLineEdit.text = settings.value(panel.SERVER_TOKEN_KEY, "")
+        self.onRunOnChanged(refresh=False)
         for name, signal, slot in (
                 ("modalityComboBox", "currentIndexChanged(int)", self.refreshTargets),
                 ("modelComboBox", "currentIndexChanged(int)", self.refreshTargets),
@@ -94,6 +100,10 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 ("openCacheFolderButton", "clicked()", self.onOpenCacheFolder),
                 ("removeModelButton", "clicked()", self.onRemoveModel),
                 ("advancedCollapsibleButton", "contentsCollapsed(bool)", self.onAdvancedToggled),
+                ("runOnComboBox", "currentIndexChanged(int)", lambda *_: self.onRunOnChanged()),
+                ("serverUrlLineEdit", "editingFinished()", self.rememberServer),
+                ("serverTokenLineEdit", "editingFinished()", self.rememberServer),
+                ("testConnectionButton", "clicked()", self.onTestConnection),
                 ("segmentButton", "clicked()", self.onSegmentButton)):
             getattr(self.ui, name).connect(signal, slot)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -256,6 +266,33 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from HermesSegmentLib.slicer.panel import models_folder
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(models_folder()))
 
+    def onRunOnChanged(self, refresh=True):
+        """This computer or a server: the server's fields, the device (the server's own), the model list."""
+        from HermesSegmentLib.slicer.panel import RUN_ON, RUN_ON_KEY
+        server = RUN_ON[self.ui.runOnComboBox.currentText]
+        qt.QSettings().setValue(RUN_ON_KEY, self.ui.runOnComboBox.currentText)
+        for name in ("serverUrlLabel", "serverUrlLineEdit", "serverTokenLabel", "serverTokenLineEdit",
+                     "testConnectionButton", "serverInfoLabel"):
+            getattr(self.ui, name).visible = server
+        self.ui.deviceComboBox.enabled = not server
+        self.controller.set_run_on(server)
+        if refresh:
+            self.refreshModels()
+
+    def rememberServer(self):
+        from HermesSegmentLib.slicer.panel import SERVER_TOKEN_KEY, SERVER_URL_KEY
+        settings = qt.QSettings()
+        settings.setValue(SERVER_URL_KEY, self.ui.serverUrlLineEdit.text.strip())
+        settings.setValue(SERVER_TOKEN_KEY, self.ui.serverTokenLineEdit.text.strip())
+
+    def onTestConnection(self):
+        """The server's devices and models (at most 10 s); its models then fill the model list."""
+        self.rememberServer()
+        with slicer.util.tryWithErrorDisplay("Could not test the connection.", waitCursor=True):
+            self.ui.serverInfoLabel.text = self.controller.test_connection(self.ui.serverUrlLineEdit.text.strip(),
+                                                                          self.ui.serverTokenLineEdit.text.strip())
+            self.refreshModels()
+
     def onAdvancedToggled(self, collapsed):
         if not collapsed and not self.ui.deviceLabel.text:
             from HermesSegmentLib.slicer.install import describe_devices
@@ -270,10 +307,15 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         options = run_options(p, preset=self.ui.presetComboBox.currentText, device=self.ui.deviceComboBox.currentData,
                               backend=self.ui.backendComboBox.currentData,
                               precision=self.ui.precisionComboBox.currentData)
+        server = self.controller.on_server
+        if server:
+            self.rememberServer()
         try:
             self.ui.logTextEdit.clear()
             self.controller.start_run(RunRequest(p.inputVolume, p.outputSegmentation, self.ui.modelComboBox.currentData,
-                                                 self.ui.modalityComboBox.currentData, self.selectedTargets(), options))
+                                                 self.ui.modalityComboBox.currentData, self.selectedTargets(), options,
+                                                 server=self.ui.serverUrlLineEdit.text.strip() if server else "",
+                                                 token=self.ui.serverTokenLineEdit.text.strip() if server else ""))
             self.onPoll()
             self._timer.start(200)
         except (HermesError, OSError) as error:  # a user mistake or a full disk: one line, no traceback

@@ -189,3 +189,12 @@ def test_backends_and_precisions_offered_are_the_engines(monkeypatch):
                             if name == "openvino" else real_find_spec(name, *a))
         offered = [value for _label, value in panel.backend_entries()]
         assert set(offered) <= set(choices) and ("openvino" in offered) == installed
+
+
+def test_a_server_runs_stages_move_the_bar_forward_only():
+    """A server run also reports its queue, the upload's reading and the result's writing: the bar
+    stays at 0 while queued and never goes back."""
+    stages = [("queued", 0.0), ("reading", 0.0), ("preprocess", 0.5), ("preprocess", 1.0), ("inference", 0.0),
+              ("inference", 0.7), ("postprocess", 1.0), ("writing", 0.0), ("writing", 1.0)]
+    overall = [process.overall_fraction(stage, fraction) for stage, fraction in stages]
+    assert overall[:2] == [0.0, 0.0] and overall == sorted(overall) and overall[-1] == 1.0

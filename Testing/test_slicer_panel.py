@@ -482,3 +482,94 @@ def test_a_long_cpu_run_is_measured_then_asked_first(panel, gui, monkeypatch):
     assert ui.statusLabel.text.startswith("Starting: expected about"), ui.statusLabel.text
     wait_until_idle(panel)
     assert panel.widget._parameterNode.outputSegmentation is not None
+
+
+# ---------------------------------------------------------------------------------------------- run on a server
+@pytest.mark.slow
+def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, monkeypatch):
+    """Run on: Server, on a laptop without PyTorch: Test connection lists the server's device and
+    models, Segment runs there with the same progress and import (the segments of a local run with the
+    same options), Cancel stops it, and the address and token are remembered."""
+    pytest.importorskip("fastapi", reason="the server needs the server extra")
+    import dataclasses
+    import time
+
+    import qt
+    import SimpleITK as sitk
+    import slicer
+    from serving import TOKEN, phantom_crops, running_server
+    from test_slicer_logic import _itk_into_volume, segment_voxels
+
+    from HermesSegmentLib.slicer import install
+    from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
+    from HermesSegmentLib.slicer.panel import RUN_ON_KEY, SERVER_URL_KEY, run_options
+
+    app, recorder = gui
+    monkeypatch.setattr(install, "find_missing", lambda *a: install.Missing("is not installed", []))
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "crop")
+    _itk_into_volume(sitk.ReadImage(str(phantom_crops(tmp_path / "phantom", 1)[0])), volume)
+    with running_server(tmp_path / "server") as server:
+        panel = slicer_app.ModulePanel(MODULE_FILE)
+        panel.enter()
+        ui = panel.widget.ui
+        assert not ui.segmentButton.enabled and ui.serverUrlLineEdit.isHidden(), "a local run needs PyTorch here"
+        ui.runOnComboBox.setCurrentIndex(ui.runOnComboBox.findText("Server"))
+        assert ui.segmentButton.enabled and not ui.serverUrlLineEdit.isHidden() and not ui.deviceComboBox.enabled
+        assert ui.modelComboBox.count == 0 and "Test connection" in ui.modelInfoLabel.text
+        assert ui.serverTokenLineEdit.echoMode == qt.QLineEdit.Password
+
+        ui.serverUrlLineEdit.text = server.url
+        ui.serverTokenLineEdit.text = "not-the-token-0123456789"
+        ui.testConnectionButton.click()
+        assert "refused the token" in ui.serverInfoLabel.text and ui.modelComboBox.count == 0
+        ui.serverTokenLineEdit.text = TOKEN
+        ui.testConnectionButton.click()
+        assert ui.serverInfoLabel.text.startswith("Connected") and "CPU" in ui.serverInfoLabel.text
+        assert ui.modelComboBox.currentData == "hermes-demo" and not ui.removeModelButton.enabled
+
+        ui.inputVolumeSelector.setCurrentNode(volume)
+        ui.modalityComboBox.setCurrentIndex(ui.modalityComboBox.findData("CT"))
+        ui.selectAllButton.click()
+        targets = panel.widget.selectedTargets()
+        ui.segmentButton.click()
+        assert ui.segmentButton.text == "Cancel" and not ui.runOnComboBox.enabled and not ui.serverUrlLineEdit.enabled
+        wait_until_idle(panel)
+        assert not recorder.slot_errors and not recorder.texts(), (recorder.slot_errors, recorder.texts())
+        assert ui.statusLabel.text.startswith("Done") and ui.progressBar.value == 100
+        assert f"hermes-demo on CPU at {server.url}" in ui.logTextEdit.toPlainText(), "it ran on the server"
+        assert run_folders(app) == [] and server.job_folders() == []
+        remote = panel.widget._parameterNode.outputSegmentation
+        options = dataclasses.replace(run_options(panel.widget._parameterNode, preset=ui.presetComboBox.currentText,
+                                                  device="cpu", backend=ui.backendComboBox.currentData,
+                                                  precision=ui.precisionComboBox.currentData), model="hermes-demo")
+        local = MRMLLogic().segment(volume, "CT", targets, options=options)
+        owned_local, owned_remote = MRMLLogic.owned_segments(local), MRMLLogic.owned_segments(remote)
+        assert list(owned_remote) == list(owned_local) == targets
+        for key in targets:
+            assert segment_voxels(remote, owned_remote[key]) == segment_voxels(local, owned_local[key]), key
+        assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
+
+        ui.segmentButton.click()
+        ui.segmentButton.click()  # Cancel
+        wait_until_idle(panel)
+        assert ui.statusLabel.text == "Cancelled." and run_folders(app) == []
+        for _ in range(600):  # the client deletes its job when stopped; the server drops it
+            if not server.job_folders():
+                break
+            qt.QApplication.processEvents()
+            time.sleep(0.1)
+        assert server.job_folders() == []
+        assert qt.QSettings().value(SERVER_URL_KEY) == server.url
+
+        ui.serverUrlLineEdit.text = ""
+        ui.segmentButton.click()
+        assert recorder.texts()[-1].startswith("Segmentation could not start: enter the server's address")
+        panel.exit()
+        panel.widget.cleanup()
+
+    assert qt.QSettings().value(RUN_ON_KEY) == "Server"
+    again = slicer_app.ModulePanel(MODULE_FILE)
+    again.enter()
+    assert again.widget.ui.runOnComboBox.currentText == "Server" and again.widget.ui.serverTokenLineEdit.text == TOKEN
+    again.exit()
+    again.widget.cleanup()

@@ -36,7 +36,10 @@ MODULE_DIR = Path(__file__).resolve().parents[2]
 #: The progress contract. The engine (``pipeline.segment_image``, and the CLI's ``--progress-json``
 #: lines) reports ``(stage, fraction of that stage, message)``; a stage's share of the whole run is its
 #: weight here (measured: the network is > 90% of the time of a CT on the CPU, less on a GPU).
-STAGE_WEIGHTS: dict[str, float] = {"preprocess": 0.05, "inference": 0.9, "postprocess": 0.05}
+#: A run on a server also reports waiting in its queue, reading the upload and writing the result
+#: (``server.jobs``): no share of the bar, so that it neither jumps ahead nor goes back.
+STAGE_WEIGHTS: dict[str, float] = {"queued": 0.0, "reading": 0.0, "preprocess": 0.05, "inference": 0.9,
+                                   "postprocess": 0.05, "writing": 0.0}
 
 
 def overall_fraction(stage: str, fraction: float) -> float:
@@ -86,33 +89,42 @@ def segment_command(
     targets: Sequence[str],
     options: SegmentOptions | None = None,
     python: str | None = None,
+    server: str = "",
 ) -> list[str]:
     """The command line of ``hermes-segment segment`` for one image, with JSON progress on stdout.
 
     ``options`` (:class:`SegmentOptions`) become the command's options (:meth:`SegmentOptions.command_line`).
-    The result is ``<output_dir>/<input stem>.seg.nrrd``. ``python`` defaults to ``sys.executable``
+    ``server``: the address of a `hermes-segment serve` server to run on (``--server``). The result
+    is ``<output_dir>/<input stem>.seg.nrrd``. ``python`` defaults to ``sys.executable``
     (``PythonSlicer`` inside Slicer).
     """
     return [
         python or sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(input_path),
         "--out", str(output_dir), "--modality", modality, "--targets", ",".join(targets), "--progress-json",
-        *(options or SegmentOptions()).command_line(),
+        *(options or SegmentOptions()).command_line(), *(["--server", server] if server else []),
     ]
 
 
 def start_segmentation(image: Any, run_dir: Path, *, modality: str, targets: Sequence[str],
-                       options: SegmentOptions | None = None, python: str | None = None) -> tuple[BackgroundRun, Path]:
-    """Write ``image`` (SimpleITK) to ``run_dir/input.nrrd`` and start the engine on it.
+                       options: SegmentOptions | None = None, python: str | None = None, server: str = "",
+                       token: str = "") -> tuple[BackgroundRun, Path]:
+    """Write ``image`` (SimpleITK) to ``run_dir/input.nrrd`` and start the engine on it, on this
+    computer or on ``server`` (its ``token`` goes to the child in its environment, never on its
+    command line, which other users of the computer can see).
 
     Returns the started run and the path the result will have (``run_dir/input.seg.nrrd``).
     """
     import SimpleITK as sitk
 
+    from ..server.protocol import TOKEN_ENV
+
     run_dir.mkdir(parents=True, exist_ok=True)
     input_path = run_dir / "input.nrrd"
     sitk.WriteImage(image, str(input_path), True)
-    command = segment_command(input_path, run_dir, modality=modality, targets=targets, options=options, python=python)
-    return BackgroundRun(command).start(), run_dir / "input.seg.nrrd"
+    command = segment_command(input_path, run_dir, modality=modality, targets=targets, options=options, python=python,
+                              server=server)
+    environment = {**os.environ, TOKEN_ENV: token} if server and token else None
+    return BackgroundRun(command, env=environment).start(), run_dir / "input.seg.nrrd"
 
 
 def parse_progress(line: str) -> ProgressEvent | None:

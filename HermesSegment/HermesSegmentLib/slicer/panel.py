@@ -7,6 +7,11 @@ widgets; the tests drive this class under slicer-core with real MRML nodes and r
 A run captures its inputs when it starts (:class:`RunRequest`): the result goes into the volume,
 segmentation and model chosen then, whatever is selected when it ends. Its temporary folder (a copy
 of the input) is deleted when it ends, whatever the outcome.
+
+A run goes to this computer or to a `hermes-segment serve` server (**Run on**): the same background
+process (``segment --server``: the image uploaded, the server's files downloaded), progress, Cancel and
+result import. On a server the model list is the server's (:meth:`PanelController.test_connection`),
+and nothing but the client needs to be installed here.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from ..pipeline.options import SegmentOptions
 from . import background as process
 from . import install
 
-__all__ = ["DEVICES", "HELP", "PRECISIONS", "PRESETS", "HermesError", "PanelController", "PanelView", "RunRequest"]
+__all__ = ["DEVICES", "HELP", "PRECISIONS", "PRESETS", "RUN_ON", "HermesError", "PanelController", "PanelView",
+           "RunRequest"]
 
 #: The module's help text (Slicer shows it at the top of the panel).
 HELP = """Segment anatomical structures in CT, PET and MR with the Hermes universal model: pick the
@@ -62,6 +68,8 @@ OTHER_OPTIONS = {
     "postprocess.min_island_ml": "removeIslands and minIslandMl",
     "blending": "not offered: Gaussian blending, as nnU-Net and MONAI do; uniform is for comparisons (command line)",
 }
+#: Where a run goes ("Run on"): label -> True for a server.
+RUN_ON = {"This computer": False, "Server": True}
 
 
 @dataclass
@@ -70,7 +78,8 @@ class PanelView:
 
     #: The widgets a run's inputs come from: disabled while it runs (its inputs are captured anyway).
     INPUT_WIDGETS = ("inputVolumeSelector", "modalityComboBox", "modelComboBox", "outputSegmentationSelector",
-                     "targetTree", "addModelFileButton")
+                     "targetTree", "addModelFileButton", "runOnComboBox", "serverUrlLineEdit", "serverTokenLineEdit",
+                     "testConnectionButton")
 
     segment_text: str = "Segment"
     segment_enabled: bool = True
@@ -99,7 +108,12 @@ class PanelView:
 
 @dataclass
 class RunRequest:
-    """The inputs of one run, captured when Segment is clicked."""
+    """The inputs of one run, captured when Segment is clicked.
+
+    ``server``: the address of a `hermes-segment serve` server to run on ("" for this computer), and
+    its ``token`` ("": ``$HERMES_SEGMENT_TOKEN``). On a server, ``options``' device and batch size are
+    the server's (the panel leaves them at their defaults).
+    """
 
     volume: Any
     segmentation: Any
@@ -107,6 +121,20 @@ class RunRequest:
     modality: str
     targets: list[str]
     options: SegmentOptions = field(default_factory=SegmentOptions)
+    server: str = ""
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """A model a server offers (its ``/v1/info``), listed like a local model package."""
+
+    name: str
+    title: str
+    targets: dict[str, list[str]]
+    source: str = "server"
+    url: str | None = None
+    available: bool = True
 
 
 class PanelController:
@@ -141,6 +169,9 @@ class PanelController:
         self._job_kind = ""
         self._run_dir: Path | None = None
         self._cancel_reason = ""
+        #: Runs go to a server (see :meth:`set_run_on`); ``server_info`` is its ``/v1/info`` once connected.
+        self.on_server = False
+        self.server_info: dict[str, Any] | None = None
         self.missing = install.find_missing()
         self._show_missing()
 
@@ -156,14 +187,40 @@ class PanelController:
         self.select_model(self._listing)
 
     def _show_missing(self) -> None:
+        """What is missing for a local run; a server run needs none of it (the client needs no torch)."""
         self.view.install_message = self.missing.describe() if self.missing else ""
         self.view.install_enabled = bool(self.missing) and not self.busy
-        self.view.segment_enabled = not self.missing and self._job is None
+        self.view.segment_enabled = (self.on_server or not self.missing) and self._job is None
+
+    # ------------------------------------------------------------------ run on
+    def set_run_on(self, server: bool) -> None:
+        """Run on a server (True) or on this computer; the widget then rebuilds its model list."""
+        self.on_server = server
+        self._show_missing()
+
+    def test_connection(self, url: str, token: str) -> str:
+        """Ask the server at ``url`` for its devices and models (``/v1/info``, at most 10 s); returns
+        the line to show. Connected, the model list is the server's."""
+        from ..server.client import ServerClient
+
+        try:
+            self.server_info = ServerClient(url, token or None, timeout=10.0).info()
+        except HermesError as error:
+            self.server_info = None
+            return f"Not connected: {error}"
+        info = self.server_info
+        models = ", ".join(model["name"] for model in info["models"])
+        return f"Connected: HermesSegment {info['version']} on {', '.join(info['devices'])}; models: {models}."
 
     # ------------------------------------------------------------------ models and targets
     def model_entries(self) -> list[tuple[str, str]]:
-        """``(label, name)`` of every model for the model list; none while packages are missing."""
-        self.listings = {} if self.missing else {m.name: m for m in self.logic.available_models()}
+        """``(label, name)`` of every model for the model list: the server's when running on one (none
+        before :meth:`test_connection`), else this computer's (none while packages are missing)."""
+        if self.on_server:
+            offered = (self.server_info or {}).get("models", [])
+            self.listings = {m["name"]: ServerModel(m["name"], m["title"], m["targets"]) for m in offered}
+        else:
+            self.listings = {} if self.missing else {m.name: m for m in self.logic.available_models()}
         return [(m.title + ("" if m.available else " (not installed)"), name) for name, m in self.listings.items()]
 
     def target_checklist(self, model: str | None, modality: str | None,
@@ -175,7 +232,9 @@ class PanelController:
         """
         listing = self.listings.get(model or "")
         note, keys = self.select_model(listing), []
-        if listing is not None and listing.available:
+        if isinstance(listing, ServerModel):
+            keys = listing.targets.get(modality or "", [])
+        elif listing is not None and listing.available:
             try:
                 keys = self.logic.targets_for(listing.name, modality)
             except (HermesError, OSError, ValueError, KeyError) as error:  # an unreadable package: say why
@@ -190,10 +249,15 @@ class PanelController:
         self._listing = listing
         self.view.download_enabled = bool(listing is not None and listing.url and not listing.available
                                           and not self.busy)
-        self.view.remove_enabled = bool(listing is not None and listing.available and listing.source != "bundled"
-                                        and not self.busy)
+        self.view.remove_enabled = bool(listing is not None and listing.available
+                                        and listing.source not in ("bundled", "server") and not self.busy)
         if listing is None:
             self.view.download_tooltip = ""
+            if self.on_server and self.server_info is None:
+                return "Enter the server's address and token, then click Test connection to list its models."
+            return ""
+        if isinstance(listing, ServerModel):
+            self.view.download_tooltip = "This model runs on the server."
             return ""
         if listing.available:
             self.view.download_tooltip = "Already installed."
@@ -240,15 +304,10 @@ class PanelController:
         A long run (large model off a GPU, see :mod:`estimate`) first measures this computer's
         per-window time if it is not known yet, then sets :attr:`question`; it starts on a Yes.
         """
-        if self.busy:
-            raise HermesError("a run is already in progress; cancel it first")
-        if self.missing:
-            raise HermesError(f"{self.missing.describe()} Click Install first.")
-        if request.volume is None:
-            raise HermesError("select an input volume")
-        if not request.targets:
-            raise HermesError("select at least one target")
-        if not confirmed and not self._duration_accepted(request):
+        self._check(request)
+        if request.server:
+            self.expected = ""  # the server's device decides; its queue position and progress are shown
+        elif not confirmed and not self._duration_accepted(request):
             return
         from .mrml_logic import volume_to_sitk
 
@@ -257,9 +316,12 @@ class PanelController:
         self._run_dir = Path(tempfile.mkdtemp(prefix="HermesSegment-", dir=self.temp_root))
         try:
             options = dataclasses.replace(request.options, model=request.model)
+            if request.server:  # the server's own device and batch size
+                defaults = SegmentOptions()
+                options = dataclasses.replace(options, device=defaults.device, batch_size=defaults.batch_size)
             self._run, self._result_path = process.start_segmentation(
                 image, self._run_dir, modality=request.modality, targets=request.targets, options=options,
-                python=self.python)
+                python=self.python, server=request.server, token=request.token)
         except BaseException:
             self._remove_run_dir()
             raise
@@ -267,6 +329,22 @@ class PanelController:
         starting = f"Starting: expected {self.expected}." if self.expected else "Starting..."
         self.view = PanelView(segment_text="Cancel", inputs_enabled=False, status=starting,
                               download_tooltip=self.view.download_tooltip)
+
+    def _check(self, request: RunRequest) -> None:
+        """:class:`HermesError` with what to do when ``request`` cannot start now."""
+        if self.busy:
+            raise HermesError("a run is already in progress; cancel it first")
+        if self.on_server and not request.server:
+            raise HermesError("enter the server's address (Run on: Server), or run on this computer")
+        if self.missing and not request.server:
+            raise HermesError(f"{self.missing.describe()} Click Install first.")
+        if request.volume is None:
+            raise HermesError("select an input volume")
+        if not request.model:
+            raise HermesError("click Test connection to list the server's models, then select one" if request.server
+                              else "select a model")
+        if not request.targets:
+            raise HermesError("select at least one target")
 
     def _duration_accepted(self, request: RunRequest) -> bool:
         """True when the run may start now; else a measurement runs first or :attr:`question` is set.
@@ -498,4 +576,10 @@ def models_folder() -> str:
 
 def settings_key(model: str | None, modality: str | None) -> str:
     return f"HermesSegment/targets/{model}/{modality}"
+
+
+#: Where "Run on", the server's address and its token are remembered (Slicer's settings of this
+#: user, not the scene: a scene file is shared, a token must not travel with it).
+RUN_ON_KEY, SERVER_URL_KEY = "HermesSegment/runOn", "HermesSegment/serverUrl"
+SERVER_TOKEN_KEY = "HermesSegment/serverToken"
 
