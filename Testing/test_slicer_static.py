@@ -83,7 +83,7 @@ def test_ui_custom_widgets_are_slicer_or_ctk_classes():
 def test_ui_sections_and_key_widgets():
     widgets = {w.get("name"): w for w in _ui_tree().iter("widget")}
     sections = [w.findtext("property/string") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Inputs", "Targets", "Model", "Advanced", "Output"]
+    assert sections == ["Inputs", "Targets", "Model", "Run on", "Advanced", "Output"]
     output = widgets["outputSegmentationSelector"]
     props = {p.get("name"): p for p in output.findall("property")}
     assert props["nodeTypes"].findtext("stringlist/string") == "vtkMRMLSegmentationNode"
