@@ -1,250 +1,484 @@
-"""Benchmark: our inference engine against MONAI's sliding_window_inference, same process.
+"""CPU benchmark: every speed claim of the engine as a ratio against a baseline measured in the same run.
 
-Usage: python benchmarks/bench_inference.py [--model hermes-demo] [--device cpu] [--write docs/benchmarks.md]
+    python benchmarks/bench_inference.py [--scale small|full] [--hermes-r] [--reps 3] [--write docs/benchmarks.md]
 
-On a generated CT-like volume of 512 x 512 x 300 voxels at 0.8 x 0.8 x 2.5 mm (a phantom torso
-filling about half of the field of view), the same network and weights run through
-  (a) segment_image as shipped: body crop (the lattice windows that touch the body box) +
-      bounded-memory sliding window in the default precision (bf16 on CPUs with native bf16) +
-      per-target crop back to the input grid;
-  (b) MONAI: the same model-space volume without our crop, sliding_window_inference with the
-      same window, overlap (0.5) and Gaussian blending in float32, sigmoid, the same mapping back;
-  (c) our engine in float32 (`--precision float32`), to separate the engine from the precision;
-  (d) our engine without the body crop (`--no-body-crop`): the very windows of (b).
-Our runs skip the post-processing (side constraint, organs in one piece: not part of the engine),
-so that all four map back the same way.
-It prints time ratios against (a), peak memory above the start of each run (RSS sampled every
-10 ms), the Dice of each of our runs' masks against (b) and of (a) and (b) against the phantom's
-truth, our time for one target vs all targets, and the peak RSS of the whole
-`hermes-segment segment` command in a child process.
+One run, on a generated CT (the benchmarks' phantom torso, benchmarks/phantom_ct.py) and the
+bundled demo model; every configuration runs ``--reps`` times (>= 3), interleaved with the others
+so that a busy machine slows them alike, and is reported as min / median seconds:
+
+1. Engine vs MONAI: segment_image with every target in the default precision (a) and in float32
+   (c) against MONAI's ``sliding_window_inference`` (b: float32, the same network, task query,
+   window, overlap 0.5, Gaussian blending and batch size, on the model-space volume without our
+   body crop; the same mapping back). Masks compared per target (Dice; "=" when bit for bit).
+   Our runs skip the clean-up (side rule, one piece), which is not part of the engine.
+2. Only the windows the asked targets need (the default) vs every window (``--no-target-windows``):
+   one target, a region, every target; windows run of the lattice, time, and each mask against
+   the full run's.
+3. torch vs OpenVINO per window (the network alone, the default precision, the engine's batch
+   size, windows cut from the CT's model space); logits compared. Skipped, with the reason, when
+   OpenVINO is not installed.
+4. The share of this CPU's peak the network reaches: the peak is the best matrix multiplication
+   rate (2 n^3 / s, n = 2048, in the network's precision) measured in this run; the network's
+   arithmetic per window is counted by ``torch.utils.flop_counter`` (convolutions and matrix
+   products).
+5. The input-grid stages on a large CT (issue 16, item 6): anti-aliasing on every core vs one
+   pass per axis on one thread (the code before), and the organ clean-up (largest piece of each
+   one-piece organ, on its true mask's box) by ITK's labelling vs scipy's (the code before);
+   results compared bit for bit.
+
+``--scale small`` (default, a few minutes on two busy cores): the network sections on a
+320 x 320 x 320 mm field (160 x 160 x 64 voxels at 2 x 2 x 5 mm: 27 windows of the demo model),
+the input-grid stages on 512 x 512 x 300 voxels. ``--scale full``: the whole torso on 512 x 512
+x 300 voxels (112 windows), the input-grid stages on 512 x 512 x 600. ``--hermes-r`` adds
+sections 3 and 4 for a Hermes-R-sized network (random weights, 128^3 windows, the 45 CT tasks,
+one window per batch: minutes per repetition on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
-import subprocess
+import statistics
 import sys
-import tempfile
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from HermesSegmentLib.inference import compute_dtype, precision_name, select_device  # noqa: E402
-from HermesSegmentLib.models import load  # noqa: E402
-from HermesSegmentLib.pipeline import DEFAULT_MODEL, segment_image  # noqa: E402
-from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
-from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry  # noqa: E402
-from HermesSegmentLib.preprocess import to_model_space  # noqa: E402
-from HermesSegmentLib.phantoms import generate_case  # noqa: E402
+from phantom_ct import ct_phantom  # noqa: E402
+
+from HermesSegmentLib import vocabulary  # noqa: E402
 from HermesSegmentLib.evaluation import dice as array_dice  # noqa: E402
+from HermesSegmentLib.inference import compute_dtype, precision_name  # noqa: E402
+from HermesSegmentLib.mask import TargetMask, bounding_box  # noqa: E402
+from HermesSegmentLib.models import LoadedModel, load  # noqa: E402
+from HermesSegmentLib.network import HERMES_R, HermesNetwork, openvino_backend  # noqa: E402
+from HermesSegmentLib.network.predictor import HermesPredictor  # noqa: E402
+from HermesSegmentLib.pipeline import segment_image  # noqa: E402
+from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
+from HermesSegmentLib.postprocess.components import apply as clean_up  # noqa: E402
+from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry  # noqa: E402
+from HermesSegmentLib.preprocess import model_space, to_model_space  # noqa: E402
+
+MODEL = "hermes-demo"
+ONE_TARGET = "kidney_left"
+REGION = ("liver", "kidney_left", "stomach")  # the demo model's abdominal CT targets
+NO_CLEANUP = PostprocessOptions(side_constraint=False, single_piece=False)
+CPU = torch.device("cpu")
 
 
-class PeakRSS:
-    """Peak resident memory of this process above its value at entry, sampled in a thread."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def delta_gb(self) -> float:
-        return (self.peak - self.start) / 2**30
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as stream:
-            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    network_size_xyz: tuple[int, int, int]  # the CT the network sections segment
+    network_spacing_xyz: tuple[float, float, float]
+    grid_size_xyz: tuple[int, int, int]  # the CT of the input-grid stages
+    grid_spacing_xyz: tuple[float, float, float]
 
 
-def ct_volume(size=(512, 512, 300), spacing=(0.8, 0.8, 2.5), seed: int = 7) -> tuple[sitk.Image, dict[str, np.ndarray]]:
-    """A phantom CT resampled onto an exact grid (default 512 x 512 x 300 at 0.8 x 0.8 x 2.5 mm, LPS),
-    and its true masks (target -> bool [z, y, x])."""
-    image, labels, info = generate_case(seed, "CT", spacing=spacing, orientation="LPS",
-                                        max_voxels=int(np.prod(size)) * 2, supersample=False)
-    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
-    origin = centre - (np.array(size) - 1) / 2 * np.array(spacing)
-    grid = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
-    grid.SetOrigin(tuple(origin))
-    grid.SetSpacing(spacing)
-    image = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16)
-    labels = sitk.GetArrayFromImage(sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
-    return image, {target: labels == value for target, value in info["labels"].items()}
+SCALES = {
+    "small": Scale("small", (160, 160, 64), (2.0, 2.0, 5.0), (512, 512, 300), (0.8, 0.8, 2.5)),
+    "full": Scale("full", (512, 512, 300), (0.8, 0.8, 2.5), (512, 512, 600), (0.8, 0.8, 1.25)),
+}
 
 
-def truth_dice(mask, truth: np.ndarray | None) -> str:
-    return "—" if truth is None else f"{array_dice(mask.full(truth.shape), truth):.3f}"
+# --------------------------------------------------------------------------------------------
+# Repetitions
 
 
-def dice(a, b, shape) -> float:
-    return array_dice(a.full(shape), b.full(shape))
+class Timings:
+    """Seconds of each named configuration over the repetitions, and the first run's value."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {}
+        self.first: dict[str, Any] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> None:
+        started = time.perf_counter()
+        value = fn()
+        self.seconds.setdefault(name, []).append(time.perf_counter() - started)
+        self.first.setdefault(name, value)
+
+    def min(self, name: str) -> float:
+        return min(self.seconds[name])
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.seconds[name])
+
+    def cell(self, name: str, per: float = 1.0) -> str:
+        """"min / median" seconds, divided by ``per``."""
+        return f"{self.min(name) / per:.2f} / {self.median(name) / per:.2f}"
+
+    def ratio(self, name: str, baseline: str) -> str:
+        """min/min and median/median of ``name`` over ``baseline``."""
+        return f"{self.min(name) / self.min(baseline):.2f} / {self.median(name) / self.median(baseline):.2f}"
 
 
-def monai_masks(image, model, modality, keys, device, overlap):
-    """Path (b): same preprocessing (no body crop) and mapping back, MONAI's sliding window in between."""
+def interleaved(timings: Timings, runs: dict[str, Callable[[], Any]], reps: int) -> None:
+    """Each configuration ``reps`` times, round-robin (after one untimed warm-up of the first)."""
+    next(iter(runs.values()))()
+    for _ in range(reps):
+        for name, fn in runs.items():
+            timings.run(name, fn)
+            print(f"  {name}: {timings.seconds[name][-1]:.2f} s", flush=True)
+
+
+def agreement(masks: list[TargetMask], reference: list[TargetMask], shape) -> str:
+    """'=' when every mask equals its reference bit for bit, else the smallest Dice."""
+    by_key = {m.key: m for m in reference}
+    same, worst = True, 1.0
+    for mask in masks:
+        other = by_key[mask.key]
+        if mask.offset_zyx != other.offset_zyx or not np.array_equal(mask.array, other.array):
+            same = False
+            worst = min(worst, array_dice(mask.full(shape), other.full(shape)))
+    return "= (bit for bit)" if same else f"Dice >= {worst:.4f}"
+
+
+# --------------------------------------------------------------------------------------------
+# 1-2. The engine
+
+
+def monai_masks(image: sitk.Image, model: LoadedModel, keys: list[str], batch_size: int) -> list[TargetMask]:
+    """Baseline (b): our preprocessing without the body crop, MONAI's sliding window in float32, the
+    same task query (every CT task, the asked ones' logits kept) and the same mapping back."""
     from monai.inferers import sliding_window_inference
 
-    from HermesSegmentLib.mask import TargetMask
-
-    entry = model.modality_entry(modality)
+    entry = model.modality_entry("CT")
     window = tuple(model.manifest["input"]["window_size_zyx"])
     ms = to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
-                        normalization=entry["normalization"], crop_to_body=False, modality=modality)
-    tasks = torch.tensor([[model.task_index(k, modality) for k in keys]], device=device)
-    slot = torch.tensor([[entry["slot"]]], device=device)
+                        normalization=entry["normalization"], crop_to_body=False, modality="CT")
+    query = model.query("CT")
+    tasks = torch.tensor([query])
+    outputs = [query.index(model.task_index(k, "CT")) for k in keys]
+    slot = torch.tensor([[entry["slot"]]])
     # As a MONAI user runs it: our engine switched the shared network to channels-last; undo that.
-    network = model.network.to(device).eval().to(memory_format=torch.contiguous_format)
+    network = model.network.eval().to(memory_format=torch.contiguous_format)
 
-    def predictor(x):
-        return network(x, tasks.expand(x.shape[0], -1), slot.expand(x.shape[0], -1))[0]
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return network(x, tasks.expand(x.shape[0], -1), slot.expand(x.shape[0], -1))[0][:, outputs]
 
-    started = time.perf_counter()
     with torch.inference_mode():
-        logits = sliding_window_inference(torch.from_numpy(ms.array)[None, None].to(device), window, 2, predictor,
-                                          overlap=overlap, mode="gaussian", cval=float(ms.array.min()))
-        probabilities = (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).cpu().numpy()
-    inference = time.perf_counter() - started
-    del logits
+        logits = sliding_window_inference(torch.from_numpy(ms.array)[None, None], window, batch_size, predictor,
+                                          overlap=0.5, mode="gaussian", cval=float(ms.array.min()))
+        probabilities = (torch.sigmoid(logits[0]) * 255).round().to(torch.uint8).numpy()
     reference = reference_geometry(image)
     masks = []
     for number, key in enumerate(keys):
         crop = probabilities_to_mask(probabilities[number], ms, reference)
         masks.append(TargetMask(key, key, (0, 0, 0), "", crop.offset_zyx, crop.array))
-    return masks, inference
+    return masks
 
 
-def timed(fn):
-    with PeakRSS() as memory:
-        started = time.perf_counter()
-        value = fn()
-        seconds = time.perf_counter() - started
-    return value, seconds, memory.delta_gb
+def engine_sections(image: sitk.Image, model: LoadedModel, reps: int) -> tuple[list[str], dict[str, Any]]:
+    keys = model.targets_for("CT")
+    shape = image.GetSize()[::-1]
+
+    def ours(targets, **options):
+        return segment_image(image, modality="CT", targets=list(targets), model=model, device="cpu",
+                             postprocess=NO_CLEANUP, **options)
+
+    batch_size = 2  # the engine's choice for the demo model on a CPU (inference.choose_batch_size)
+    timings = Timings()
+    print(f"sections 1-2: {reps} repetitions of 7 runs", flush=True)
+    interleaved(timings, {
+        "a": lambda: ours(keys, target_windows=False),
+        "c": lambda: ours(keys, target_windows=False, precision="float32"),
+        "b": lambda: monai_masks(image, model, keys, batch_size),
+        "one": lambda: ours([ONE_TARGET]),
+        "one full": lambda: ours([ONE_TARGET], target_windows=False),
+        "region": lambda: ours(REGION),
+        "all": lambda: ours(keys),
+    }, reps)
+    first = timings.first
+    precision = first["a"].precision
+    lines = [
+        f"**1. Engine vs MONAI** ({len(keys)} CT targets, {first['a'].windows['lattice']} windows of "
+        f"{'x'.join(map(str, model.manifest['input']['window_size_zyx']))}, batch {batch_size}; seconds per CT, min / "
+        "median; ratio: min/min / median/median)",
+        "",
+        "| run | s per CT | MONAI (b) takes | masks vs MONAI (b) |",
+        "|---|---:|---:|---|",
+        f"| (a) ours, {precision} (the default here) | {timings.cell('a')} | {timings.ratio('b', 'a')} "
+        f"| {agreement(first['a'].masks, first['b'], shape)} |",
+        f"| (c) ours, float32 | {timings.cell('c')} | {timings.ratio('b', 'c')} "
+        f"| {agreement(first['c'].masks, first['b'], shape)} |",
+        f"| (b) MONAI sliding_window_inference, float32 | {timings.cell('b')} | 1.00 / 1.00 | — |",
+        "",
+        f"**2. Only the windows the asked targets need** (the default) vs every window (`--no-target-windows`; "
+        f"with the fixed task query a full run costs the same whatever is asked), {precision}",
+        "",
+        "| asked | windows run / lattice | s per CT | time vs every window | masks vs every window |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, label, baseline in (("one", f"one target ({ONE_TARGET})", "one full"),
+                                  ("region", f"a region ({', '.join(REGION)})", "a"),
+                                  ("all", f"every target ({len(keys)})", "a")):
+        result = first[name]
+        lines.append(f"| {label} | {result.windows['windows']} / {result.windows['lattice']} | {timings.cell(name)} "
+                     f"| {timings.ratio(name, baseline)} | {agreement(result.masks, first['a'].masks, shape)} |")
+    lines.append(f"| every window, one target ({ONE_TARGET}) | {first['one full'].windows['windows']} / "
+                 f"{first['one full'].windows['lattice']} | {timings.cell('one full')} | "
+                 f"{timings.ratio('one full', 'a')} (vs every target) | "
+                 f"{agreement(first['one full'].masks, first['a'].masks, shape)} |")
+    return lines, {"precision": precision}
 
 
-def peak_rss_of_command(command: list[str]) -> tuple[float, float]:
-    """(peak RSS in GB, seconds) of a child process, from its own VmHWM.
+# --------------------------------------------------------------------------------------------
+# 3-4. The network: torch vs OpenVINO, share of the peak
 
-    getrusage(RUSAGE_CHILDREN) would also count the parent's pages that the child shares between
-    fork and exec, so the child's high-water mark is read from /proc while it runs.
-    """
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "HermesSegment")}
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """The best rate of an n x n matrix product in ``dtype`` on this CPU, GFLOP/s (2 n^3 per product)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    peak_kb = 0
-    while child.poll() is None:
-        try:
-            with open(f"/proc/{child.pid}/status") as stream:
-                line = next(l for l in stream if l.startswith("VmHWM:"))
-            peak_kb = max(peak_kb, int(line.split()[1]))
-        except (OSError, StopIteration):
-            pass
-        time.sleep(0.05)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, command)
-    return peak_kb / 2**20, time.perf_counter() - started
+    fn()
+    return time.perf_counter() - started
 
 
-def command_peak_rss_gb(path: Path, model: str, device: str) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as out:
-        return peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(path),
-                                    "--modality", "CT", "--model", model, "--out", out, "--device", device])
+def flops_per_window(network: torch.nn.Module, window: tuple[int, int, int], tasks: int) -> float:
+    """Multiply-adds x 2 of one forward pass on one window, counted on a weightless copy (meta)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(network).to("meta")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        meta(torch.zeros(1, 1, *window, device="meta"), torch.zeros(1, tasks, dtype=torch.long, device="meta"),
+             torch.zeros(1, 1, dtype=torch.long, device="meta"))
+    return float(counter.get_total_flops())
+
+
+def network_sections(label: str, hermes: HermesPredictor, windows: torch.Tensor, reps: int,
+                     calls: int) -> tuple[list[str], dict[str, Any]]:
+    """Rows of sections 3 and 4 for one network: torch vs OpenVINO per window, share of the peak."""
+    window = tuple(windows.shape[2:])
+    batch = windows.shape[0]
+    dtype = compute_dtype(CPU, "auto")
+    precision = precision_name(dtype)
+    torch_predictor = hermes.to(CPU)
+    flops = flops_per_window(hermes.network, window, len(hermes.task_indices))
+    runs: dict[str, Callable[[], Any]] = {"torch": lambda: [torch_predictor(windows) for _ in range(calls)]}
+    skipped, convert_s = None, None
+    if openvino_backend.is_available():
+        started = time.perf_counter()
+        openvino = openvino_backend.OpenVinoPredictor(hermes, window)  # type: ignore[arg-type]
+        convert_s = time.perf_counter() - started
+        runs["OpenVINO"] = lambda: [openvino(windows) for _ in range(calls)]
+    else:
+        skipped = "OpenVINO is not installed (`pip install openvino`)"
+    timings = Timings()
+    print(f"sections 3-4, {label}: {reps} repetitions of {calls} x {batch} windows per backend", flush=True)
+    with torch.inference_mode():
+        interleaved(timings, runs, reps)
+    peak = matmul_peak_gflops(dtype or torch.float32)
+    peak_f32 = matmul_peak_gflops(torch.float32) if dtype is not None else peak
+    per = calls * batch
+    rows = []
+    for name in runs:
+        achieved = flops / (timings.min(name) / per) / 1e9
+        agreement_cell = "—"
+        if name != "torch":
+            ours, theirs = timings.first[name][0], timings.first["torch"][0]
+            agreement_cell = (f"max |logit diff| {float((ours - theirs).abs().max()):.3f}, Dice of logit >= 0 "
+                              f"{array_dice((ours >= 0).numpy(), (theirs >= 0).numpy()):.4f}")
+        rows.append(f"| {label} | {name} | {timings.cell(name, per)} | {timings.ratio(name, 'torch')} "
+                    f"| {achieved:.0f} | {100 * achieved / peak:.0f}% | {agreement_cell} |")
+    if skipped:
+        rows.append(f"| {label} | OpenVINO | skipped: {skipped} | | | | |")
+    facts = {"peak": peak, "peak_f32": peak_f32, "precision": precision, "gflop": flops / 1e9,
+             "convert_s": convert_s, "window": window, "batch": batch, "tasks": len(hermes.task_indices)}
+    return rows, facts
+
+
+def demo_windows(image: sitk.Image, model: LoadedModel, batch: int) -> torch.Tensor:
+    """``batch`` windows cut from the middle of the CT's model-space volume, (B, 1, *window)."""
+    entry = model.modality_entry("CT")
+    window = model.manifest["input"]["window_size_zyx"]
+    array = to_model_space(image, spacing_zyx=model.manifest["input"]["spacing_zyx_mm"],
+                           normalization=entry["normalization"], modality="CT").array
+    array = np.pad(array, [(0, max(0, w - n)) for n, w in zip(array.shape, window)], constant_values=float(array.min()))
+    centre = [(n - w) // 2 for n, w in zip(array.shape, window)]
+    crops = []
+    for number in range(batch):  # a quarter window apart along z, within the volume
+        z = min(centre[0] + number * window[0] // 4, array.shape[0] - window[0])
+        crops.append(array[z:z + window[0], centre[1]:centre[1] + window[1], centre[2]:centre[2] + window[2]])
+    return torch.from_numpy(np.stack(crops)[:, None].copy())
+
+
+def hermes_r_predictor() -> HermesPredictor:
+    """A Hermes-R-sized network with random weights and the canonical CT query (45 tasks)."""
+    torch.manual_seed(0)
+    tasks = sorted(t.index for t in vocabulary.hermes_r_tasks() if "CT" in t.default_for)
+    return HermesPredictor(HermesNetwork(HERMES_R).eval(), tasks, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The input-grid stages
+
+
+def antialias_one_thread(image: sitk.Image, spacing_xyz: np.ndarray) -> sitk.Image:
+    """Baseline: the anti-aliasing before issue 16, one pass per axis over the whole volume, one thread."""
+    direction = np.abs(np.asarray(image.GetDirection()).reshape(3, 3))
+    factors = (direction.T @ spacing_xyz) / np.asarray(image.GetSpacing())
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    for axis_xyz, factor in enumerate(factors):
+        if factor > 1.5:
+            ndimage.gaussian_filter1d(array, (factor - 1) / 2, axis=2 - axis_xyz, output=array, mode="nearest",
+                                      truncate=3.0)
+    smoothed = sitk.GetImageFromArray(array)
+    smoothed.CopyInformation(image)
+    return smoothed
+
+
+def largest_piece_scipy(mask: np.ndarray) -> np.ndarray:
+    """Baseline: the organ clean-up before issue 16 (scipy's 26-connected labels, the largest kept)."""
+    out = mask.copy()
+    box = bounding_box(out, margin=1)
+    labels, count = ndimage.label(out[box], structure=np.ones((3, 3, 3), dtype=bool))
+    if count:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        keep = np.zeros(count + 1, dtype=bool)
+        keep[int(np.argmax(sizes))] = True
+        out[box] = keep[labels]
+    return out
+
+
+def input_grid_section(image: sitk.Image, labels: sitk.Image, values: dict[str, int], model: LoadedModel,
+                       reps: int) -> list[str]:
+    spacing_xyz = np.asarray(model.manifest["input"]["spacing_zyx_mm"], dtype=float)[::-1]
+    label_array = sitk.GetArrayViewFromImage(labels)
+    spacing_zyx = image.GetSpacing()[::-1]
+    organs = [key for key in values if vocabulary.target(key).single_piece]
+    crops = []
+    for key in organs:  # each organ on its box plus a voxel, as probabilities_to_mask gives it
+        mask = label_array == values[key]
+        box = bounding_box(mask, margin=1)
+        if box is not None:
+            crops.append(np.ascontiguousarray(mask[box]))
+    one_piece = PostprocessOptions(keep_largest=True)
+    timings = Timings()
+    print(f"section 5: {reps} repetitions on {'x'.join(map(str, image.GetSize()))} voxels", flush=True)
+    interleaved(timings, {
+        "antialias after": lambda: sitk.GetArrayFromImage(model_space._antialias(image, spacing_xyz)),
+        "antialias before": lambda: sitk.GetArrayFromImage(antialias_one_thread(image, spacing_xyz)),
+        "cleanup after": lambda: [clean_up(c, spacing_zyx, one_piece) for c in crops],
+        "cleanup before": lambda: [largest_piece_scipy(c) for c in crops],
+    }, reps)
+    first = timings.first
+    same_smooth = np.array_equal(first["antialias after"], first["antialias before"])
+    same_pieces = all(np.array_equal(a, b) for a, b in zip(first["cleanup after"], first["cleanup before"]))
+    voxels = sum(c.size for c in crops) / 1e6
+    return [
+        f"**5. Input-grid stages** on {'x'.join(map(str, image.GetSize()))} voxels at "
+        f"{'x'.join(f'{s:g}' for s in image.GetSpacing())} mm (seconds, min / median)",
+        "",
+        "| stage | before (issue 16) | now | now vs before | results |",
+        "|---|---:|---:|---:|---|",
+        f"| anti-aliasing to {spacing_xyz[0]:g} mm (one thread, one pass per axis → slabs on {os.cpu_count()} "
+        f"threads) | {timings.cell('antialias before')} | {timings.cell('antialias after')} | "
+        f"{timings.ratio('antialias after', 'antialias before')} | {'= (bit for bit)' if same_smooth else 'DIFFER'} |",
+        f"| organ clean-up, largest piece of {len(crops)} one-piece organs ({voxels:.0f} M voxels of boxes; "
+        f"scipy → ITK labelling) | {timings.cell('cleanup before')} | {timings.cell('cleanup after')} | "
+        f"{timings.ratio('cleanup after', 'cleanup before')} | {'= (bit for bit)' if same_pieces else 'DIFFER'} |",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300), metavar=("X", "Y", "Z"),
-                        help="volume size in voxels (default 512 512 300; smaller for a quick check)")
-    parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each configuration (>= 3)")
+    parser.add_argument("--hermes-r", action="store_true", help="also time a Hermes-R-sized network per window")
+    parser.add_argument("--write", type=Path, help="append the tables to this Markdown file")
     args = parser.parse_args()
+    if args.reps < 3:
+        parser.error("--reps must be at least 3 (min and median of at least three)")
+    scale = SCALES[args.scale]
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
 
-    device = select_device(args.device)
-    image, truth = ct_volume(tuple(args.size), (0.8 * 512 / args.size[0], 0.8 * 512 / args.size[1], 2.5 * 300 / args.size[2]))
-    model = load(args.model)
-    keys = model.targets_for("CT")
-    shape = image.GetSize()[::-1]
-    print(f"volume {image.GetSize()} at {image.GetSpacing()} mm; model {model.name}; {len(keys)} CT targets; {device}")
+    model = load(MODEL)
+    big, big_labels, values = ct_phantom(scale.grid_size_xyz, scale.grid_spacing_xyz, max_voxels=8_000_000)
+    small, _, _ = ct_phantom(scale.network_size_xyz, scale.network_spacing_xyz, max_voxels=4_000_000)
 
-    def ours(targets, crop_to_body=True, precision="auto"):  # engines compared: no post-processing, as in (b)
-        return segment_image(image, modality="CT", targets=targets, model=model, device=str(device),
-                             crop_to_body=crop_to_body, precision=precision,
-                             postprocess=PostprocessOptions(side_constraint=False, single_piece=False))
+    engine, facts = engine_sections(small, model, args.reps)
+    query = model.query("CT")
+    demo = model.predictor(query, model.modality_entry("CT")["slot"])
+    network_rows, demo_facts = network_sections(f"{model.name} ({model.manifest['version']})", demo,
+                                                demo_windows(small, model, 2), args.reps, calls=3)
+    network_notes = [f"{model.name}: {demo_facts['gflop']:.1f} GFLOP per "
+                     f"{'x'.join(map(str, demo_facts['window']))} window with {demo_facts['tasks']} tasks, batch "
+                     f"{demo_facts['batch']}"]
+    if args.hermes_r:
+        rows, hermes_facts = network_sections("Hermes-R size, random weights", hermes_r_predictor(),
+                                              torch.randn(1, 1, 128, 128, 128), args.reps, calls=1)
+        network_rows += rows
+        network_notes.append(f"Hermes-R: {hermes_facts['gflop'] / 1000:.2f} TFLOP per 128^3 window with "
+                             f"{hermes_facts['tasks']} tasks, batch 1; OpenVINO conversion "
+                             f"{hermes_facts['convert_s'] or 0:.0f} s")
+    grid = input_grid_section(big, big_labels, values, model, args.reps)
 
-    ours(keys[:1])  # warm-up: first-call allocations and kernels
-    (result, t_ours, m_ours) = timed(lambda: ours(keys))
-    (_, t_one, _) = timed(lambda: ours(keys[:1]))
-    (full, t_full, m_full) = timed(lambda: ours(keys, precision="float32"))
-    (whole, t_whole, m_whole) = timed(lambda: ours(keys, crop_to_body=False))
-    ((masks_b, infer_b), t_b, m_b) = timed(lambda: monai_masks(image, model, "CT", keys, device, 0.5))
-    infer_ours = result.seconds["inference"]
-    precision = precision_name(compute_dtype(device, "auto"))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ct.nrrd"
-        sitk.WriteImage(image, str(path))
-        cmd_rss, cmd_seconds = command_peak_rss_gb(path, args.model, str(device))
-
+    peak_note = (f"peak measured in this run: {demo_facts['peak']:.0f} GFLOP/s ({demo_facts['precision']} matrix "
+                 f"product, n = 2048)" + (f", {demo_facts['peak_f32']:.0f} GFLOP/s in float32"
+                                          if demo_facts['precision'] != 'float32' else ""))
     lines = [
-        f"### Inference engine vs MONAI — {datetime.date.today().isoformat()}",
+        f"### CPU benchmark, one run — {datetime.date.today().isoformat()}",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"device {device}. Command: `python benchmarks/bench_inference.py --model {args.model} --device {args.device}`.",
-        f"Volume: {'x'.join(map(str, image.GetSize()))} at {'x'.join(f'{s:.2f}' for s in image.GetSpacing())} mm (phantom CT); model `{model.name}` "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({torch.get_num_threads()} "
+        f"torch threads), load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
+        f"(shared: the ratios are the point), torch {torch.__version__}, OpenVINO "
+        f"{_openvino_version()}. Command: `python benchmarks/bench_inference.py --scale {scale.name}"
+        f"{' --hermes-r' if args.hermes_r else ''}` ({time.perf_counter() - started:.0f} s); {args.reps} "
+        f"repetitions of each run, interleaved; min / median.",
+        f"Network sections: the phantom CT on {'x'.join(map(str, small.GetSize()))} voxels at "
+        f"{'x'.join(f'{s:g}' for s in small.GetSpacing())} mm, model `{model.name}` {model.manifest['version']} "
         f"(window {'x'.join(map(str, model.manifest['input']['window_size_zyx']))} at "
-        f"{model.manifest['input']['spacing_zyx_mm'][0]} mm); {len(keys)} targets; overlap 0.5, Gaussian blending; "
-        f"default precision here: {precision}.",
+        f"{model.manifest['input']['spacing_zyx_mm'][0]:g} mm), overlap 0.5, Gaussian blending.",
         "",
-        "| run | total s | inference s | time ratio vs (a) | peak RSS above start, GB |",
-        "|---|---:|---:|---:|---:|",
-        f"| (a) ours, all targets ({precision}) | {t_ours:.1f} | {infer_ours:.1f} | 1.00 | {m_ours:.2f} |",
-        f"| (b) MONAI sliding_window_inference (float32) | {t_b:.1f} | {infer_b:.1f} | {t_b / t_ours:.2f} | {m_b:.2f} |",
-        f"| (c) ours in float32 (`--precision float32`) | {t_full:.1f} | {full.seconds['inference']:.1f} "
-        f"| {t_full / t_ours:.2f} | {m_full:.2f} |",
-        f"| (a) ours, 1 target ({keys[0]}) | {t_one:.1f} | | {t_one / t_ours:.2f} | |",
-        f"| (d) ours without the body crop (`--no-body-crop`) | {t_whole:.1f} | {whole.seconds['inference']:.1f} "
-        f"| {t_whole / t_ours:.2f} | {m_whole:.2f} |",
+        *engine,
         "",
-        f"All targets cost {t_ours / t_one:.2f}x one target. MONAI (b) takes {t_b / t_ours:.2f}x the time of (a), "
-        f"{t_b / t_full:.2f}x that of (c) (same precision) and {t_b / t_whole:.2f}x that of (d) (same windows). "
-        f"Whole `hermes-segment segment` command: {cmd_seconds:.1f} s, peak RSS {cmd_rss:.2f} GB.",
+        f"**3-4. torch vs OpenVINO per window, and the share of this CPU's peak** ({facts['precision']}; "
+        f"{peak_note}; {'; '.join(network_notes)})",
         "",
-        "| target | voxels (a) | Dice (a) vs (b) | Dice (c) vs (b) | Dice (d) vs (b) | Dice vs phantom truth: (a) | (b) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| network | backend | s per window | vs torch | GFLOP/s | share of the peak | output vs torch |",
+        "|---|---|---:|---:|---:|---:|---|",
+        *network_rows,
+        "",
+        *grid,
     ]
-    for mine, theirs, float32, uncropped in zip(result.masks, masks_b, full.masks, whole.masks):
-        lines.append(f"| {mine.key} | {mine.voxels} | {dice(mine, theirs, shape):.4f} | {dice(float32, theirs, shape):.4f} "
-                     f"| {dice(uncropped, theirs, shape):.4f} "
-                     f"| {truth_dice(mine, truth.get(mine.key))} | {truth_dice(theirs, truth.get(mine.key))} |")
-    publish("\n".join(lines) + "\n", args.write)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        with open(args.write, "a", encoding="utf-8") as stream:
+            stream.write("\n" + text)
     return 0
 
 
-def publish(text: str, markdown: Path | None) -> None:
-    """Print a result table and append it to a Markdown file when asked."""
-    print(text)
-    if markdown:
-        with open(markdown, "a", encoding="utf-8") as stream:
-            stream.write("\n" + text)
+def _openvino_version() -> str:
+    if not openvino_backend.is_available():
+        return "not installed"
+    import openvino
+
+    return openvino.get_version().split("-")[0]
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def compile_network(network: torch.nn.Module, *, window_zyx: tuple[int, int, int
     """Convert ``network`` to OpenVINO (or read it from the cache) and compile it for this CPU.
 
     ``precision``: ``float32`` or ``bfloat16`` (OpenVINO's inference precision hint; bf16 falls back
-    to f32 on CPUs without bf16 support). ``cache_key``: the model package's SHA-256; None
-    converts without caching. Raises :class:`HermesError` when OpenVINO is not installed.
+    to f32 on CPUs without bf16 support). Threads: as many as torch uses (``torch.get_num_threads``).
+    ``cache_key``: the model package's SHA-256; None converts without caching. Raises
+    :class:`HermesError` when OpenVINO is not installed.
     """
     if not is_available():
         raise HermesError("--backend openvino: OpenVINO is not installed; `pip install openvino`, "
@@ -110,8 +111,10 @@ def compile_network(network: torch.nn.Module, *, window_zyx: tuple[int, int, int
             # save_model writes the .bin beside the .xml under the same (temporary) stem.
             with atomic_paths([ir, ir.with_suffix(".bin")]) as (xml, _):
                 ov.save_model(model, str(xml), compress_to_fp16=False)
+    # As many threads as torch uses (all cores unless the user limited them, e.g. OMP_NUM_THREADS).
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision],
-                                                 "PERFORMANCE_HINT": "LATENCY"})
+                                                 "PERFORMANCE_HINT": "LATENCY",
+                                                 "INFERENCE_NUM_THREADS": torch.get_num_threads()})
     return OpenVinoNetwork(compiled, precision)
 
 
