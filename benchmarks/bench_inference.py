@@ -57,20 +57,20 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phantom_ct import ct_phantom  # noqa: E402
+from phantom_ct import ct_phantom
 
-from HermesSegmentLib import vocabulary  # noqa: E402
-from HermesSegmentLib.evaluation import dice as array_dice  # noqa: E402
-from HermesSegmentLib.inference import compute_dtype, precision_name  # noqa: E402
-from HermesSegmentLib.mask import TargetMask, bounding_box  # noqa: E402
-from HermesSegmentLib.models import LoadedModel, load  # noqa: E402
-from HermesSegmentLib.network import HERMES_R, HermesNetwork, openvino_backend  # noqa: E402
-from HermesSegmentLib.network.predictor import HermesPredictor  # noqa: E402
-from HermesSegmentLib.pipeline import segment_image  # noqa: E402
-from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
-from HermesSegmentLib.postprocess.components import apply as clean_up  # noqa: E402
-from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry  # noqa: E402
-from HermesSegmentLib.preprocess import model_space, to_model_space  # noqa: E402
+from HermesSegmentLib import vocabulary
+from HermesSegmentLib.evaluation import dice as array_dice
+from HermesSegmentLib.inference import compute_dtype, precision_name
+from HermesSegmentLib.mask import TargetMask, bounding_box
+from HermesSegmentLib.models import LoadedModel, load
+from HermesSegmentLib.network import HERMES_R, HermesNetwork, openvino_backend
+from HermesSegmentLib.network.predictor import HermesPredictor
+from HermesSegmentLib.pipeline import segment_image
+from HermesSegmentLib.postprocess import PostprocessOptions
+from HermesSegmentLib.postprocess.components import apply as clean_up
+from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry
+from HermesSegmentLib.preprocess import model_space, to_model_space
 
 MODEL = "hermes-demo"
 ONE_TARGET = "kidney_left"
