@@ -262,3 +262,23 @@ def test_the_result_tells_the_device_the_run_finished_on(tiny_package, monkeypat
     assert [m.key for m in fell_back.masks] == [m.key for m in on_cpu.masks]
     for a, b in zip(fell_back.masks, on_cpu.masks):
         assert a.offset_zyx == b.offset_zyx and np.array_equal(a.array, b.array)
+
+
+def test_the_batch_size_comes_from_the_free_memory_unless_asked(tiny_package, monkeypatch):
+    import HermesSegmentLib.pipeline.segment as pipeline
+
+    batch_sizes = []
+    predict_volume = pipeline.predict_volume
+
+    def spy(*args, batch_size, **kwargs):
+        batch_sizes.append(batch_size)
+        return predict_volume(*args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict_volume", spy)
+    request = dict(modality="CT", targets=["liver"], model=tiny_package, device="cpu")
+    monkeypatch.setattr(pipeline, "available_memory_gb", lambda device: 1e-6)  # two windows do not fit
+    segment_image(ct_like(), **request)
+    monkeypatch.setattr(pipeline, "available_memory_gb", lambda device: 16.0)
+    segment_image(ct_like(), **request)
+    segment_image(ct_like(), batch_size=3, **request)
+    assert batch_sizes == [1, 2, 3]

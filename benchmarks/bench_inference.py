@@ -13,7 +13,8 @@ so that a busy machine slows them alike, and is reported as min / median seconds
    Our runs skip the clean-up (side rule, one piece), which is not part of the engine.
 2. Only the windows the asked targets need (the default) vs every window (``--no-target-windows``):
    one target, a region, every target; windows run of the lattice, time, and each mask against
-   the full run's.
+   the full run's. 2b: the windows Hermes-R's geometry needs on the large CT, counted from the
+   phantom's true organs (with ``--hermes-r``, times the measured seconds per window).
 3. torch vs OpenVINO per window (the network alone, the default precision, the engine's batch
    size, windows cut from the CT's model space); logits compared. Skipped, with the reason, when
    OpenVINO is not installed.
@@ -62,6 +63,8 @@ from phantom_ct import ct_phantom
 from HermesSegmentLib import vocabulary
 from HermesSegmentLib.evaluation import dice as array_dice
 from HermesSegmentLib.inference import compute_dtype, precision_name
+from HermesSegmentLib.inference.window_plan import corners_near, covering_corners
+from HermesSegmentLib.inference.windows import window_starts
 from HermesSegmentLib.mask import TargetMask, bounding_box
 from HermesSegmentLib.models import LoadedModel, load
 from HermesSegmentLib.network import HERMES_R, HermesNetwork, openvino_backend
@@ -71,10 +74,12 @@ from HermesSegmentLib.postprocess import PostprocessOptions
 from HermesSegmentLib.postprocess.components import apply as clean_up
 from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry
 from HermesSegmentLib.preprocess import model_space, to_model_space
+from HermesSegmentLib.training.datasets import resample_label
 
 MODEL = "hermes-demo"
 ONE_TARGET = "kidney_left"
 REGION = ("liver", "kidney_left", "stomach")  # the demo model's abdominal CT targets
+ABDOMEN = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta")  # of the phantom, for Hermes-R
 NO_CLEANUP = PostprocessOptions(side_constraint=False, single_piece=False)
 CPU = torch.device("cpu")
 
@@ -236,6 +241,41 @@ def engine_sections(image: sitk.Image, model: LoadedModel, reps: int) -> tuple[l
     return lines, {"precision": precision}
 
 
+def hermes_r_windows(image: sitk.Image, labels: sitk.Image, values: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Windows a run near the asked targets needs with Hermes-R's geometry (128^3 at 1.5 mm, overlap
+    0.5, the body crop), from the phantom's true organs standing for what the coverage pass finds:
+    asked -> (windows run, lattice windows). Counted as inference.predict_volume plans them."""
+    window, margin = (128, 128, 128), 128 // 8
+    ms = to_model_space(image, spacing_zyx=(1.5, 1.5, 1.5), normalization={"method": "clip_zscore",
+                        "clip": [-991, 500]}, modality="CT", window_lattice=(window, 0.5))
+    truth = resample_label(labels, ms)
+    lattice = window_starts(truth.shape, window, 0.5)
+    cover = covering_corners(truth.shape, window, 0.5)
+    counts = {}
+    for name, keys in ((ONE_TARGET, [ONE_TARGET]), ("six abdominal organs", ABDOMEN), ("every target", list(values))):
+        found = np.isin(truth, [values[k] for k in keys])
+        near = corners_near(found, lattice, window, margin)
+        counts[name] = (len(cover) + len(set(near) - set(cover)), len(lattice))
+    return counts
+
+
+def windows_table(counts: dict[str, tuple[int, int]], hermes: dict[str, Any] | None) -> list[str]:
+    """Section 2 with Hermes-R's geometry: windows run and, with ``--hermes-r``, network seconds per CT."""
+    backends = list(hermes["per_window"]) if hermes else []
+    lines = ["**2b. The same with Hermes-R's geometry** (128^3 windows at 1.5 mm, overlap 0.5, the body crop) on "
+             "the section-5 CT, windows counted from the phantom's true organs (standing for what the coverage pass finds; margin "
+             "16 voxels)" + ("; network seconds per CT = windows x the per-window time of section 3 (min / median)"
+                             if hermes else " (`--hermes-r` adds the network time per CT)"),
+             "",
+             "| asked | windows run / lattice | vs every window |" + "".join(f" {b} s per CT |" for b in backends),
+             "|---|---:|---:|" + "---:|" * len(backends)]
+    for name, (run, lattice) in counts.items():
+        cells = "".join(f" {run * hermes['per_window'][b][0]:.0f} / {run * hermes['per_window'][b][1]:.0f} |"
+                        for b in backends) if hermes else ""
+        lines.append(f"| {name} | {run} / {lattice} | {lattice / run:.2f}x fewer |{cells}")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------
 # 3-4. The network: torch vs OpenVINO, share of the peak
 
@@ -303,6 +343,7 @@ def network_sections(label: str, hermes: HermesPredictor, windows: torch.Tensor,
     if skipped:
         rows.append(f"| {label} | OpenVINO | skipped: {skipped} | | | | |")
     facts = {"peak": peak, "peak_f32": peak_f32, "precision": precision, "gflop": flops / 1e9,
+             "per_window": {name: (timings.min(name) / per, timings.median(name) / per) for name in runs},
              "convert_s": convert_s, "window": window, "batch": batch, "tasks": len(hermes.task_indices)}
     return rows, facts
 
@@ -425,6 +466,7 @@ def main() -> int:
     demo = model.predictor(query, model.modality_entry("CT")["slot"])
     network_rows, demo_facts = network_sections(f"{model.name} ({model.manifest['version']})", demo,
                                                 demo_windows(small, model, 2), args.reps, calls=3)
+    hermes_facts: dict[str, Any] = {}
     network_notes = [f"{model.name}: {demo_facts['gflop']:.1f} GFLOP per "
                      f"{'x'.join(map(str, demo_facts['window']))} window with {demo_facts['tasks']} tasks, batch "
                      f"{demo_facts['batch']}"]
@@ -436,6 +478,7 @@ def main() -> int:
                              f"{hermes_facts['tasks']} tasks, batch 1; OpenVINO conversion "
                              f"{hermes_facts['convert_s'] or 0:.0f} s")
     grid = input_grid_section(big, big_labels, values, model, args.reps)
+    hermes_windows = windows_table(hermes_r_windows(big, big_labels, values), hermes_facts if args.hermes_r else None)
 
     peak_note = (f"peak measured in this run: {demo_facts['peak']:.0f} GFLOP/s ({demo_facts['precision']} matrix "
                  f"product, n = 2048)" + (f", {demo_facts['peak_f32']:.0f} GFLOP/s in float32"
@@ -455,6 +498,8 @@ def main() -> int:
         f"{model.manifest['input']['spacing_zyx_mm'][0]:g} mm), overlap 0.5, Gaussian blending.",
         "",
         *engine,
+        "",
+        *hermes_windows,
         "",
         f"**3-4. torch vs OpenVINO per window, and the share of this CPU's peak** ({facts['precision']}; "
         f"{peak_note}; {'; '.join(network_notes)})",
