@@ -264,8 +264,9 @@ def windows_table(counts: dict[str, tuple[int, int]], hermes: dict[str, Any] | N
     backends = list(hermes["per_window"]) if hermes else []
     lines = ["**2b. The same with Hermes-R's geometry** (128^3 windows at 1.5 mm, overlap 0.5, the body crop) on "
              "the section-5 CT, windows counted from the phantom's true organs (standing for what the coverage "
-             "pass finds; margin 16 voxels)" + ("; network seconds per CT = windows x the per-window time of section 3 (min / median)"
-                             if hermes else " (`--hermes-r` adds the network time per CT)"),
+             "pass finds; margin 16 voxels)"
+             + ("; network seconds per CT = windows x the per-window time of section 3 (min / median)"
+                if hermes else " (`--hermes-r` adds the network time per CT)"),
              "",
              "| asked | windows run / lattice | vs every window |" + "".join(f" {b} s per CT |" for b in backends),
              "|---|---:|---:|" + "---:|" * len(backends)]
