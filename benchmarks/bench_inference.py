@@ -141,15 +141,28 @@ def interleaved(timings: Timings, runs: dict[str, Callable[[], Any]], reps: int)
 
 
 def agreement(masks: list[TargetMask], reference: list[TargetMask], shape) -> str:
-    """'=' when every mask equals its reference bit for bit, else the smallest Dice."""
+    """'=' when every mask equals its reference bit for bit, else the voxels that differ (all
+    targets together) and the smallest Dice."""
     by_key = {m.key: m for m in reference}
-    same, worst = True, 1.0
+    differ, worst = 0, 1.0
     for mask in masks:
-        other = by_key[mask.key]
-        if mask.offset_zyx != other.offset_zyx or not np.array_equal(mask.array, other.array):
-            same = False
-            worst = min(worst, array_dice(mask.full(shape), other.full(shape)))
-    return "= (bit for bit)" if same else f"Dice >= {worst:.4f}"
+        mine, theirs = mask.full(shape), by_key[mask.key].full(shape)
+        differ += int(np.count_nonzero(mine != theirs))
+        worst = min(worst, array_dice(mine, theirs))
+    return "= (bit for bit)" if not differ else f"{differ} voxels differ, Dice >= {worst:.5f}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its bf16 instructions (from /proc/cpuinfo where there is one)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    extras = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(extras) or 'no native bf16'})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +350,8 @@ def network_sections(label: str, hermes: HermesPredictor, windows: torch.Tensor,
         agreement_cell = "—"
         if name != "torch":
             ours, theirs = timings.first[name][0], timings.first["torch"][0]
-            agreement_cell = (f"max |logit diff| {float((ours - theirs).abs().max()):.3f}, Dice of logit >= 0 "
+            agreement_cell = (f"max abs. logit difference {float((ours - theirs).abs().max()):.2f} (logits up to "
+                              f"{float(theirs.abs().max()):.0f}); Dice of logit >= 0: "
                               f"{array_dice((ours >= 0).numpy(), (theirs >= 0).numpy()):.4f}")
         rows.append(f"| {label} | {name} | {timings.cell(name, per)} | {timings.ratio(name, 'torch')} "
                     f"| {achieved:.0f} | {100 * achieved / peak:.0f}% | {agreement_cell} |")
@@ -487,9 +501,8 @@ def main() -> int:
     lines = [
         f"### CPU benchmark, one run — {datetime.date.today().isoformat()}",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({torch.get_num_threads()} "
-        f"torch threads), load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
-        f"(shared: the ratios are the point), torch {torch.__version__}, OpenVINO "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch threads: {torch.get_num_threads()}; load average "
+        f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (shared: the ratios are the point), torch {torch.__version__}, OpenVINO "
         f"{_openvino_version()}. Command: `python benchmarks/bench_inference.py --scale {scale.name}"
         f"{' --hermes-r' if args.hermes_r else ''}` ({time.perf_counter() - started:.0f} s); {args.reps} "
         f"repetitions of each run, interleaved; min / median.",
