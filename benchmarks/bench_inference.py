@@ -502,7 +502,8 @@ def main() -> int:
         f"### CPU benchmark, one run — {datetime.date.today().isoformat()}",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch threads: {torch.get_num_threads()}; load average "
-        f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (shared: the ratios are the point), torch {torch.__version__}, OpenVINO "
+        f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (shared: the ratios are the point), "
+        f"torch {torch.__version__}, OpenVINO "
         f"{_openvino_version()}. Command: `python benchmarks/bench_inference.py --scale {scale.name}"
         f"{' --hermes-r' if args.hermes_r else ''}` ({time.perf_counter() - started:.0f} s); {args.reps} "
         f"repetitions of each run, interleaved; min / median.",
