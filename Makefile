@@ -4,6 +4,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -26,8 +27,10 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
+# The CPU benchmark, a few minutes on two cores; BENCH_ARGS="--hermes-r" adds a Hermes-R-sized network
+# per window, "--scale full" the whole 512x512x300 torso (benchmarks/bench_inference.py).
 bench: $(STAMP)
-	$(PY) benchmarks/bench_inference.py --write docs/benchmarks.md
+	$(PY) benchmarks/bench_inference.py --write docs/benchmarks.md $(BENCH_ARGS)
 
 # Hermes-R on a GPU, < 4 minutes. No set-up step: a GPU machine brings its own CUDA torch (and
 # needs SimpleITK and jsonschema besides); the checkout's .venv is used where there is one.
