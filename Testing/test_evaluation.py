@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from HermesSegmentLib import cli, evaluation, writers
-from HermesSegmentLib.mask import TargetMask
 from HermesSegmentLib.errors import HermesError
+from HermesSegmentLib.mask import TargetMask
 from HermesSegmentLib.phantoms import target_masks
 
 SHAPE = (16, 24, 20)  # [z, y, x]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from HermesSegmentLib.slicer import background as process, install
+
+from HermesSegmentLib.slicer import background as process
+from HermesSegmentLib.slicer import install
 
 
 def test_requirements_file_is_read_without_torch():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.network import HermesNetwork, openvino_backend
 
@@ -69,9 +70,9 @@ def test_segment_image_with_openvino_gives_torchs_masks():
 
 
 def test_openvino_backend_refuses_a_gpu(tiny_package):
+    from HermesSegmentLib.models import load
     from HermesSegmentLib.pipeline.options import SegmentOptions
     from HermesSegmentLib.pipeline.segment import _backend
-    from HermesSegmentLib.models import load
 
     model = load(tiny_package)
     predictor = model.predictor([0, 1], 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from HermesSegmentLib.slicer import background as process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ def test_modality_guess_looks_at_the_whole_volume():
 def test_existing_segmentation_keeps_its_reference_geometry():
     slicer = pytest.importorskip("slicer")
     import vtk
+
     from HermesSegmentLib.mask import TargetMask
     from HermesSegmentLib.slicer.mrml_logic import MRMLLogic as HermesSegmentLogic
 

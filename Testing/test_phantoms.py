@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
+from HermesSegmentLib import phantoms
 from HermesSegmentLib.cli import phantoms as cli_phantoms
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib import phantoms
 
 SMALL = 200_000  # stored voxels: ~7 mm voxels over a whole torso
 

@@ -10,10 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from HermesSegmentLib import read
-from HermesSegmentLib.mask import TargetMask
+from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.postprocess import to_input_grid
 from HermesSegmentLib.preprocess import model_space
-from HermesSegmentLib.errors import HermesError
 
 CT_NORM = {"method": "clip_zscore", "clip": [-991, 500]}
 PCT_NORM = {"method": "percentile_clip_zscore", "percentiles": [2, 98]}

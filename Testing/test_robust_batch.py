@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+
 from generated_inputs import as_image, body_ct, truncate
 from HermesSegmentLib.cli import main as cli_main
 

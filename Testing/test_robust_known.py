@@ -9,6 +9,7 @@ import errno
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from generated_inputs import as_image, body_ct, write_dicom_slice
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.pipeline import segment_image

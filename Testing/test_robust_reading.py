@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from generated_inputs import as_image, body_ct, tilted_orientation, tilted_positions, truncate, write_dicom_series
 from HermesSegmentLib.errors import HermesError
 

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from generated_inputs import as_image, body_ct
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import HermesError

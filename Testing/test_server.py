@@ -22,13 +22,12 @@ from serving import AUTH, TOKEN, phantom_crops, running_server, small_ct
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from HermesSegmentLib.errors import CancelledError, HermesError  # noqa: E402
-from HermesSegmentLib.writers import read_seg_nrrd  # noqa: E402
-from HermesSegmentLib.pipeline import segment_image  # noqa: E402
-from HermesSegmentLib.mask import TargetMask  # noqa: E402
-from HermesSegmentLib.pipeline import SegmentOptions  # noqa: E402
-from HermesSegmentLib.server.client import job_request  # noqa: E402
-from HermesSegmentLib.server.jobs import FairQueue, Job  # noqa: E402
+from HermesSegmentLib.errors import CancelledError, HermesError
+from HermesSegmentLib.mask import TargetMask
+from HermesSegmentLib.pipeline import SegmentOptions, segment_image
+from HermesSegmentLib.server.client import job_request
+from HermesSegmentLib.server.jobs import FairQueue, Job
+from HermesSegmentLib.writers import read_seg_nrrd
 
 EXACT = job_request("CT", "all", SegmentOptions(precision="float32"))  # float32: bit-reproducible masks
 HEART = job_request("CT", ["heart"])
@@ -95,7 +94,7 @@ def test_eight_concurrent_clients_all_get_their_own_correct_result(server, crops
         try:
             server.client().segment(path, EXACT, tmp_path / str(number))
             outcomes[number] = _same(local_masks[path], _masks_of(read_seg_nrrd(tmp_path / str(number) / "case.seg.nrrd")[0]))
-        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+        except Exception as error:  # reported by the assertion below
             outcomes[number] = error
 
     threads = [threading.Thread(target=one_client, args=(n,)) for n in range(8)]
@@ -397,9 +396,8 @@ def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_
 @pytest.mark.slicer
 def test_console_api_with_server_imports_the_local_segments(server, crops):
     pytest.importorskip("slicer")
-    from test_slicer_logic import _itk_into_volume, segment_voxels
-
     from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
+    from test_slicer_logic import _itk_into_volume, segment_voxels
 
     scene = __import__("slicer").vtkMRMLScene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "crop")

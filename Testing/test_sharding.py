@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from HermesSegmentLib.cli import main as cli_main
+from HermesSegmentLib.writers import read_seg_nrrd
 from serving import REPO, phantom_crops
-
-from HermesSegmentLib.cli import main as cli_main  # noqa: E402
-from HermesSegmentLib.writers import read_seg_nrrd  # noqa: E402
 
 pytestmark = pytest.mark.slow
 OPTIONS = ["--modality", "CT", "--targets", "all", "--precision", "float32", "--device", "cpu"]

@@ -21,7 +21,6 @@ from vtk.util import numpy_support  # noqa: E402
 
 from HermesSegmentLib.errors import HermesError  # noqa: E402
 from HermesSegmentLib.mask import TargetMask  # noqa: E402
-from HermesSegmentLib.writers import write_seg_nrrd  # noqa: E402
 from HermesSegmentLib.read import guess_modality  # noqa: E402
 from HermesSegmentLib.slicer.mrml_logic import (  # noqa: E402
     MODEL_TAG,
@@ -31,6 +30,7 @@ from HermesSegmentLib.slicer.mrml_logic import (  # noqa: E402
     mask_to_oriented_image,
     volume_to_sitk,
 )
+from HermesSegmentLib.writers import write_seg_nrrd  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -99,7 +99,7 @@ GEOMETRIES = {
 }
 
 
-def make_volume(scene, geometry: str, size=(48, 44, 40)) -> "slicer.vtkMRMLScalarVolumeNode":
+def make_volume(scene, geometry: str, size=(48, 44, 40)) -> slicer.vtkMRMLScalarVolumeNode:
     """A scalar volume whose centre voxel sits at CENTER_RAS, with the named IJK->RAS matrix."""
     directions, spacing = GEOMETRIES[geometry]
     ijk_to_ras = np.eye(4)

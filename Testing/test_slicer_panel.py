@@ -381,8 +381,6 @@ def test_sample_data_registers_at_startup(gui):
 
 
 def test_hermes_r_shows_where_the_weights_are_and_imports_a_pth_in_the_background(panel, gui, monkeypatch, tmp_path):
-    import sys
-
     import qt
 
     ui = panel.widget.ui
@@ -497,12 +495,12 @@ def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, mon
     import qt
     import SimpleITK as sitk
     import slicer
-    from serving import TOKEN, phantom_crops, running_server
-    from test_slicer_logic import _itk_into_volume, segment_voxels
 
     from HermesSegmentLib.slicer import install
     from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
     from HermesSegmentLib.slicer.panel import RUN_ON_KEY, SERVER_URL_KEY, run_options
+    from serving import TOKEN, phantom_crops, running_server
+    from test_slicer_logic import _itk_into_volume, segment_voxels
 
     app, recorder = gui
     monkeypatch.setattr(install, "find_missing", lambda *a: install.Missing("is not installed", []))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from HermesSegmentLib.inference.window_plan import corners_near, covering_corners, covering_starts
 from HermesSegmentLib.inference.windows import axis_starts, window_starts
 

@@ -366,7 +366,7 @@ def run_network_config(results: Results, budget: Budget, network: torch.nn.Modul
         row = measure_network(network, device, precision, batch, variant, tasks, scale, warmups)
     except OutOfTime:
         raise
-    except Exception as error:  # noqa: BLE001 - one configuration failing (OOM, cuDNN) must not end the grid
+    except Exception as error:  # one configuration failing (OOM, cuDNN) must not end the grid
         oom = isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
         rows.append({"precision": precision, "batch": batch, "variant": variant,
                      "skipped": "out of memory" if oom else f"{type(error).__name__}: {str(error)[:200]}"})
@@ -570,6 +570,7 @@ def run_oracle(results: Results, work: Path, device: torch.device) -> None:
     """segment_image with the CLI's defaults, the network replaced by the phantom's truth
     (oracle.npy, made by :func:`prepare` on the same model crop)."""
     import numpy as np
+
     from HermesSegmentLib import writers
     from HermesSegmentLib.models import load
     from HermesSegmentLib.pipeline import segment as pipeline
@@ -737,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         run_all(results, budget, work, child, select_device(args.device), scale)
     except OutOfTime:
         budget.skipped.append("stopped at the hard time limit")
-    except Exception as error:  # noqa: BLE001 - keep and report what was measured before it
+    except Exception as error:  # keep and report what was measured before it
         results.error("benchmark", error)
     finally:
         budget.close()
@@ -798,7 +799,7 @@ def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Pope
                 run_cli(results, budget, work, device, keep_s=0.25 * end_to_end_s)
             except OutOfTime:
                 raise
-            except Exception as error:  # noqa: BLE001 - report it, go on with the other parts
+            except Exception as error:  # report it, go on with the other parts
                 results.error("CLI run", error)
         if budget.allows(0.2 * end_to_end_s, "the stages with anatomical masks"):
             print("stages with anatomical masks ...", file=sys.stderr, flush=True)
@@ -806,7 +807,7 @@ def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Pope
                 run_oracle(results, work, device)
             except OutOfTime:
                 raise
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 results.error("anatomical masks", error)
     measured = {(r["precision"], r["batch"], r["variant"]) for r in data["network"]}
     for config in configs:

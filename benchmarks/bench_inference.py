@@ -58,8 +58,6 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phantom_ct import ct_phantom
-
 from HermesSegmentLib import vocabulary
 from HermesSegmentLib.evaluation import dice as array_dice
 from HermesSegmentLib.inference import compute_dtype, precision_name
@@ -75,6 +73,7 @@ from HermesSegmentLib.postprocess.components import apply as clean_up
 from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry
 from HermesSegmentLib.preprocess import model_space, to_model_space
 from HermesSegmentLib.training.datasets import resample_label
+from phantom_ct import ct_phantom
 
 MODEL = "hermes-demo"
 ONE_TARGET = "kidney_left"

@@ -78,9 +78,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    from bench_inference import ct_volume, peak_rss_of_command, publish  # noqa: E402 (same benchmark volume)
-
     import SimpleITK as sitk
+
+    from bench_inference import ct_volume, peak_rss_of_command, publish  # the same benchmark volume
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -24,6 +24,7 @@ def main(out: Path) -> None:
     slicer_app.install(home)
     import qt
     import slicer
+
     from test_slicer_panel import add_ct
 
     panel = slicer_app.ModulePanel(REPO / "HermesSegment" / "HermesSegment.py")

@@ -18,8 +18,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
-from HermesSegmentLib.demo import render_overview, to_lps  # noqa: E402
-from HermesSegmentLib.writers import read_seg_nrrd  # noqa: E402
+from HermesSegmentLib.demo import render_overview, to_lps
+from HermesSegmentLib.writers import read_seg_nrrd
 
 
 def render_3d(image: sitk.Image, masks, path: Path, size=(900, 900)) -> None:

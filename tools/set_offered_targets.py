@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
-from HermesSegmentLib import models  # noqa: E402
-from HermesSegmentLib.errors import HermesError  # noqa: E402
-from HermesSegmentLib.models import LoadedModel, save  # noqa: E402
-from HermesSegmentLib.postprocess import PostprocessOptions  # noqa: E402
-from HermesSegmentLib.training.config import load_config  # noqa: E402
-from HermesSegmentLib.training.datasets import find_cases, target_masks  # noqa: E402
-from HermesSegmentLib.evaluation import dice  # noqa: E402
+from HermesSegmentLib import models
+from HermesSegmentLib.errors import HermesError
+from HermesSegmentLib.evaluation import dice
+from HermesSegmentLib.models import LoadedModel, save
+from HermesSegmentLib.postprocess import PostprocessOptions
+from HermesSegmentLib.training.config import load_config
+from HermesSegmentLib.training.datasets import find_cases, target_masks
 
 RAW = PostprocessOptions(side_constraint=False, single_piece=False)
 
