@@ -137,7 +137,7 @@ def test_precision_policy(monkeypatch):
     assert device_policy.compute_dtype(cpu, "float32") is None
     assert device_policy.compute_dtype(cpu, "bfloat16") is torch.bfloat16
     for native in (False, True):  # auto: bf16 only where the CPU multiplies it natively
-        monkeypatch.setattr(device_policy, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(device_policy, "cpu_has_native_bf16", lambda native=native: native)
         assert device_policy.compute_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
     assert device_policy.compute_dtype(torch.device("mps"), "auto") is None
     with pytest.raises(HermesError, match="not supported on mps"):

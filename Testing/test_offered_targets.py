@@ -14,11 +14,11 @@ from HermesSegmentLib import models, phantoms
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.errors import HermesError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import set_offered_targets
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "HermesSegment" / "Resources" / "Models" / "hermes-demo.safetensors"
-sys.path.insert(0, str(REPO / "tools"))
-
-import set_offered_targets  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the demo model on real-size phantoms, through the whole pipeline
 

@@ -14,15 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
-vtk = pytest.importorskip("vtk")
-sitk = pytest.importorskip("SimpleITK")
-from vtk.util import numpy_support  # noqa: E402
+pytest.importorskip("slicer")
+pytest.importorskip("vtk")
+pytest.importorskip("SimpleITK")
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
 
-from HermesSegmentLib.errors import HermesError  # noqa: E402
-from HermesSegmentLib.mask import TargetMask  # noqa: E402
-from HermesSegmentLib.read import guess_modality  # noqa: E402
-from HermesSegmentLib.slicer.mrml_logic import (  # noqa: E402
+from HermesSegmentLib.errors import HermesError
+from HermesSegmentLib.mask import TargetMask
+from HermesSegmentLib.read import guess_modality
+from HermesSegmentLib.slicer.mrml_logic import (
     MODEL_TAG,
     TARGET_TAG,
     MRMLLogic,
@@ -30,7 +33,7 @@ from HermesSegmentLib.slicer.mrml_logic import (  # noqa: E402
     mask_to_oriented_image,
     volume_to_sitk,
 )
-from HermesSegmentLib.writers import write_seg_nrrd  # noqa: E402
+from HermesSegmentLib.writers import write_seg_nrrd
 
 pytestmark = pytest.mark.slicer
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+
+from HermesSegmentLib import vocabulary as v
+from HermesSegmentLib.errors import HermesError
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "HermesSegment"))
-
-from HermesSegmentLib import vocabulary as v  # noqa: E402
-from HermesSegmentLib.errors import HermesError  # noqa: E402
-
 MODALITY_SLOTS = {"CT": 0, "PET": 1, "MR-T1": 2, "MR-T2": 3, "cine-MR": 4, "MR": 5}
 DEMO_TARGETS = [
     "liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta", "vertebrae",

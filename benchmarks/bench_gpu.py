@@ -62,9 +62,7 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-LIB = REPO / "HermesSegment"
-sys.path.insert(0, str(LIB))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import vocabulary
 from HermesSegmentLib.inference import (
@@ -77,6 +75,9 @@ from HermesSegmentLib.inference import (
     window_memory_gb,
 )
 from HermesSegmentLib.network import HERMES_R, HermesConfig, HermesNetwork
+
+REPO = Path(__file__).resolve().parents[1]
+LIB = REPO / "HermesSegment"
 
 REFERENCE = REPO / "Testing" / "reference" / "hermes_r_state_dict.tsv"
 # The phantom's abdominal organs that Hermes-R offers for CT: what the CLI and the oracle segment.

@@ -30,15 +30,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+
+from HermesSegmentLib.models import load
+from HermesSegmentLib.pipeline import segment_image
+from HermesSegmentLib.writers import write_seg_nrrd
+from serving import phantom_crops, running_server
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "HermesSegment"))
-sys.path.insert(0, str(ROOT / "Testing"))
-
-from HermesSegmentLib.models import load  # noqa: E402
-from HermesSegmentLib.pipeline import segment_image  # noqa: E402
-from HermesSegmentLib.writers import write_seg_nrrd  # noqa: E402
-from serving import phantom_crops, running_server  # noqa: E402
-
 OPTIONS = {"modality": "CT", "targets": "all"}
 
 

@@ -34,17 +34,17 @@ import numpy as np
 import torch
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+
+from HermesSegmentLib import models, vocabulary
+from HermesSegmentLib.evaluation import dice
+from HermesSegmentLib.inference import predict_volume
+from HermesSegmentLib.network import HermesPredictor
+from HermesSegmentLib.training.config import load_config
+from HermesSegmentLib.training.datasets import load_cases, target_masks
+from HermesSegmentLib.training.incremental import plan_tasks
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "HermesSegment"))
-
-from HermesSegmentLib import models, vocabulary  # noqa: E402
-from HermesSegmentLib.evaluation import dice  # noqa: E402
-from HermesSegmentLib.inference import predict_volume  # noqa: E402
-from HermesSegmentLib.network import HermesPredictor  # noqa: E402
-from HermesSegmentLib.training.config import load_config  # noqa: E402
-from HermesSegmentLib.training.datasets import load_cases, target_masks  # noqa: E402
-from HermesSegmentLib.training.incremental import plan_tasks  # noqa: E402
-
 # A plausible wrong modality for each: what a user picking the wrong item in the list would do.
 WRONG_MODALITY = {"CT": "PET", "PET": "CT", "MR-T1": "MR-T2", "MR-T2": "MR-T1"}
 

@@ -21,19 +21,25 @@ def module_files() -> list[str]:
     return sorted(f for f in files if f != "CMakeLists.txt" and not any(p.startswith(".") for p in Path(f).parts))
 
 
+def block(variable: str, entries: list[str]) -> str:
+    body = "\n".join(f"  {e.replace('HermesSegment', '${MODULE_NAME}', 1) if e.startswith('HermesSegment') else e}"
+                     for e in entries)
+    return f"set({variable}\n{body}\n  )"
+
+
+def replace_block(text: str, variable: str, entries: list[str]) -> str:
+    """``text`` with its ``set(variable ...)`` listing ``entries``; the replacement is a function so that
+    re.sub reads no backslash or group reference in a file name."""
+    return re.sub(rf"set\({variable}\s+.*?\)", lambda _: block(variable, entries), text, count=1, flags=re.S)
+
+
 def main() -> None:
     files = module_files()
     scripts = [f for f in files if f.endswith(".py")]
     resources = [f for f in files if not f.endswith(".py")]
-
-    def block(variable: str, entries: list[str]) -> str:
-        body = "\n".join(f"  {e.replace('HermesSegment', '${MODULE_NAME}', 1) if e.startswith('HermesSegment') else e}"
-                         for e in entries)
-        return f"set({variable}\n{body}\n  )"
-
     text = CMAKE.read_text(encoding="utf-8")
     for variable, entries in (("MODULE_PYTHON_SCRIPTS", scripts), ("MODULE_PYTHON_RESOURCES", resources)):
-        text = re.sub(rf"set\({variable}\s+.*?\)", lambda _: block(variable, entries), text, count=1, flags=re.S)
+        text = replace_block(text, variable, entries)
     CMAKE.write_text(text, encoding="utf-8")
     print(f"{CMAKE.relative_to(REPO)}: {len(scripts)} scripts, {len(resources)} resources")
 

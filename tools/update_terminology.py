@@ -11,10 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "HermesSegment"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
-from HermesSegmentLib.vocabulary import TERMINOLOGY_FILE, terminology_context  # noqa: E402
+from HermesSegmentLib.vocabulary import TERMINOLOGY_FILE, terminology_context
 
 if __name__ == "__main__":
     TERMINOLOGY_FILE.write_text(json.dumps(terminology_context(), indent=2) + "\n", encoding="utf-8")

@@ -16,22 +16,20 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+# slicer-core's ``slicer`` needs neither ``qt`` nor ``ctk`` at import: they are set up below, before
+# anything asks for them.
+import slicer
 from PySide6 import QtCore, QtWidgets
 
-from . import pythonqt
+from . import pythonqt, stand_ins
 
 qt = pythonqt.build_qt_module()
 sys.modules["qt"] = qt
-
-from . import stand_ins
-
 qt.QUiLoader.custom_widgets = tuple(stand_ins.CUSTOM_WIDGETS)
 ctk = types.ModuleType("ctk")
 ctk.ctkCollapsibleButton, ctk.ctkSearchBox, ctk.ctkMessageBox = (
     stand_ins.ctkCollapsibleButton, stand_ins.ctkSearchBox, stand_ins.ctkMessageBox)
 sys.modules["ctk"] = ctk
-
-import slicer
 
 
 @pythonqt.pythonqt_class
