@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_smoke_run_measures_every_part(tmp_path):
     appended = tmp_path / "benchmarks.md"
     appended.write_text("# Benchmarks\n", encoding="utf-8")
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--smoke", "--budget", "400", "--out", str(tmp_path),
-                          "--append", str(appended)], check=False, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--smoke", "--budget", "400",
+                          "--out", str(tmp_path), "--append", str(appended)],
+                         check=False, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     data = json.loads((tmp_path / "bench_gpu.json").read_text(encoding="utf-8"))
     assert data["errors"] == [], data["errors"]
@@ -79,7 +80,8 @@ def test_memory_prediction_grows_with_the_batch_from_the_largest_measured():
     rows = [{"precision": "bfloat16", "batch": 1, "variant": "default", "peak_gb": 3.0},
             {"precision": "bfloat16", "batch": 2, "variant": "default", "peak_gb": 5.0},
             {"precision": "bfloat16", "batch": 2, "variant": "channels-last", "peak_gb": 50.0}]
-    assert bench_gpu.predicted_peak_gb(rows, "bfloat16", 8, weights_gb=1.0, window=128) == pytest.approx(1 + 1.15 * 2 * 8)
+    predicted = bench_gpu.predicted_peak_gb(rows, "bfloat16", 8, weights_gb=1.0, window=128)
+    assert predicted == pytest.approx(1 + 1.15 * 2 * 8)
     guess = bench_gpu.predicted_peak_gb(rows, "float32", 8, weights_gb=1.0, window=128)
     assert guess == pytest.approx(1 + 1.15 * bench_gpu.GUESS_GB_PER_WINDOW["float32"] * 8)
 

@@ -200,7 +200,8 @@ def test_sidecar_label_map_prediction_against_seg_nrrd_truth(tmp_path, capsys):
     writers.write_label_map_nifti(tmp_path / "result.nii.gz", [target("spleen", spleen), target("aorta", empty)], ref)
     writers.write_seg_nrrd(tmp_path / "truth.seg.nrrd", [target("spleen", spleen), target("aorta", empty)], ref)
     out = tmp_path / "m.csv"
-    assert cli.main(["evaluate", str(tmp_path / "result.nii.gz"), str(tmp_path / "truth.seg.nrrd"), "--out", str(out)]) == 0
+    assert cli.main(["evaluate", str(tmp_path / "result.nii.gz"), str(tmp_path / "truth.seg.nrrd"),
+                     "--out", str(out)]) == 0
     rows = {r["target"]: r for r in read_csv(out)}
     assert rows["spleen"]["case"] == "truth"
     assert float(rows["spleen"]["dice"]) == 1.0

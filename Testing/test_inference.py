@@ -104,8 +104,8 @@ def test_cancel_stops_within_one_batch_and_progress_is_reported(network):
             token.cancel()
 
     with pytest.raises(CancelledError):
-        predict_volume(HermesPredictor(network, [0], 0), volume, window_zyx=(32, 32, 32), batch_size=2, progress=progress,
-                       cancel=token)
+        predict_volume(HermesPredictor(network, [0], 0), volume, window_zyx=(32, 32, 32), batch_size=2,
+                       progress=progress, cancel=token)
     assert seen[0] == 0.0 and 0 < seen[-1] < 1 and len(seen) == 2
 
     seen.clear()

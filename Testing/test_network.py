@@ -83,11 +83,13 @@ def test_fusion_site_matches_explicit_reference_arithmetic(tiny_config):
     p = torch.stack([torch.cat([site.task_prior[t], site.modality_prior[m[0]]]) for t, m in zip(tasks, modalities)])
     for block in site.attn_layers:
         agg, ffn = block.prior_aggregate_block, block.prior_ffn
-        p = p + _reference_cross_attention(agg.fn, F.layer_norm(p, p.shape[-1:], agg.norm1.weight, agg.norm1.bias, 1e-5),
+        p = p + _reference_cross_attention(agg.fn,
+                                           F.layer_norm(p, p.shape[-1:], agg.norm1.weight, agg.norm1.bias, 1e-5),
                                            F.layer_norm(x, x.shape[-1:], agg.norm2.weight, agg.norm2.bias, 1e-5))
         p = p + ffn.fn.fc2(F.gelu(ffn.fn.fc1(F.layer_norm(p, p.shape[-1:], ffn.norm.weight, ffn.norm.bias, 1e-4))))
         agg, ffn = block.feat_aggregate_block, block.feat_ffn
-        x = x + _reference_cross_attention(agg.fn, F.layer_norm(x, x.shape[-1:], agg.norm1.weight, agg.norm1.bias, 1e-5),
+        x = x + _reference_cross_attention(agg.fn,
+                                           F.layer_norm(x, x.shape[-1:], agg.norm1.weight, agg.norm1.bias, 1e-5),
                                            F.layer_norm(p, p.shape[-1:], agg.norm2.weight, agg.norm2.bias, 1e-5))
         x = x + ffn.fn.fc2(F.gelu(ffn.fn.fc1(F.layer_norm(x, x.shape[-1:], ffn.norm.weight, ffn.norm.bias, 1e-4))))
     torch.testing.assert_close(priors, p)

@@ -161,7 +161,8 @@ def test_progress_json_lines_nifti_output_and_precision(cases, tmp_path, tiny_pa
 def test_bad_images_get_one_line_errors_and_nonzero_status(tmp_path, tiny_package, capsys, writer, message):
     path = tmp_path / "bad.nrrd"
     writer(path)
-    status = cli_main(["segment", str(path), "--modality", "CT", "--model", str(tiny_package), "--out", str(tmp_path / "o")])
+    status = cli_main(["segment", str(path), "--modality", "CT", "--model", str(tiny_package),
+                       "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert status != 0 and message in err
     problem = [line for line in err.splitlines() if message in line]

@@ -1,4 +1,5 @@
-"""read.py, preprocess/ and postprocess/to_input_grid.py: reading, model space, and mapping results back to the input grid (CPU, small)."""
+"""read.py, preprocess/ and postprocess/to_input_grid.py: reading, model space, and mapping results back to the
+input grid (CPU, small)."""
 
 from __future__ import annotations
 
@@ -232,7 +233,8 @@ def test_midline_is_the_centre_of_the_body_across_the_patient(stored):
     midline_mm = model.origin_xyz[0] + model.midline_x * model.spacing_zyx[2]
     assert abs(midline_mm - 34.5) <= 3.0  # the body is found on 3 mm blocks
     values[:, 18:19, :] = 40  # a thin table across the whole field of view, apart from the trunk
-    with_table = model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT")
+    with_table = model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM,
+                                            modality="CT")
     assert with_table.midline_x == model.midline_x
     values[:, 2:14, :] = 40  # a trunk cut by the field of view has no known centre
     assert model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM,

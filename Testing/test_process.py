@@ -129,7 +129,8 @@ def test_parsing_helpers():
     assert error_line(["Traceback", "RuntimeError: CUDA out of memory", ""], 1) == "RuntimeError: CUDA out of memory"
     assert "exit status 9" in error_line([], 9)
     options = SegmentOptions(fast=True, postprocess=PostprocessOptions(min_island_ml=0.5))
-    command = segment_command("in.nrrd", "out", modality="CT", targets=["liver", "spleen"], options=options, python="py")
+    command = segment_command("in.nrrd", "out", modality="CT", targets=["liver", "spleen"], options=options,
+                              python="py")
     assert command[:4] == ["py", "-m", "HermesSegmentLib.cli", "segment"]
     assert command[command.index("--targets") + 1] == "liver,spleen"
     assert "--progress-json" in command and "--fast" in command and "--keep-largest" not in command

@@ -203,7 +203,7 @@ def test_import_upstream_keeps_torch_warnings_out_of_the_message(tmp_path, capsy
     real_load = torch.load
 
     def noisy_load(*args, **kwargs):
-        warnings.warn("TypedStorage is deprecated. It will be removed in the future", UserWarning)
+        warnings.warn("TypedStorage is deprecated. It will be removed in the future", UserWarning, stacklevel=2)
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", noisy_load)

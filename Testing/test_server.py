@@ -79,7 +79,8 @@ def test_a_job_gives_the_masks_of_a_local_run(server, crops, local_masks, tmp_pa
     assert reference.GetSize() == sitk.ReadImage(str(crops[0])).GetSize()
     assert sum(m.voxels for m in masks) > 1000, "the crop holds organs the demo model finds"
     assert _same(local_masks[crops[0]], _masks_of(masks))
-    assert [row["voxels"] for row in status["summary"]] == [int(np.count_nonzero(m)) for _, _, m in local_masks[crops[0]]]
+    expected_voxels = [int(np.count_nonzero(m)) for _, _, m in local_masks[crops[0]]]
+    assert [row["voxels"] for row in status["summary"]] == expected_voxels
     assert "inference" in stages and status["device"] == "cpu"
     assert not list(tmp_path.glob(".partial-*"))
     assert server.job_folders() == [], "the client deletes its job once downloaded"
@@ -93,7 +94,8 @@ def test_eight_concurrent_clients_all_get_their_own_correct_result(server, crops
         path = crops[number % len(crops)]
         try:
             server.client().segment(path, EXACT, tmp_path / str(number))
-            outcomes[number] = _same(local_masks[path], _masks_of(read_seg_nrrd(tmp_path / str(number) / "case.seg.nrrd")[0]))
+            received = read_seg_nrrd(tmp_path / str(number) / "case.seg.nrrd")[0]
+            outcomes[number] = _same(local_masks[path], _masks_of(received))
         except Exception as error:  # reported by the assertion below
             outcomes[number] = error
 
@@ -109,7 +111,8 @@ def test_without_the_right_token_every_call_is_refused_and_nothing_runs(server, 
     image = tmp_path / "ct.nii.gz"
     sitk.WriteImage(small_ct(), str(image))
     before = server.get("/v1/info").json()["queue"]
-    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": AUTH["Authorization"][7:]}):
+    bare_token = {"Authorization": AUTH["Authorization"][7:]}  # no "Bearer "
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, bare_token):
         for method, path in (("GET", "/v1/info"), ("GET", "/v1/jobs/" + "0" * 32), ("DELETE", "/v1/jobs/" + "0" * 32),
                              ("GET", "/v1/jobs/" + "0" * 32 + "/files/case.seg.nrrd")):
             response = requests.request(method, server.url + path, headers=headers, timeout=30)
@@ -204,21 +207,24 @@ def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server,
     writer.KeepOriginalImageUIDOn()
     for z in range(image.GetDepth()):
         plane = image[:, :, z]
+        position = "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))
         for tag, value in (("0008|0060", "CT"), ("0020|000e", "1.2.826.0.1.3680043.2.1125.1"),
-                           ("0020|0013", str(z + 1)), ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0013", str(z + 1)), ("0020|0032", position),
                            ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", "3.5\\3.5")):
             plane.SetMetaData(tag, value)
         writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
         writer.Execute(plane)
     local = segment_image(read_image(series), modality="CT", targets="all", precision="float32", device="cpu")
-    status, files = server.client().segment(series, {**EXACT, "name": "series"}, tmp_path / "out")  # zipped by the client
+    # The client zips the folder.
+    status, files = server.client().segment(series, {**EXACT, "name": "series"}, tmp_path / "out")
     assert _same(_masks_of(local), _masks_of(read_seg_nrrd(files[0])[0]))
 
 
 def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
     client = server.client()
     image = tmp_path / "wide.nrrd"
-    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(3.0, 3.0, 4.0)), str(image))  # many windows at overlap 0.9
+    # Many windows at overlap 0.9.
+    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(3.0, 3.0, 4.0)), str(image))
     job = client.submit(image, job_request("CT", "all", SegmentOptions(overlap=0.9, crop_to_body=False)))
 
     class CancelAtFirstWindow:

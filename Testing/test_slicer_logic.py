@@ -1,4 +1,5 @@
-"""MRMLLogic (the module logic's MRML side) against Slicer's real MRML libraries (slicer-core): geometry, import, re-run, save.
+"""MRMLLogic (the module logic's MRML side) against Slicer's real MRML libraries (slicer-core): geometry, import,
+re-run, save.
 
 A stand-in segmenter (same call signature as ``pipeline.segment_image``) returns a sphere at a
 known physical point, so these tests pin down the volume-node <-> ITK geometry and the segment

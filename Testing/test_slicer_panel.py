@@ -149,7 +149,8 @@ def test_warnings_of_a_run_are_shown_above_the_bar(panel, gui):
     assert not recorder.slot_errors and not recorder.texts(), (recorder.slot_errors, recorder.texts())
     assert not ui.warningsLabel.isHidden() and "rescale was never applied" in ui.warningsLabel.text
     assert ui.warningsLabel.text.startswith("<b>Check the result:</b>")
-    assert re.search(r"with \d+ warnings? \(above\)", ui.statusLabel.text) and "Warning: " in ui.logTextEdit.toPlainText()
+    assert re.search(r"with \d+ warnings? \(above\)", ui.statusLabel.text)
+    assert "Warning: " in ui.logTextEdit.toPlainText()
     start_segment(panel, add_ct("in HU"))  # the next run starts without the last run's warnings
     assert ui.warningsLabel.isHidden() and ui.warningsLabel.text == ""
     ui.segmentButton.click()
@@ -172,7 +173,8 @@ def test_cancel_stops_the_run_and_imports_nothing(panel, gui):
 def test_result_goes_into_the_inputs_captured_at_start(panel, gui):
     first, second = add_ct("first"), add_ct("second", shape=(20, 30, 30))
     start_segment(panel, first)
-    panel.widget.ui.inputVolumeSelector.setCurrentNode(second)  # the selector is disabled in the GUI; a script may still do it
+    # The selector is disabled in the GUI; a script may still do it.
+    panel.widget.ui.inputVolumeSelector.setCurrentNode(second)
     wait_until_idle(panel)
     segmentation = panel.widget._parameterNode.outputSegmentation
     assert segmentation is not None
@@ -288,7 +290,10 @@ def test_remembered_selection_survives_a_model_that_cannot_be_read(panel, monkey
 
     remembered = qt.QSettings().value(key)
     assert remembered and remembered != "[]"
-    monkeypatch.setattr(panel.widget.controller.logic, "targets_for", lambda *a: (_ for _ in ()).throw(OSError("unreadable")))
+    def unreadable(*args):
+        raise OSError("unreadable")
+
+    monkeypatch.setattr(panel.widget.controller.logic, "targets_for", unreadable)
     panel.widget.refreshTargets()
     assert ui.targetTree.topLevelItemCount == 0
     assert qt.QSettings().value(key) == remembered
@@ -299,7 +304,8 @@ def test_missing_packages_are_shown_and_installed_from_the_panel(gui, monkeypatc
 
     from HermesSegmentLib.slicer import install
 
-    state = {"missing": install.Missing("is not installed (it comes through the PyTorch extension)", ["jsonschema>=4.18"])}
+    state = {"missing": install.Missing("is not installed (it comes through the PyTorch extension)",
+                                        ["jsonschema>=4.18"])}
     monkeypatch.setattr(install, "find_missing", lambda *a: state["missing"])
     commands = []
 
@@ -391,7 +397,8 @@ def test_hermes_r_shows_where_the_weights_are_and_imports_a_pth_in_the_backgroun
     checkpoint.write_bytes(b"not a checkpoint")
     monkeypatch.setattr(qt.QFileDialog, "getOpenFileName", staticmethod(lambda *a: str(checkpoint)))
     ui.addModelFileButton.click()
-    assert panel.widget.controller.busy and not ui.segmentButton.enabled and "Importing hermes_r.pth" in ui.statusLabel.text
+    assert panel.widget.controller.busy and not ui.segmentButton.enabled
+    assert "Importing hermes_r.pth" in ui.statusLabel.text
     wait_until_idle(panel)
     _app, recorder = gui
     assert recorder.texts() and recorder.texts()[0].startswith("Import failed:"), recorder.texts()

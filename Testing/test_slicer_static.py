@@ -40,7 +40,8 @@ def _packaged_files() -> set[str]:
     files = set()
     for path in MODULE_DIR.rglob("*"):
         parts = path.relative_to(MODULE_DIR).parts
-        if path.is_file() and not any(p == "__pycache__" or p.endswith(".egg-info") or p.startswith(".") for p in parts):
+        hidden = any(p == "__pycache__" or p.endswith(".egg-info") or p.startswith(".") for p in parts)
+        if path.is_file() and not hidden:
             if path.suffix != ".pyc" and path.name != "CMakeLists.txt":
                 files.add(path.relative_to(MODULE_DIR).as_posix())
     return files
@@ -179,7 +180,8 @@ def test_contributors_in_the_index_form():
     assert f"contributors = {people!r}".replace("'", '"') in MODULE_FILE.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("path", ["HermesSegment/Resources/Icons/HermesSegment.png", "Resources/Icons/HermesSegment.png"])
+@pytest.mark.parametrize("path", ["HermesSegment/Resources/Icons/HermesSegment.png",
+                                  "Resources/Icons/HermesSegment.png"])
 def test_icons_are_128_png(path):
     data = (REPO / path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -43,7 +43,8 @@ def _write_case(folder: Path, case: str, rng: np.random.Generator, modality: str
     image[label == 1] += 120.0
     image[label == 2] -= 60.0 if modality == "CT" else -400.0
     image += rng.normal(0, 5, image.shape).astype(np.float32)
-    for array, path in ((image, folder / "imagesTr" / f"{case}_0000.nii.gz"), (label, folder / "labelsTr" / f"{case}.nii.gz")):
+    for array, path in ((image, folder / "imagesTr" / f"{case}_0000.nii.gz"),
+                        (label, folder / "labelsTr" / f"{case}.nii.gz")):
         itk = sitk.GetImageFromArray(array)
         itk.SetSpacing((4.0, 4.0, 4.0))
         sitk.WriteImage(itk, str(path))
@@ -231,7 +232,8 @@ def test_query_consistency_draws_overlapping_second_queries_and_trains(tmp_path,
     trainer.prepare_data()
     batch = trainer.sampler.batch()
     second, match = trainer.sampler.alternative_queries(batch.queries, batch.dataset)
-    for first, other, slots, dataset in zip(batch.queries.tolist(), second.tolist(), match.tolist(), batch.dataset.tolist()):
+    for first, other, slots, dataset in zip(batch.queries.tolist(), second.tolist(), match.tolist(),
+                                            batch.dataset.tolist()):
         asked = [q for q in other if q >= 0]
         assert asked and set(asked) <= set(trainer.plan.per_dataset[dataset].values())
         assert any(s >= 0 for s in slots)
@@ -289,7 +291,8 @@ def test_fit_exports_a_package_with_measured_dice(tmp_path, tiny_data):
         assert all(dice[modality][t] >= 0.99 for t in targets)
     log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,lr,loss") and len(log) == 3
-    assert json.loads((tmp_path / "run" / "validation.json").read_text())["validation_cases"] == {"CTset": 1, "MRset": 1}
+    validation = json.loads((tmp_path / "run" / "validation.json").read_text())
+    assert validation["validation_cases"] == {"CTset": 1, "MRset": 1}
     tensors, state = checkpoint.load(tmp_path / "run" / "checkpoint")
     assert state["step"] == 2 and any(k.startswith("optim.") for k in tensors)
 
@@ -398,7 +401,8 @@ def _ddp_worker(rank: int, config_path: str, port: int, out: str) -> None:
 
     from HermesSegmentLib.training import distributed
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     context = distributed.init("cpu")
     try:

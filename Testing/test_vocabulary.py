@@ -146,9 +146,10 @@ def test_names_do_not_collide_between_targets(vocab):
 @pytest.mark.parametrize(
     "typed, key",
     [("liver", "liver"), ("Liver", "liver"), ("Left kidney", "kidney_left"), ("left_kidney", "kidney_left"),
-     ("KIDNEY-LEFT", "kidney_left"), ("kidney left", "kidney_left"), ("Kidneys", "kidney"), ("IVC", "inferior_vena_cava"),
-     ("grey matter", "gray_matter"), ("CSF", "cerebrospinal_fluid"), ("liver tumour", "liver_tumor"),
-     ("spine", "vertebrae"), ("portal vein and splenic vein", "portal_and_splenic_vein"), ("Urinary bladder", "urinary_bladder")],
+     ("KIDNEY-LEFT", "kidney_left"), ("kidney left", "kidney_left"), ("Kidneys", "kidney"),
+     ("IVC", "inferior_vena_cava"), ("grey matter", "gray_matter"), ("CSF", "cerebrospinal_fluid"),
+     ("liver tumour", "liver_tumor"), ("spine", "vertebrae"),
+     ("portal vein and splenic vein", "portal_and_splenic_vein"), ("Urinary bladder", "urinary_bladder")],
 )
 def test_target_lookup(typed, key):
     assert v.target(typed).key == key
@@ -232,7 +233,8 @@ def test_tasks_match_reference():
     path = _reference_tasks_file()
     if path is None:
         pytest.skip("shared/reference/hermes_r_tasks.tsv not present")
-    rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines(), delimiter="\t") if r and not r[0].startswith("#")]
+    rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines(), delimiter="\t")
+            if r and not r[0].startswith("#")]
     reference = {int(r[0]): r[1] for r in rows}
     ours = {t.index: t.dataset for t in v.hermes_r_tasks()}
     assert sorted(reference) == sorted(ours)

@@ -41,7 +41,7 @@ def oblique_reference() -> sitk.Image:
 
 def box_mask(key, name, color, term, lo, hi) -> TargetMask:
     return TargetMask(key, name, color, term, tuple(lo),
-                      np.ones([h - l for l, h in zip(lo, hi)], dtype=bool))
+                      np.ones([high - low for low, high in zip(lo, hi)], dtype=bool))
 
 
 def masks_with_overlap():

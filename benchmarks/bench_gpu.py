@@ -31,8 +31,9 @@ phantom torso (benchmarks/phantom_ct.py) at 0.8 x 0.8 x 2.5 mm.
 Time budget (default 210 s): the network grid runs first, in order of importance, while a child
 process makes the CT and the package on the CPU, but only as long as it leaves time for parts 2
 and 3; then parts 2 and 3; then what is left of the grid, as far as the budget allows. A hard stop
-at the budget plus 15 s keeps what was measured (the JSON is rewritten after every step). GPU memory: a batch predicted (from a measured smaller batch) not to fit
-in the free memory is skipped; an out-of-memory error is recorded and the grid goes on.
+at the budget plus 15 s keeps what was measured (the JSON is rewritten after every step). GPU memory: a
+batch predicted (from a measured smaller batch) not to fit in the free memory is skipped; an
+out-of-memory error is recorded and the grid goes on.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ def grid(scale: Scale, device: torch.device, default_precision: str, default_bat
     order = [(default_precision, default_batch, "default")]
     order += [(p, default_batch, "default") for p in precisions if p != default_precision]
     if device.type == "cuda":
-        order += [(default_precision, default_batch, "cudnn.benchmark"), (default_precision, default_batch, "channels-last")]
+        order += [(default_precision, default_batch, variant) for variant in ("cudnn.benchmark", "channels-last")]
     for precision in precisions:
         order += [(precision, b, "default") for b in sorted({*scale.batches, default_batch}) if b != default_batch]
     return order
@@ -511,8 +512,9 @@ def cli_stages(events: list[tuple[float, dict[str, Any]]], cases: list[str]) -> 
 
 def run_cli(results: Results, budget: Budget, work: Path, device: torch.device, keep_s: float) -> None:
     """Run the CLI on two copies of the CT; stop it when only ``keep_s`` of the budget is left."""
-    command = [sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(work / "ct_a.nrrd"), str(work / "ct_b.nrrd"),
-               "--modality", "CT", "--targets", ",".join(TARGETS), "--model", str(work / "hermes-r-random.safetensors"),
+    command = [sys.executable, "-m", "HermesSegmentLib.cli", "segment",
+               str(work / "ct_a.nrrd"), str(work / "ct_b.nrrd"), "--modality", "CT", "--targets", ",".join(TARGETS),
+               "--model", str(work / "hermes-r-random.safetensors"),
                "--out", str(work / "cli-out"), "--device", device.type, "--progress-json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(LIB), os.environ.get("PYTHONPATH")])),
            "HERMES_SEGMENT_HOME": str(work / "home")}
@@ -619,7 +621,8 @@ def render(data: dict[str, Any], command: str) -> str:
     env, volume = data["environment"], data["volume"]
     windows = volume.get("windows")
     rows = data["network"]
-    default = next((r for r in rows if r.get("variant") == "default" and r.get("precision") == data.get("default_precision")
+    default = next((r for r in rows if r.get("variant") == "default"
+                    and r.get("precision") == data.get("default_precision")
                     and r.get("batch") == data.get("default_batch") and "ms_per_window_median" in r), None)
     where = (f"{env.get('gpu')} ({env.get('gpu_memory_gb')} GiB, compute capability {env.get('capability')}), "
              f"CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}" if env.get("gpu") else f"CPU ({env.get('cpu')})")
@@ -643,7 +646,8 @@ def render(data: dict[str, Any], command: str) -> str:
                    "| peak GPU memory, GB | note |"), "|---|---:|---|---:|---:|---:|---:|---|"]
     for row in rows:
         if "ms_per_window_median" not in row:
-            lines.append(f"| {row['precision']} | {row['batch']} | {row['variant']} | | | | | {row.get('skipped', '')} |")
+            lines.append(f"| {row['precision']} | {row['batch']} | {row['variant']} | | | | "
+                         f"| {row.get('skipped', '')} |")
             continue
         ratio = f"{row['ms_per_window_median'] / default['ms_per_window_median']:.2f}" if default else ""
         per_ct = per_ct_seconds(row, windows)
@@ -673,8 +677,8 @@ def end_to_end(data: dict[str, Any], default: dict[str, Any] | None) -> list[str
     cases = cli.get("cases", {})
     first, second = cases.get("ct_a", {}), cases.get("ct_b", {})
     lines = ["", (f"End to end: `{cli.get('command', 'hermes-segment segment')}` (defaults otherwise: "
-                  f"{data.get('default_precision')}, batch {data.get('default_batch')}, overlap {OVERLAP}), and the same stages "
-                  "with anatomical masks (the network replaced by the phantom's truth)."), "",
+                  f"{data.get('default_precision')}, batch {data.get('default_batch')}, overlap {OVERLAP}), "
+                  "and the same stages with anatomical masks (the network replaced by the phantom's truth)."), "",
              "| stage | case 1, s | case 2, s | anatomical masks, s |", "|---|---:|---:|---:|"]
 
     def cell(record: dict[str, Any], key: str) -> str:
@@ -694,14 +698,17 @@ def end_to_end(data: dict[str, Any], default: dict[str, Any] | None) -> list[str
         lines += ["", (f"Case {'2' if case is second else '1'}: {case['total']:.1f} s end to end, of which the "
                        f"network ~{network_s:.1f} s ({windows} windows at the default configuration above) and "
                        f"{outside:.1f} s ({100 * outside / case['total']:.0f}%) outside it.")]
-        if all(k in oracle for k in ("back_to_grid", "write")) and all(k in case for k in ("read", "to_model_space", "inference")):
-            anatomical = case["read"] + case["to_model_space"] + case["inference"] + oracle["back_to_grid"] + oracle["write"]
+        case_stages, oracle_stages = ("read", "to_model_space", "inference"), ("back_to_grid", "write")
+        if all(k in oracle for k in oracle_stages) and all(k in case for k in case_stages):
+            anatomical = (case["read"] + case["to_model_space"] + case["inference"]
+                          + oracle["back_to_grid"] + oracle["write"])
             lines.append(f"With anatomical masks instead of random-weight noise: ~{anatomical:.1f} s "
                          f"({100 * (anatomical - network_s) / anatomical:.0f}% outside the network)."
                          + (f" Goal, <= 10 s per CT: {'met' if anatomical <= 10 else 'not met'}."
                             if data.get("scale") == FULL.name else ""))
     if cli.get("mask_voxels"):
-        lines.append("Mask voxels, random weights (case 1): " + ", ".join(f"{k} {v}" for k, v in cli["mask_voxels"].items())
+        lines.append("Mask voxels, random weights (case 1): "
+                     + ", ".join(f"{k} {v}" for k, v in cli["mask_voxels"].items())
                      + "; anatomical: " + ", ".join(f"{k} {v}" for k, v in oracle.get("mask_voxels", {}).items()) + ".")
     if cli.get("stopped") or cli.get("returncode"):
         lines.append(f"CLI: {cli.get('stopped') or 'exit status ' + str(cli.get('returncode'))} "
@@ -728,8 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/bench_gpu.py" + (" --smoke" if args.smoke else "") + \
-        (f" --budget {args.budget:g}" if args.budget else "") + (f" --device {args.device}" if args.device != "auto" else "")
+    command = ("python benchmarks/bench_gpu.py" + (" --smoke" if args.smoke else "")
+               + (f" --budget {args.budget:g}" if args.budget else "")
+               + (f" --device {args.device}" if args.device != "auto" else ""))
     budget = Budget(args.budget or scale.budget_s)
     results = Results(args.out)
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
@@ -770,8 +778,8 @@ def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Pope
     data["default_precision"] = default_precision
     # The batch size the CLI chooses here (--batch-size left out): from memory per window and free memory.
     dtype = compute_dtype(device, "auto")
-    data["default_batch"] = choose_batch_size(
-        device, window_memory_gb((scale.window,) * 3, scale.architecture.base_channels, dtype), available_memory_gb(device))
+    per_window_gb = window_memory_gb((scale.window,) * 3, scale.architecture.base_channels, dtype)
+    data["default_batch"] = choose_batch_size(device, per_window_gb, available_memory_gb(device))
     results.save()
 
     torch.manual_seed(0)

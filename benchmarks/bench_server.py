@@ -97,7 +97,8 @@ def load_test(server, cases: list[Path], jobs: int, clients: int, scratch: Path)
                 job = work.pop(0)
             started = time.perf_counter()
             try:
-                status, _ = client.segment(cases[job % len(cases)], {**OPTIONS, "name": f"job{job}"}, scratch / f"client{number}")
+                status, _ = client.segment(cases[job % len(cases)], {**OPTIONS, "name": f"job{job}"},
+                                           scratch / f"client{number}")
             except Exception as error:  # counted and printed
                 failures.append(f"job {job}: {error}")
                 continue

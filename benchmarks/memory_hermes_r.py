@@ -48,7 +48,8 @@ print(before, high_water_kb())
 def forward_gb(precision: str) -> float:
     """Peak RSS of one Hermes-R forward pass above the loaded model, in a child process."""
     code = FORWARD.format(lib=str(REPO / "HermesSegment"), precision=precision)
-    before, after = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    child = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    before, after = child.stdout.split()
     return (int(after) - int(before)) / 2**20
 
 def geometry_package(path: Path) -> list[str]:
@@ -66,7 +67,8 @@ def geometry_package(path: Path) -> list[str]:
         "format": "hermes-segment-model", "format_version": 1, "name": "hermes-r-geometry",
         "title": "Hermes-R input geometry, tiny channels (memory benchmark)", "version": "0", "license": "n/a",
         "intended_use": "benchmark only", "architecture": config.to_manifest(), "input": dict(HERMES_R_INPUT),
-        "modalities": modality_entries(["CT"]), "tasks": [task_entry(i, k, "bench", ["CT"]) for i, k in enumerate(keys)],
+        "modalities": modality_entries(["CT"]),
+        "tasks": [task_entry(i, k, "bench", ["CT"]) for i, k in enumerate(keys)],
         "defaults": {"CT": {k: i for i, k in enumerate(keys)}}, "provenance": {"source": "random weights"},
     }
     torch.manual_seed(0)
@@ -86,8 +88,9 @@ def main() -> int:
         tmp = Path(tmp)
         keys = geometry_package(tmp / "geometry.safetensors")
         sitk.WriteImage(ct_volume()[0], str(tmp / "ct.nrrd"))
-        engine_gb, _ = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(tmp / "ct.nrrd"),
-                                            "--modality", "CT", "--model", str(tmp / "geometry.safetensors"),
+        engine_gb, _ = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment",
+                                            str(tmp / "ct.nrrd"), "--modality", "CT",
+                                            "--model", str(tmp / "geometry.safetensors"),
                                             "--out", str(tmp / "out"), "--device", "cpu"])
     from HermesSegmentLib.inference.device import cpu_has_native_bf16
 
@@ -97,8 +100,10 @@ def main() -> int:
         f"### Memory for a 512x512x300 CT with 15 targets and Hermes-R — {datetime.date.today().isoformat()}\n\n"
         f"Command: `python benchmarks/memory_hermes_r.py`. Targets: {', '.join(keys)}.\n\n"
         "| what | peak RSS, GB |\n|---|---:|\n"
-        f"| whole `segment` command, Hermes-R geometry (128³ at 1.5 mm), 15 targets, base-8 network, batch 2 | {engine_gb:.2f} |\n"
-        f"| one Hermes-R forward pass (2 x 128³ windows, 15 tasks, CPU, float32), above the loaded model | {network_gb:.2f} |\n"
+        "| whole `segment` command, Hermes-R geometry (128³ at 1.5 mm), 15 targets, base-8 network, batch 2 "
+        f"| {engine_gb:.2f} |\n"
+        "| one Hermes-R forward pass (2 x 128³ windows, 15 tasks, CPU, float32), above the loaded model "
+        f"| {network_gb:.2f} |\n"
         f"| estimate for the real Hermes-R run in float32 (sum) | {engine_gb + network_gb:.2f} |\n"
     )
     if mixed_gb is not None:

@@ -1,6 +1,8 @@
 """Write the extension's terminology context (Slicer .term.json) from the target vocabulary.
 
-    python tools/update_terminology.py      # rewrites HermesSegment/Resources/SegmentationCategoryTypeModifier-HermesSegment.term.json
+    python tools/update_terminology.py
+
+rewrites HermesSegment/Resources/SegmentationCategoryTypeModifier-HermesSegment.term.json.
 
 Testing/test_terminology_context.py fails when the file and the vocabulary disagree.
 """

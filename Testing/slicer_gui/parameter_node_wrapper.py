@@ -93,20 +93,24 @@ class _Connector:
     def __init__(self, wrapper, field, widget):
         self.wrapper, self.field, self.widget = wrapper, field, widget
         if isinstance(widget, qt.QCheckBox):
-            self.signal, self.get, self.set = "stateChanged(int)", lambda: widget.checked, lambda v: setattr(widget, "checked", v)
+            self.signal, self.get, self.set = ("stateChanged(int)", lambda: widget.checked,
+                                               lambda v: setattr(widget, "checked", v))
         elif isinstance(widget, qt.QDoubleSpinBox):
             limits, decimals = field.extra(WithinRange), field.extra(Decimals)
             if decimals is not None:
                 widget.decimals = decimals.value
             widget.minimum = limits.minimum if limits else float("-inf")
             widget.maximum = limits.maximum if limits else float("inf")
-            self.signal, self.get, self.set = "valueChanged(double)", lambda: widget.value, lambda v: setattr(widget, "value", v)
+            self.signal, self.get, self.set = ("valueChanged(double)", lambda: widget.value,
+                                               lambda v: setattr(widget, "value", v))
         elif isinstance(widget, qt.QSpinBox) and field.base is int:
             limits = field.extra(WithinRange)  # Slicer: setRange, else the whole int range
             widget.setRange(*((limits.minimum, limits.maximum) if limits else (-2**31, 2**31 - 1)))
-            self.signal, self.get, self.set = "valueChanged(int)", lambda: widget.value, lambda v: setattr(widget, "value", v)
+            self.signal, self.get, self.set = ("valueChanged(int)", lambda: widget.value,
+                                               lambda v: setattr(widget, "value", v))
         elif _is_node_type(field.base) and hasattr(widget, "currentNode"):
-            self.signal, self.get, self.set = "currentNodeChanged(vtkMRMLNode*)", widget.currentNode, widget.setCurrentNode
+            self.signal, self.get, self.set = ("currentNodeChanged(vtkMRMLNode*)", widget.currentNode,
+                                               widget.setCurrentNode)
         else:
             raise RuntimeError(f"no GUI connector for {field.name} ({field.base}) and {type(widget).__name__}")
 
@@ -185,7 +189,8 @@ def parameterNodeWrapper(cls):
     cls._updateGui = _updateGui
     cls.StartModify = lambda self: self.parameterNode.StartModify()
     cls.EndModify = lambda self, was: self.parameterNode.EndModify(was)
-    cls.AddObserver = lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(event, callback, priority)
+    cls.AddObserver = lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(
+        event, callback, priority)
     cls.RemoveObserver = lambda self, tag: self.parameterNode.RemoveObserver(tag)
     return cls
 

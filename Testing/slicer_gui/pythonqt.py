@@ -84,7 +84,8 @@ def _pythonqt_connect(self, signature, slot=None, *more):
 def _pythonqt_disconnect(self, signature=None, slot=None, *more):
     if isinstance(self, QtCore.QObject) and isinstance(signature, str):
         try:
-            return bool(_signal(self, signature).disconnect(slot) if slot is not None else _signal(self, signature).disconnect())
+            signal = _signal(self, signature)
+            return bool(signal.disconnect(slot) if slot is not None else signal.disconnect())
         except (RuntimeError, TypeError):
             return False
     return _pyside_disconnect(self, signature, slot, *more)

@@ -122,8 +122,10 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
     noneEnabled = Property(bool, _getNoneEnabled, _setNoneEnabled)
     noneDisplay = Property(str, _getNoneDisplay, _setNoneDisplay)
     addEnabled = Property(bool, lambda s: s._flags["addEnabled"], lambda s, v: s._flags.__setitem__("addEnabled", v))
-    removeEnabled = Property(bool, lambda s: s._flags["removeEnabled"], lambda s, v: s._flags.__setitem__("removeEnabled", v))
-    renameEnabled = Property(bool, lambda s: s._flags["renameEnabled"], lambda s, v: s._flags.__setitem__("renameEnabled", v))
+    removeEnabled = Property(bool, lambda s: s._flags["removeEnabled"],
+                             lambda s, v: s._flags.__setitem__("removeEnabled", v))
+    renameEnabled = Property(bool, lambda s: s._flags["renameEnabled"],
+                             lambda s, v: s._flags.__setitem__("renameEnabled", v))
     showChildNodeTypes = Property(bool, lambda s: s._flags["showChildNodeTypes"],
                                   lambda s, v: s._flags.__setitem__("showChildNodeTypes", v))
 
