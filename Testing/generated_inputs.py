@@ -9,8 +9,9 @@ the first and last three values of ``ImageOrientationPatient``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,16 +54,29 @@ def pixel_positions(position: Sequence[float], orientation: Sequence[float], pix
             + r[..., None] * pixel_spacing[0] * y_axis)
 
 
-def write_dicom_slice(path: Path, stored: np.ndarray, *, position, orientation, pixel_spacing,
-                      series_uid: str, study_uid: str, instance: int, modality: str = "CT",
-                      description: str = "", series_number: int = 1, intercept: float = -1024.0,
-                      slope: float = 1.0, thickness: Optional[float] = None) -> None:
-    """One single-frame DICOM image (CT Image Storage, or MR/PET with the matching SOP class)."""
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What every slice of one series shares: its identity and how stored values map to the modality's units."""
+
+    series_uid: str
+    study_uid: str
+    modality: str = "CT"
+    description: str = ""
+    series_number: int = 1
+    intercept: float = -1024.0
+    slope: float = 1.0
+
+
+def write_dicom_slice(path: Path, stored: np.ndarray, header: SeriesHeader, *, instance: int, position, orientation,
+                      pixel_spacing, thickness: Optional[float] = None) -> None:
+    """One single-frame DICOM image (CT Image Storage, or MR/PET with the matching SOP class) of the
+    series ``header`` describes."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
     sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
-                 "PT": "1.2.840.10008.5.1.4.1.1.128"}[modality]
+                 "PT": "1.2.840.10008.5.1.4.1.1.128"}[header.modality]
+    study_uid, series_uid = header.study_uid, header.series_uid
     instance_uid = f"{series_uid}.{instance}"
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -74,7 +88,7 @@ def write_dicom_slice(path: Path, stored: np.ndarray, *, position, orientation, 
     ds.PatientName, ds.PatientID = "Phantom^Generated", "GEN001"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.FrameOfReferenceUID = f"{study_uid}.0"
-    ds.Modality, ds.SeriesNumber, ds.SeriesDescription = modality, series_number, description
+    ds.Modality, ds.SeriesNumber, ds.SeriesDescription = header.modality, header.series_number, header.description
     ds.InstanceNumber = instance
     ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
     ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
@@ -85,33 +99,32 @@ def write_dicom_slice(path: Path, stored: np.ndarray, *, position, orientation, 
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
-    ds.RescaleIntercept, ds.RescaleSlope = f"{intercept:g}", f"{slope:g}"
+    ds.RescaleIntercept, ds.RescaleSlope = f"{header.intercept:g}", f"{header.slope:g}"
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
 
 
 def write_dicom_series(folder: Path, value_at: Callable[[np.ndarray], np.ndarray], *,
                        positions: Sequence[Sequence[float]],
-                       orientation: Sequence[float] = (1, 0, 0, 0, 1, 0), pixel_spacing=(4.0, 4.0), rows: int = 40,
-                       columns: int = 48, series: int = 1, description: str = "CT generated", modality: str = "CT",
-                       orientations: Optional[Sequence[Sequence[float]]] = None, intercept: float = -1024.0) -> str:
+                       orientation: Union[Sequence[float], Sequence[Sequence[float]]] = (1, 0, 0, 0, 1, 0),
+                       pixel_spacing=(4.0, 4.0), matrix: tuple[int, int] = (40, 48), series: int = 1,
+                       description: str = "CT generated", modality: str = "CT", intercept: float = -1024.0) -> str:
     """A series of single-frame files whose pixel values are ``value_at(points)`` at each pixel's
     DICOM position (``points``: (..., 3) LPS mm; values in the modality's units, e.g. HU for CT,
-    stored as int16 through the rescale intercept). Files are named in a shuffled order so that
-    nothing depends on the file order. Returns the SeriesInstanceUID."""
+    stored as int16 through the rescale intercept). ``orientation`` is the ImageOrientationPatient of
+    every slice, or one per slice; ``matrix`` is (rows, columns). Files are named in a shuffled order
+    so that nothing depends on the file order. Returns the SeriesInstanceUID."""
     folder.mkdir(parents=True, exist_ok=True)
-    study_uid = f"{UID_ROOT}.1"
-    series_uid = f"{UID_ROOT}.2.{series}"
+    header = SeriesHeader(series_uid=f"{UID_ROOT}.2.{series}", study_uid=f"{UID_ROOT}.1", modality=modality,
+                          description=description, series_number=series, intercept=intercept)
+    orientations = orientation if np.ndim(orientation) == 2 else [orientation] * len(positions)
     order = np.random.default_rng(series).permutation(len(positions))
     for k, position in enumerate(positions):
-        slice_orientation = orientations[k] if orientations is not None else orientation
-        points = pixel_positions(position, slice_orientation, pixel_spacing, rows, columns)
+        points = pixel_positions(position, orientations[k], pixel_spacing, *matrix)
         stored = np.round(value_at(points) - intercept).astype(np.int16)
-        write_dicom_slice(folder / f"IM{series:02d}_{order[k]:04d}.dcm", stored, position=position,
-                          orientation=slice_orientation, pixel_spacing=pixel_spacing, series_uid=series_uid,
-                          study_uid=study_uid, instance=k + 1, modality=modality, description=description,
-                          series_number=series, intercept=intercept, thickness=2.5)
-    return series_uid
+        write_dicom_slice(folder / f"IM{series:02d}_{order[k]:04d}.dcm", stored, header, instance=k + 1,
+                          position=position, orientation=orientations[k], pixel_spacing=pixel_spacing, thickness=2.5)
+    return header.series_uid
 
 
 def tilted_positions(count: int, table_step_mm: float, first=(-94.0, -94.0, 0.0)) -> list:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from generated_inputs import as_image, body_ct, write_dicom_slice
+from generated_inputs import SeriesHeader, as_image, body_ct, write_dicom_slice
 from HermesSegmentLib.cli import main as cli_main
 from HermesSegmentLib.pipeline import segment_image
 from HermesSegmentLib.read import read_image
@@ -30,14 +30,13 @@ def test_a_compressed_dicom_series_reads_as_the_uncompressed_one(tmp_path):
     from pydicom.uid import RLELossless
 
     volume = body_ct(shape_zyx=(6, 32, 40), seed=21)
+    header = SeriesHeader(series_uid="1.2.826.0.1.3680043.2.1125.9.7", study_uid="1.2.826.0.1.3680043.2.1125.9.8")
     for folder, compress in (("plain", False), ("rle", True)):
         for k, plane in enumerate(volume):
             path = tmp_path / folder / f"{k}.dcm"
             path.parent.mkdir(exist_ok=True)
-            write_dicom_slice(path, (plane.astype(np.int32) + 1024).astype(np.int16), position=(0.0, 0.0, 2.5 * k),
-                              orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.8, 0.8),
-                              series_uid="1.2.826.0.1.3680043.2.1125.9.7", study_uid="1.2.826.0.1.3680043.2.1125.9.8",
-                              instance=k + 1)
+            write_dicom_slice(path, (plane.astype(np.int32) + 1024).astype(np.int16), header, instance=k + 1,
+                              position=(0.0, 0.0, 2.5 * k), orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.8, 0.8))
             if compress:
                 ds = pydicom.dcmread(path)
                 ds.compress(RLELossless)

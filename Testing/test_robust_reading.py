@@ -76,7 +76,7 @@ def assert_values_at_dicom_positions(image: sitk.Image, positions, orientation, 
 def test_gantry_tilt_is_resampled_to_the_dicom_positions(tmp_path, caplog, tilt):
     positions = tilted_positions(24, 5.0)
     orientation = tilted_orientation(tilt)
-    write_dicom_series(tmp_path / "ct", ramp, positions=positions, orientation=orientation, rows=40, columns=48)
+    write_dicom_series(tmp_path / "ct", ramp, positions=positions, orientation=orientation, matrix=(40, 48))
     with caplog.at_level(logging.WARNING, logger="HermesSegmentLib"):
         image = read_image(tmp_path / "ct")
     assert_values_at_dicom_positions(image, positions, orientation, (4.0, 4.0), 40, 48)
@@ -119,7 +119,7 @@ def test_a_regular_series_is_read_as_is_without_a_warning(tmp_path, caplog):
 def test_slices_of_different_orientations_are_refused(tmp_path):
     positions = [(-94.0, -94.0, 5.0 * k) for k in range(12)]
     orientations = [(1, 0, 0, 0, 1, 0)] * 6 + [tilted_orientation(15.0)] * 6
-    write_dicom_series(tmp_path / "ct", ramp, positions=positions, orientations=orientations)
+    write_dicom_series(tmp_path / "ct", ramp, positions=positions, orientation=orientations)
     with pytest.raises(HermesError) as error:
         read_image(tmp_path / "ct")
     one_line(error, "orientation")
