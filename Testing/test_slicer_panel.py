@@ -490,24 +490,74 @@ def test_a_long_cpu_run_is_measured_then_asked_first(panel, gui, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- run on a server
+def _test_connection(ui, server) -> None:
+    """Test connection: a wrong token is refused, the right one lists the server's device and models."""
+    from serving import TOKEN
+
+    ui.serverUrlLineEdit.text = server.url
+    ui.serverTokenLineEdit.text = "not-the-token-0123456789"
+    ui.testConnectionButton.click()
+    assert "refused the token" in ui.serverInfoLabel.text and ui.modelComboBox.count == 0
+    ui.serverTokenLineEdit.text = TOKEN
+    ui.testConnectionButton.click()
+    assert ui.serverInfoLabel.text.startswith("Connected") and "CPU" in ui.serverInfoLabel.text
+    assert ui.modelComboBox.currentData == "hermes-demo" and not ui.removeModelButton.enabled
+
+
+def _assert_a_local_run_gives_the_same_segments(panel, volume, targets) -> None:
+    """The server's segments are those of a local run with the panel's options."""
+    import dataclasses
+
+    from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
+    from HermesSegmentLib.slicer.panel import run_options
+    from test_slicer_logic import segment_voxels
+
+    ui = panel.widget.ui
+    remote = panel.widget._parameterNode.outputSegmentation
+    options = dataclasses.replace(run_options(panel.widget._parameterNode, preset=ui.presetComboBox.currentText,
+                                              device="cpu", backend=ui.backendComboBox.currentData,
+                                              precision=ui.precisionComboBox.currentData), model="hermes-demo")
+    local = MRMLLogic().segment(volume, "CT", targets, options=options)
+    owned_local, owned_remote = MRMLLogic.owned_segments(local), MRMLLogic.owned_segments(remote)
+    assert list(owned_remote) == list(owned_local) == targets
+    for key in targets:
+        assert segment_voxels(remote, owned_remote[key]) == segment_voxels(local, owned_local[key]), key
+    assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
+
+
+def _cancel_a_server_run(panel, app, server) -> None:
+    """Cancel stops the run; the client deletes its job and the server drops it."""
+    import time
+
+    import qt
+
+    ui = panel.widget.ui
+    ui.segmentButton.click()
+    ui.segmentButton.click()  # Cancel
+    wait_until_idle(panel)
+    assert ui.statusLabel.text == "Cancelled." and run_folders(app) == []
+    for _ in range(600):  # the client deletes its job when stopped; the server drops it
+        if not server.job_folders():
+            break
+        qt.QApplication.processEvents()
+        time.sleep(0.1)
+    assert server.job_folders() == []
+
+
 @pytest.mark.slow
 def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, monkeypatch):
     """Run on: Server, on a laptop without PyTorch: Test connection lists the server's device and
     models, Segment runs there with the same progress and import (the segments of a local run with the
     same options), Cancel stops it, and the address and token are remembered."""
     pytest.importorskip("fastapi", reason="the server needs the server extra")
-    import dataclasses
-    import time
-
     import qt
     import SimpleITK as sitk
     import slicer
 
     from HermesSegmentLib.slicer import install
-    from HermesSegmentLib.slicer.mrml_logic import MRMLLogic
-    from HermesSegmentLib.slicer.panel import RUN_ON_KEY, SERVER_URL_KEY, run_options
+    from HermesSegmentLib.slicer.panel import RUN_ON_KEY, SERVER_URL_KEY
     from serving import TOKEN, phantom_crops, running_server
-    from test_slicer_logic import _itk_into_volume, segment_voxels
+    from test_slicer_logic import _itk_into_volume
 
     app, recorder = gui
     monkeypatch.setattr(install, "find_missing", lambda *a: install.Missing("is not installed", []))
@@ -522,15 +572,7 @@ def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, mon
         assert ui.segmentButton.enabled and not ui.serverUrlLineEdit.isHidden() and not ui.deviceComboBox.enabled
         assert ui.modelComboBox.count == 0 and "Test connection" in ui.modelInfoLabel.text
         assert ui.serverTokenLineEdit.echoMode == qt.QLineEdit.Password
-
-        ui.serverUrlLineEdit.text = server.url
-        ui.serverTokenLineEdit.text = "not-the-token-0123456789"
-        ui.testConnectionButton.click()
-        assert "refused the token" in ui.serverInfoLabel.text and ui.modelComboBox.count == 0
-        ui.serverTokenLineEdit.text = TOKEN
-        ui.testConnectionButton.click()
-        assert ui.serverInfoLabel.text.startswith("Connected") and "CPU" in ui.serverInfoLabel.text
-        assert ui.modelComboBox.currentData == "hermes-demo" and not ui.removeModelButton.enabled
+        _test_connection(ui, server)
 
         ui.inputVolumeSelector.setCurrentNode(volume)
         ui.modalityComboBox.setCurrentIndex(ui.modalityComboBox.findData("CT"))
@@ -543,27 +585,9 @@ def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, mon
         assert ui.statusLabel.text.startswith("Done") and ui.progressBar.value == 100
         assert f"hermes-demo on CPU at {server.url}" in ui.logTextEdit.toPlainText(), "it ran on the server"
         assert run_folders(app) == [] and server.job_folders() == []
-        remote = panel.widget._parameterNode.outputSegmentation
-        options = dataclasses.replace(run_options(panel.widget._parameterNode, preset=ui.presetComboBox.currentText,
-                                                  device="cpu", backend=ui.backendComboBox.currentData,
-                                                  precision=ui.precisionComboBox.currentData), model="hermes-demo")
-        local = MRMLLogic().segment(volume, "CT", targets, options=options)
-        owned_local, owned_remote = MRMLLogic.owned_segments(local), MRMLLogic.owned_segments(remote)
-        assert list(owned_remote) == list(owned_local) == targets
-        for key in targets:
-            assert segment_voxels(remote, owned_remote[key]) == segment_voxels(local, owned_local[key]), key
-        assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
+        _assert_a_local_run_gives_the_same_segments(panel, volume, targets)
 
-        ui.segmentButton.click()
-        ui.segmentButton.click()  # Cancel
-        wait_until_idle(panel)
-        assert ui.statusLabel.text == "Cancelled." and run_folders(app) == []
-        for _ in range(600):  # the client deletes its job when stopped; the server drops it
-            if not server.job_folders():
-                break
-            qt.QApplication.processEvents()
-            time.sleep(0.1)
-        assert server.job_folders() == []
+        _cancel_a_server_run(panel, app, server)
         assert qt.QSettings().value(SERVER_URL_KEY) == server.url
 
         ui.serverUrlLineEdit.text = ""

@@ -128,10 +128,11 @@ class _Connector:
         self.set(getattr(self.wrapper, self.field.name))
 
 
-def parameterNodeWrapper(cls):
-    hints = typing.get_type_hints(cls, include_extras=True)
+def _fields(cls) -> dict:
+    """The class's annotated parameters, each turned into a property read from and written to the
+    parameter node."""
     fields = {}
-    for name, annotation in hints.items():
+    for name, annotation in typing.get_type_hints(cls, include_extras=True).items():
         default = getattr(cls, name, None)
         base, extras = _split(annotation)
         marked = next((e for e in extras if isinstance(e, Default)), None)
@@ -142,16 +143,21 @@ def parameterNodeWrapper(cls):
         fields[name] = _Field(name, annotation, default)
         setattr(cls, name, property(lambda self, f=fields[name]: f.read(self.parameterNode),
                                     lambda self, value, f=fields[name]: f.write(self.parameterNode, value)))
+    return fields
+
+
+class _WrapperMembers:
+    """The members ``parameterNodeWrapper`` gives the class it decorates."""
 
     def __init__(self, parameterNode):
         self.parameterNode = parameterNode
         self._guis, self._nextTag, self._updatingGui = {}, 0, False
-        for field in fields.values():
+        for field in self.allParameters.values():
             if not _is_node_type(field.base) and not parameterNode.GetParameter(field.name):
                 field.write(parameterNode, field.default)
 
     def connectParametersToGui(self, mapping):
-        connectors = [_Connector(self, fields[name], widget) for name, widget in mapping.items()]
+        connectors = [_Connector(self, self.allParameters[name], widget) for name, widget in mapping.items()]
         tag, self._nextTag = self._nextTag, self._nextTag + 1
         self._guis[tag] = connectors
         for connector in connectors:
@@ -181,17 +187,24 @@ def parameterNodeWrapper(cls):
         finally:
             self._updatingGui = False
 
-    cls.__init__ = __init__
-    cls.allParameters = dict(fields)
-    cls.connectParametersToGui = connectParametersToGui
-    cls.connectGui = connectGui
-    cls.disconnectGui = disconnectGui
-    cls._updateGui = _updateGui
-    cls.StartModify = lambda self: self.parameterNode.StartModify()
-    cls.EndModify = lambda self, was: self.parameterNode.EndModify(was)
-    cls.AddObserver = lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(
-        event, callback, priority)
-    cls.RemoveObserver = lambda self, tag: self.parameterNode.RemoveObserver(tag)
+    def StartModify(self):
+        return self.parameterNode.StartModify()
+
+    def EndModify(self, was):
+        return self.parameterNode.EndModify(was)
+
+    def AddObserver(self, event, callback, priority=0.0):
+        return self.parameterNode.AddObserver(event, callback, priority)
+
+    def RemoveObserver(self, tag):
+        return self.parameterNode.RemoveObserver(tag)
+
+
+def parameterNodeWrapper(cls):
+    cls.allParameters = _fields(cls)
+    for name, member in vars(_WrapperMembers).items():
+        if callable(member):
+            setattr(cls, name, member)
     return cls
 
 

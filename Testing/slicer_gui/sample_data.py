@@ -28,8 +28,9 @@ class SampleDataSource:
 
 
 class SampleDataLogic:
+    # Slicer's own signature, keyword for keyword, so that a call the real SampleData would refuse fails here too.
     @staticmethod
-    def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,
+    def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,  # noqa: PLR0913
                                        nodeNames=None, customDownloader=None, thumbnailFileName=None,
                                        loadFileTypes=None, loadFiles=None, loadFileProperties=None,
                                        checksums=None, loadFileType=None):

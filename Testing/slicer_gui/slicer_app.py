@@ -107,62 +107,6 @@ class ModulePanel:
         return path
 
 
-def _scripted_loadable_module():
-    module = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-            self.moduleName = type(self).__name__
-
-        def resourcePath(self, filename):
-            return os.path.join(os.path.dirname(self.parent.path), "Resources", filename)
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            self.moduleName = type(self).__name__[: -len("Widget")]
-            self.parent = parent
-            self.layout = parent.layout()
-
-        def resourcePath(self, filename):
-            return os.path.join(os.path.dirname(slicer.util.modulePath(self.moduleName)), "Resources", filename)
-
-        def setup(self):
-            pass
-
-        def cleanup(self):
-            pass
-
-        def onReload(self):
-            slicer.util.reloadScriptedModule(self.moduleName)
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = type(self).__name__[: -len("Logic")]
-            self.isSingletonParameterNode = True
-
-        def getParameterNode(self):
-            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = slicer.vtkMRMLScriptedModuleNode()
-                node.SetSingletonTag(self.moduleName)
-                node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
-                node.SetAttribute("ModuleName", self.moduleName)
-                node = slicer.mrmlScene.AddNode(node)
-            return node
-
-    import unittest
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=100):
-            print(message)
-
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
-                ScriptedLoadableModuleTest):
-        setattr(module, cls.__name__, cls)
-    return module
-
-
 def install(home: Path) -> qSlicerApplication:
     """Make ``import qt, ctk, slicer`` look like Slicer's Python; returns ``slicer.app``."""
     app = qt.QApplication.instance() or qSlicerApplication(str(home / "temp"))
@@ -187,9 +131,9 @@ def install(home: Path) -> qSlicerApplication:
 
     sys.modules["slicer.parameterNodeWrapper"] = parameter_node_wrapper
     slicer.parameterNodeWrapper = parameter_node_wrapper
-    from . import sample_data
+    from . import sample_data, scripted_loadable_module
 
     sys.modules["SampleData"] = sample_data.module()
-    sys.modules["slicer.ScriptedLoadableModule"] = _scripted_loadable_module()
+    sys.modules["slicer.ScriptedLoadableModule"] = scripted_loadable_module.module()
     slicer.ScriptedLoadableModule = sys.modules["slicer.ScriptedLoadableModule"]
     return app
