@@ -459,6 +459,35 @@ def wait_prepared(child: subprocess.Popen, work: Path, budget: Budget) -> dict[s
 # Part 2: end to end through the CLI
 
 
+# The CLI's progress marks of one case, in order, and the stage each one ends.
+STAGE_ENDED_BY = {"preprocess": "read", "inference": "to_model_space", "postprocess": "inference",
+                  "write": "back_to_grid", "end": "write"}
+
+
+def case_marks(events: list[tuple[float, dict[str, Any]]], case: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """When each progress mark of ``case`` first arrived, and what its lines say (``windows``,
+    ``cli_reported_s``)."""
+    marks: dict[str, float] = {}
+    stages: dict[str, Any] = {}
+    for t, event in events:
+        if event.get("case") == case:
+            key = (event.get("stage"), event.get("fraction"))
+            if key == ("preprocess", 0.0):
+                marks.setdefault("preprocess", t)
+            elif key == ("preprocess", 1.0):
+                marks.setdefault("inference", t)
+            elif event.get("stage") == "inference" and str(event.get("message", "")).endswith(" windows"):
+                stages["windows"] = int(str(event["message"]).split()[0])
+            elif event.get("stage") == "postprocess":
+                marks.setdefault("postprocess", t)
+                if event.get("fraction") == 1.0:
+                    marks.setdefault("write", t)
+        elif str(event.get("message", "")).startswith(f"{case}: ") and " targets in " in event["message"]:
+            marks.setdefault("end", t)
+            stages["cli_reported_s"] = float(event["message"].split(" targets in ")[1].split(" s")[0])
+    return marks, stages
+
+
 def cli_stages(events: list[tuple[float, dict[str, Any]]], cases: list[str]) -> dict[str, Any]:
     """Stage times from the CLI's --progress-json lines, each stamped with its arrival (s since launch).
 
@@ -474,32 +503,12 @@ def cli_stages(events: list[tuple[float, dict[str, Any]]], cases: list[str]) -> 
     out["startup"] = starts[0]
     previous_end = starts[0]
     for case in cases:
-        marks: dict[str, float] = {}
-        stages: dict[str, Any] = {}
-        for t, event in events:
-            if event.get("case") == case:
-                key = (event.get("stage"), event.get("fraction"))
-                if key == ("preprocess", 0.0):
-                    marks.setdefault("preprocess", t)
-                elif key == ("preprocess", 1.0):
-                    marks.setdefault("inference", t)
-                elif event.get("stage") == "inference" and str(event.get("message", "")).endswith(" windows"):
-                    stages["windows"] = int(str(event["message"]).split()[0])
-                elif event.get("stage") == "postprocess":
-                    marks.setdefault("postprocess", t)
-                    if event.get("fraction") == 1.0:
-                        marks.setdefault("write", t)
-            elif str(event.get("message", "")).startswith(f"{case}: ") and " targets in " in event["message"]:
-                marks.setdefault("end", t)
-                stages["cli_reported_s"] = float(event["message"].split(" targets in ")[1].split(" s")[0])
-        order = ["preprocess", "inference", "postprocess", "write", "end"]
-        names = {"preprocess": "read", "inference": "to_model_space", "postprocess": "inference",
-                 "write": "back_to_grid", "end": "write"}
+        marks, stages = case_marks(events, case)
         last = previous_end
-        for mark in order:
+        for mark, stage in STAGE_ENDED_BY.items():
             if mark not in marks:
                 break
-            stages[names[mark]] = marks[mark] - last
+            stages[stage] = marks[mark] - last
             last = marks[mark]
         if "end" in marks:
             stages["total"] = marks["end"] - previous_end
@@ -765,6 +774,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_end_to_end(results: Results, budget: Budget, work: Path, device: torch.device, end_to_end_s: float) -> None:
+    """Parts 2 and 3, each as far as the budget allows: the CLI, then the stages with anatomical masks."""
+    if budget.allows(0.3 * end_to_end_s, "the CLI run"):
+        print("end to end through the CLI ...", file=sys.stderr, flush=True)
+        try:
+            run_cli(results, budget, work, device, keep_s=0.25 * end_to_end_s)
+        except OutOfTime:
+            raise
+        except Exception as error:  # report it, go on with the other parts
+            results.error("CLI run", error)
+    if budget.allows(0.2 * end_to_end_s, "the stages with anatomical masks"):
+        print("stages with anatomical masks ...", file=sys.stderr, flush=True)
+        try:
+            run_oracle(results, work, device)
+        except OutOfTime:
+            raise
+        except Exception as error:  # report it, go on with the rest of the grid
+            results.error("anatomical masks", error)
+
+
 def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Popen, device: torch.device,
             scale: Scale) -> None:
     """The network grid first (the GPU works while the child process makes the CT on the CPU), but
@@ -802,22 +831,7 @@ def run_all(results: Results, budget: Budget, work: Path, child: subprocess.Pope
         results.save()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # leave the GPU's memory to the CLI's process
-        if budget.allows(0.3 * end_to_end_s, "the CLI run"):
-            print("end to end through the CLI ...", file=sys.stderr, flush=True)
-            try:
-                run_cli(results, budget, work, device, keep_s=0.25 * end_to_end_s)
-            except OutOfTime:
-                raise
-            except Exception as error:  # report it, go on with the other parts
-                results.error("CLI run", error)
-        if budget.allows(0.2 * end_to_end_s, "the stages with anatomical masks"):
-            print("stages with anatomical masks ...", file=sys.stderr, flush=True)
-            try:
-                run_oracle(results, work, device)
-            except OutOfTime:
-                raise
-            except Exception as error:
-                results.error("anatomical masks", error)
+        run_end_to_end(results, budget, work, device, end_to_end_s)
     measured = {(r["precision"], r["batch"], r["variant"]) for r in data["network"]}
     for config in configs:
         if config not in measured:

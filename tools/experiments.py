@@ -114,13 +114,7 @@ def probe(args: argparse.Namespace) -> dict:
                 parameter.zero_()
     cases = load_cases(config, "val")
     if args.max_cases_per_dataset:
-        counts: Counter[int] = Counter()
-        kept = []
-        for case in cases:
-            if counts[case.dataset_index] < args.max_cases_per_dataset:
-                kept.append(case)
-                counts[case.dataset_index] += 1
-        cases = kept
+        cases = _first_cases_per_dataset(cases, args.max_cases_per_dataset)
     collected: dict[str, dict[str, dict[str, list[float]]]] = {}
     for n, case in enumerate(cases):
         spec = config.datasets[case.dataset_index]
@@ -139,7 +133,22 @@ def probe(args: argparse.Namespace) -> dict:
             for target, value in values.items():
                 collected.setdefault(spec.modality, {}).setdefault(target, {}).setdefault(kind, []).append(value)
         print(f"[{n + 1}/{len(cases)}] {spec.name} {case.files.case}", flush=True)
-    table = {}
+    return {"model": str(args.model), "cases": len(cases), "per_modality_target": _probe_table(collected)}
+
+
+def _first_cases_per_dataset(cases: list, limit: int) -> list:
+    counts: Counter[int] = Counter()
+    kept = []
+    for case in cases:
+        if counts[case.dataset_index] < limit:
+            kept.append(case)
+            counts[case.dataset_index] += 1
+    return kept
+
+
+def _probe_table(collected: dict[str, dict[str, dict[str, list[float]]]]) -> dict:
+    """Per modality and target: the mean Dice of each kind of query, and how far asking alone moves it."""
+    table: dict[str, dict[str, dict]] = {}
     for modality, targets in collected.items():
         for target, kinds in targets.items():
             means = {k: round(float(np.mean(v)), 4) for k, v in kinds.items()}
@@ -148,7 +157,7 @@ def probe(args: argparse.Namespace) -> dict:
                 float(np.max(np.abs(np.subtract(kinds["alone"], kinds["all"])))), 4)
             means["cases"] = len(kinds["all"])
             table.setdefault(modality, {})[target] = means
-    return {"model": str(args.model), "cases": len(cases), "per_modality_target": table}
+    return table
 
 
 def sides(args: argparse.Namespace) -> dict:
