@@ -31,3 +31,28 @@ def test_demo_writes_segmentation_picture_and_summary(tmp_path, tiny_config, tin
 def test_demo_reports_a_bad_request_in_one_line(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path), "--modality", "ultrasound"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown modality")
+
+
+def test_demo_on_the_real_sample_scores_against_its_clinical_contours(tmp_path, tiny_config, tiny_manifest, capsys):
+    """--sample real-hn-ct: the bundled OpenKBP validation CT, the contoured structures the model
+    offers, Dice against the clinical contours; the rest is named as not offered."""
+    from HermesSegmentLib.models.manifest import task_entry
+
+    manifest = copy.deepcopy(tiny_manifest)
+    manifest["tasks"][1] = task_entry(1, "mandible", "toy", ["CT"])
+    manifest["tasks"][2] = task_entry(2, "brainstem", "toy", ["CT"])
+    manifest["defaults"]["CT"] = {"mandible": 1, "brainstem": 2}
+    torch.manual_seed(0)
+    package = save(tmp_path / "hn.safetensors", HermesNetwork(tiny_config).state_dict(), manifest)
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--model", str(package), "--sample", "real-hn-ct", "--device", "cpu"]) == 0
+    for name in ("real-hn-ct.seg.nrrd", "real-hn-ct.png", "summary.csv"):
+        assert (out / name).is_file(), name
+    assert [r["target"] for r in csv.DictReader(open(out / "summary.csv"))] == ["brainstem", "mandible"]
+    printed = capsys.readouterr().out
+    assert "real patient" in printed and "OpenKBP" in printed and "Dice" in printed
+    assert "not trained, or measured below its bar" in printed and "spinal_cord" in printed
+    # A model that offers none of the contoured structures is told so in one line.
+    tiny = save(tmp_path / "tiny.safetensors", HermesNetwork(tiny_config).state_dict(), tiny_manifest)
+    assert demo.main(["--out", str(out), "--model", str(tiny), "--sample", "real-hn-ct"]) == 2
+    assert capsys.readouterr().err.startswith("error: tiny offers none of the structures")

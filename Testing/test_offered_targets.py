@@ -3,6 +3,7 @@ test cases through the whole pipeline, and a package that reaches no bar is refu
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -41,6 +42,27 @@ def test_every_trained_pair_is_measured_offered_or_not(mr_test_data):
         assert all(0.0 <= d <= 1.0 for d in measured[metric]["MR-T1"].values())
     # A real model on a real (small) phantom: the liver is found.
     assert measured["test_dice"]["MR-T1"]["liver"] > 0.5
+
+
+def test_a_split_of_a_partially_annotated_dataset_is_the_test_set(mr_test_data, tmp_path):
+    """With a cases.json (OpenKBP-like): only the cases of --split are measured, and in each only
+    the structures it annotates; without --split the measurement refuses to guess."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(mr_test_data, data)
+    folder = data / "Dataset503_PhantomMR_T1"
+    case = sorted(p.name for p in (folder / "labelsTr").iterdir())[0].split(".")[0]
+    (folder / "cases.json").write_text(json.dumps({case: {"split": "validation", "annotated": ["liver"]}}))
+    config = data / "phantom_config.yaml"
+    measured = set_offered_targets.measure(models.load(DEMO), config, data, "validation", progress=lambda message: None)
+    assert measured["test_cases"] == {"PhantomMR_T1": 1}
+    assert set(measured["test_dice"]["MR-T1"]) == {"liver"}
+    assert list(measured["per_case"]) == [f"PhantomMR_T1/{case}"]
+    with pytest.raises(HermesError, match="--split"):
+        set_offered_targets.measure(models.load(DEMO), config, data, progress=lambda message: None)
+    with pytest.raises(HermesError, match="no case of split"):
+        set_offered_targets.measure(models.load(DEMO), config, data, "train", progress=lambda message: None)
 
 
 def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path, capsys):

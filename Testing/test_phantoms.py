@@ -189,3 +189,50 @@ def test_cli_single_case_and_bad_arguments(tmp_path: Path):
         args = _parser().parse_args(["phantoms", "--out", str(tmp_path), *bad])
         with pytest.raises(HermesError):
             args.func(args)
+
+
+def test_domain_randomisation_varies_anatomy_and_appearance_far_more_and_stays_deterministic():
+    """randomization=1 (the training phantoms of the bundled model): for the same seeds, organ
+    intensities and sizes spread much more than in the standard phantoms; same seed, same bytes."""
+    def stats(randomization):
+        contrast, liver_ml = [], []  # liver - spleen (HU), liver volume
+        for seed in range(10):
+            image, labelmap, info = phantoms.generate_case(seed, "CT", orientation="LPS", max_voxels=60_000,
+                                                           randomization=randomization)
+            arr, lab = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(labelmap)
+            contrast.append(float(np.median(arr[lab == phantoms.LABELS["liver"]]))
+                            - float(np.median(arr[lab == phantoms.LABELS["spleen"]])))
+            liver_ml.append(info["volumes_ml"]["liver"])
+        return np.std(contrast), np.std(liver_ml) / np.mean(liver_ml)
+
+    standard, randomized = stats(0.0), stats(1.0)
+    assert randomized[0] > 2 * standard[0] and randomized[1] > 2 * standard[1]
+    a, a_lab, a_info = phantoms.generate_case(3, "MR-T1", max_voxels=60_000, randomization=1.0)
+    b, b_lab, _ = phantoms.generate_case(3, "MR-T1", max_voxels=60_000, randomization=1.0)
+    assert sitk.GetArrayFromImage(a).tobytes() == sitk.GetArrayFromImage(b).tobytes()
+    assert sitk.GetArrayFromImage(a_lab).tobytes() == sitk.GetArrayFromImage(b_lab).tobytes()
+    assert a_info["randomization"] == 1.0
+    with pytest.raises(HermesError, match="randomization"):
+        phantoms.generate_case(3, "CT", randomization=1.5)
+
+
+def test_metaball_family_is_deterministic_per_seed_and_holds_the_ct_targets(tmp_path: Path):
+    """The second, independent family (evaluation only): same seed, same bytes; every target there."""
+    from HermesSegmentLib.phantoms import metaball
+
+    a_img, a_lab, a_info = metaball.generate_metaball_case(7, max_voxels=150_000)
+    b_img, b_lab, b_info = metaball.generate_metaball_case(7, max_voxels=150_000)
+    assert sitk.GetArrayFromImage(a_img).tobytes() == sitk.GetArrayFromImage(b_img).tobytes()
+    assert sitk.GetArrayFromImage(a_lab).tobytes() == sitk.GetArrayFromImage(b_lab).tobytes()
+    assert a_img.GetOrigin() == b_img.GetOrigin() and a_info == b_info
+    c_img, _, c_info = metaball.generate_metaball_case(8, max_voxels=150_000)
+    assert sitk.GetArrayFromImage(c_img).tobytes() != sitk.GetArrayFromImage(a_img).tobytes()
+    assert set(a_info["labels"]) == set(metaball.TARGETS) and a_info["volumes_ml"] != c_info["volumes_ml"]
+    assert 600 < a_info["volumes_ml"]["liver"] < 3000 and 50 < a_info["volumes_ml"]["kidney_left"] < 400
+    centroids = _centroids_lps(a_lab, a_info["labels"])
+    assert centroids["kidney_left"][0] > 0 > centroids["kidney_right"][0]  # +x is the patient's left
+    assert centroids["liver"][0] < 0 < centroids["spleen"][0]
+    folder, config = metaball.write_metaball_dataset(tmp_path, cases=1, seed=3)
+    entry = yaml.safe_load(config.read_text())["datasets"][0]
+    assert entry["path"] == folder.name and set(entry["labels"].values()) == set(metaball.TARGETS)
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == ["case_0000_0000.nii.gz"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,110 @@ def test_target_masks_let_a_value_belong_to_several_targets(tmp_path, tiny_data)
     np.testing.assert_array_equal(masks, [[0, 1, 1], [0, 0, 1]])
 
 
+def _write_cases_file(folder: Path, entries: dict) -> None:
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "round": 1, "square": 2}}))
+    (folder / "cases.json").write_text(json.dumps(entries))
+
+
+def test_unannotated_targets_of_a_case_are_never_asked_nor_scored(tmp_path, tiny_data):
+    """cases.json: case_001 annotates only the sphere ('round' = liver), its box (spleen) is
+    unknown. Its label map lacks the box, as a real partially contoured case would, so asking it for
+    spleen would teach background where a spleen is; case_002 is in another split and left out."""
+    folder = tiny_data / "CTset"
+    label_path = folder / "labelsTr" / "case_001.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    array = sitk.GetArrayFromImage(label)
+    array[array == 2] = 0
+    stripped = sitk.GetImageFromArray(array)
+    stripped.CopyInformation(label)
+    sitk.WriteImage(stripped, str(label_path))
+    _write_cases_file(folder, {"case_000": {"annotated": ["round", "square"], "split": "train"},
+                               "case_001": {"annotated": ["round"], "split": "train"},
+                               "case_002": {"annotated": ["round", "square"], "split": "test"}})
+    overrides = {"datasets": [{"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "spleen"},
+                               "splits": ["train"]}], "val_fraction": 0.0, "batch_size": 8}
+    trainer = _trainer(tmp_path, tiny_data, **overrides)
+    trainer.prepare_data()
+    assert {c.files.case: c.annotated for c in trainer.train_cases} == {"case_000": ("liver", "spleen"),
+                                                                          "case_001": ("liver",)}
+    spleen = trainer.plan.per_dataset[0]["spleen"]
+    asked = {"case_000": set(), "case_001": set()}
+    for _ in range(12):
+        batch = trainer.sampler.batch()
+        for case, queries in zip(batch.cases, batch.queries.tolist()):
+            asked[case.split("/")[1]] |= {q for q in queries if q >= 0}
+    assert spleen in asked["case_000"] and spleen not in asked["case_001"]
+    # Validation scores only what a case annotates.
+    truth = datasets.target_masks(np.asarray(trainer.train_cases[1].label), trainer.config.datasets[0], ["liver"])
+    assert truth.any()
+    from HermesSegmentLib.training.trainer import case_dice
+    scores = case_dice(trainer.ema, trainer.train_cases[1], trainer.config.datasets[0], trainer.plan.per_dataset[0],
+                       (32, 32, 32), 0.25, torch.device("cpu"), list(trainer.train_cases[1].annotated))
+    assert set(scores) == {"liver"}
+
+
+def test_cases_file_mistakes_are_one_line_errors(tmp_path, tiny_data):
+    folder = tiny_data / "CTset"
+
+    def error_for(entries, **dataset) -> str:
+        _write_cases_file(folder, entries)
+        spec = {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "spleen"}, **dataset}
+        with pytest.raises(HermesError) as info:
+            datasets.find_cases(load_config(_config_file(tmp_path, tiny_data, datasets=[spec])).datasets[0])
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    every = {f"case_{i:03d}": {"annotated": ["round"]} for i in range(3)}
+    assert "neither a label of dataset.json" in error_for({**every, "case_000": {"annotated": ["rond"]}})
+    assert "missing from cases.json" in error_for({"case_000": {"annotated": ["round"]}})
+    assert "'annotated' list" in error_for({**every, "case_001": {"split": "train"}})
+    assert "no case of split" in error_for(every, splits=["validation"])
+    (folder / "cases.json").unlink()
+    with pytest.raises(HermesError, match="'splits' needs a cases.json"):
+        load_config(_config_file(tmp_path, tiny_data, datasets=[
+            {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver"}, "splits": ["train"]}]))
+
+
+def test_prepared_datasets_train_without_simpleitk_and_keep_only_the_trained_cases(tmp_path, tiny_data, monkeypatch):
+    from HermesSegmentLib.cli import main
+
+    _write_cases_file(tiny_data / "CTset", {"case_000": {"annotated": ["round", "square"], "split": "train"},
+                                            "case_001": {"annotated": ["round"], "split": "train"},
+                                            "case_002": {"annotated": ["round", "square"], "split": "held-out"}})
+    datasets_ = [{"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "spleen"},
+                  "splits": ["train"]},
+                 {"name": "MRset", "path": "MRset", "modality": "MR", "labels": {1: "liver", 2: "kidney_left"}}]
+    config_path = _config_file(tmp_path, tiny_data, datasets=datasets_)
+    packed = tmp_path / "packed"
+    assert main(["train", str(config_path), "--prepare", str(packed)]) == 0
+    assert sorted(p.name for p in (packed / "CTset").iterdir()) == [
+        "case_000.image.xz", "case_000.label.xz", "case_001.image.xz", "case_001.label.xz", "prepared.json"]
+    original = {(c.files.dataset, c.files.case): c for split in ("train", "val")
+                for c in datasets.load_cases(load_config(config_path), split)}
+
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # what a GPU server without the imaging stack has
+    config = load_config(config_path, data_root=packed)
+    loaded = datasets.load_cases(config, "train") + datasets.load_cases(config, "val")
+    assert {(c.files.dataset, c.files.case) for c in loaded} == set(original)
+    for case in loaded:
+        before = original[(case.files.dataset, case.files.case)]
+        assert case.annotated == before.annotated
+        np.testing.assert_array_equal(case.label, before.label)
+        np.testing.assert_allclose(case.image, before.image, atol=0.5 / 64 + 1e-6)
+    trainer = Trainer(config, show_progress=False)
+    assert np.isfinite(trainer.train_step()["loss"])
+    with pytest.raises(HermesError, match="prepared with spacing"):
+        datasets.load_cases(dataclasses.replace(config, spacing=(2.0, 2.0, 2.0)), "train")
+
+
+def test_worker_processes_make_the_batches(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data, workers=2)
+    trainer.prepare_data()
+    seen = {next(trainer.batches).cases for _ in range(4)}
+    assert len(seen) > 1 and all(len(cases) == 2 for cases in seen)
+    assert np.isfinite(trainer.train_step()["loss"])
+
+
 # ----------------------------------------------------------------------------- losses
 
 def test_partial_label_loss_ignores_unannotated_and_padded_tasks():
@@ -170,6 +275,24 @@ def test_partial_label_loss_ignores_unannotated_and_padded_tasks():
     # the mean is over annotated tasks only: padding does not dilute it
     only_first = partial_label_loss(logits[:1, :2], masks[:1, :2], valid[:1, :2])
     assert torch.isclose(partial_label_loss(logits[:1], masks[:1], valid[:1]), only_first)
+
+
+def test_the_recall_term_pushes_an_unseen_small_target_up_where_dice_and_bce_barely_do():
+    """All logits at -20 (a task the network does not see yet), a 27-voxel target in a 32^3 window:
+    BCE + Dice move the target's logits by almost nothing; the recall term by |target|-independent amounts."""
+    logits = torch.full((1, 1, 32, 32, 32), -20.0, requires_grad=True)
+    masks = torch.zeros((1, 1, 32, 32, 32))
+    masks[0, 0, 10:13, 10:13, 10:13] = 1
+    valid = torch.ones((1, 1), dtype=torch.bool)
+    push = {}
+    for weight in (0.0, 0.1):
+        logits.grad = None
+        partial_label_loss(logits, masks, valid, weight).backward()
+        push[weight] = -float(logits.grad[masks > 0].sum())
+    assert push[0.1] > 100 * push[0.0] and push[0.1] > 0.09
+    # found targets: the term is small (it fades as the target's voxels reach p = 1)
+    found = torch.where(masks > 0, torch.tensor(8.0), torch.tensor(-8.0))
+    assert float(partial_label_loss(found, masks, valid, 0.1) - partial_label_loss(found, masks, valid)) < 1e-3
 
 
 def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):
@@ -195,7 +318,7 @@ def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tin
     marker = np.zeros(shape, np.uint8)
     reached_outside = 0
     for _ in range(40):
-        image, _ = sampler._crop(case, None)
+        image, _, _ = sampler._crop(case, None)
         assert image.shape == (32, 32, 32)
         reached_outside += bool((image == air).all(axis=(1, 2)).any())
     assert reached_outside > 0  # random windows also see air beyond the cached body crop
@@ -204,8 +327,46 @@ def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tin
         marker[tuple(voxel)] = 7
         centred = dataclasses.replace(case, label=marker)
         for _ in range(20):  # jittered, but the voxel the crop was drawn for stays inside it
-            _, label = sampler._crop(centred, voxel)
+            _, label, _ = sampler._crop(centred, voxel)
             assert label.shape == (32, 32, 32) and (label == 7).sum() == 1
+
+
+def test_slab_crops_look_like_a_partial_scan_and_keep_their_foreground_voxel(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data, slab_fraction=1.0)
+    trainer.prepare_data()
+    sampler = trainer.sampler
+    rng = np.random.default_rng(0)
+    axes = []
+    for _ in range(40):
+        crop = rng.normal(size=(32, 32, 32)).astype(np.float32)  # never equal to the air value
+        keep = rng.integers(0, 32, 3)
+        label = np.zeros((32, 32, 32), np.uint8)
+        label[tuple(keep)] = 7
+        image, out_label = sampler._as_slab(crop, label + 1, -9.0, keep)
+        assert out_label[tuple(keep)] == 8  # the voxel the crop was drawn for stays in the slab
+        air = image == -9.0
+        axis = next(a for a in range(3) if air.all(axis=tuple(o for o in range(3) if o != a)).any())
+        other = tuple(o for o in range(3) if o != axis)
+        kept = np.flatnonzero(~air.all(axis=other))
+        assert kept[-1] - kept[0] + 1 == kept.size >= 4  # one contiguous slab ...
+        assert (air | (image == crop)).all() and (out_label[air] == 0).all()  # ... air and background beyond it
+        axes.append(axis)
+    assert axes.count(0) > len(axes) / 2  # mostly along z, the length of a scan
+    assert trainer.sampler.batch().image.shape == (2, 1, 32, 32, 32)
+    # A per-volume normalisation is redone on the slab, as the engine does on a scan of that slab.
+    from HermesSegmentLib.training.sampling import renormalized
+
+    percentile = {"method": "percentile_clip_zscore", "percentiles": [2.0, 98.0]}
+    values = rng.normal(3.0, 2.0, size=(8, 32, 32)).astype(np.float32)
+    again = renormalized(values, percentile)
+    assert abs(float(again.mean())) < 1e-3 and abs(float(again.std()) - 1.0) < 1e-3
+    assert renormalized(values, {"method": "clip_fixed_zscore"}) is values  # fixed statistics: unchanged
+    image, _ = sampler._as_slab(rng.normal(3.0, 2.0, size=(32, 32, 32)).astype(np.float32),
+                                np.zeros((32, 32, 32), np.uint8), -9.0, None, percentile)
+    air = image == image.min()
+    axis = next(a for a in range(3) if air.all(axis=tuple(o for o in range(3) if o != a)).any())
+    padded = air.all(axis=tuple(o for o in range(3) if o != axis))
+    assert abs(float(image.take(np.flatnonzero(~padded), axis).mean())) < 0.05  # the slab alone is z-scored
 
 
 def test_query_consistency_compares_shared_tasks_and_is_blind_to_query_order(tiny_config):
@@ -268,6 +429,27 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, tiny
         torch.testing.assert_close(resumed.ema.state_dict()[name], value, rtol=1e-5, atol=1e-6)
 
 
+def test_a_time_limit_fixes_the_number_of_steps_after_measuring_the_pace(tmp_path, tiny_data, monkeypatch):
+    from HermesSegmentLib.training import trainer as trainer_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(trainer_module.time, "time", lambda: clock[0])
+    trainer = _trainer(tmp_path, tiny_data, steps=500, checkpoint_every=1000, log_every=1000)
+    step = trainer.train_step
+
+    def one_second_step():
+        clock[0] += 1.0
+        return step()
+
+    monkeypatch.setattr(trainer, "train_step", one_second_step)
+    reserve = trainer_module._EXPORT_RESERVE
+    path = trainer.fit(time_limit=reserve + 45)  # 45 s of training at 1 s per step
+    assert trainer.step == trainer.config.steps == 45
+    assert trainer.scheduler.get_last_lr()[0] == 0.0  # the schedule decayed over the new count
+    from HermesSegmentLib import models
+    assert models.read_manifest(path)["provenance"]["steps"] == 45
+
+
 def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, tiny_data):
     with pytest.raises(HermesError, match="no checkpoint to resume"):
         _trainer(tmp_path, tiny_data, resume=True)
@@ -295,6 +477,30 @@ def test_fit_exports_a_package_with_measured_dice(tmp_path, tiny_data):
     assert validation["validation_cases"] == {"CTset": 1, "MRset": 1}
     tensors, state = checkpoint.load(tmp_path / "run" / "checkpoint")
     assert state["step"] == 2 and any(k.startswith("optim.") for k in tensors)
+
+
+def test_the_configs_normalisation_is_trained_on_and_recorded_and_fine_tuning_inherits_the_packages(
+        tmp_path, tiny_data, tiny_package):
+    from HermesSegmentLib import models
+
+    fixed = {"method": "clip_zscore", "clip": [-300.0, 300.0]}
+    trainer = _trainer(tmp_path / "a", tiny_data, steps=1, normalization={"CT": fixed})
+    assert trainer.config.normalization_for("CT") == fixed
+    manifest = models.read_manifest(trainer.fit())
+    entries = {m["key"]: m["normalization"] for m in manifest["modalities"]}
+    assert entries["CT"] == fixed and entries["MR"]["method"] == "percentile_clip_zscore"
+    # the cases were preprocessed with that normalisation, not the default one
+    case = next(c for c in trainer.train_cases if c.files.dataset == "CTset")
+    spec = trainer.config.datasets[case.dataset_index]
+    with_fixed, _ = datasets.preprocess_case(case.files, spec, trainer.config.spacing, fixed)
+    with_default, _ = datasets.preprocess_case(case.files, spec, trainer.config.spacing)
+    np.testing.assert_array_equal(case.image, with_fixed)
+    assert not np.allclose(with_fixed, with_default)
+    base = models.read_manifest(tiny_package)
+    base["modalities"][0]["normalization"] = {"method": "clip_zscore", "clip": [-100.0, 100.0]}
+    edited = models.save(tmp_path / "base.safetensors", models.load(tiny_package).network.state_dict(), base)
+    tuned = Trainer(load_config(_config_file(tmp_path / "b", tiny_data)), init=edited, show_progress=False)
+    assert tuned.config.normalization_for("CT") == {"method": "clip_zscore", "clip": [-100.0, 100.0]}
 
 
 def test_cli_reports_config_mistakes_as_errors(tmp_path, capsys):

@@ -212,6 +212,31 @@ def test_terminology_entry_round_trips_through_slicer(vocab):
         assert logic.SerializeTerminologyEntry(entry) == t.terminology_entry(), t.key
 
 
+@pytest.mark.slicer
+def test_head_and_neck_targets_are_types_of_slicers_general_anatomy_list(vocab):
+    """mandible and larynx carry the code, meaning and colour Slicer's own terminology gives them
+    (an excerpt of Slicer's General Anatomy list, loaded by slicer-core's terminology logic)."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkSlicerTerminologiesModuleLogic"):
+        pytest.skip("slicer-core without the Terminologies logic")
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    name = logic.LoadTerminologyFromFile(str(Path(__file__).parent / "reference" / "slicer_general_anatomy_excerpt.json"))
+    assert name == v.SLICER_CATEGORY_TYPE_CONTEXT
+    category = slicer.vtkSlicerTerminologyCategory()
+    assert logic.GetNthCategoryInTerminology(name, 0, category)
+    known = {}
+    for i in range(logic.GetNumberOfTypesInTerminologyCategory(name, category)):
+        entry = slicer.vtkSlicerTerminologyType()
+        assert logic.GetNthTypeInTerminologyCategory(name, category, i, entry)
+        known[entry.GetSlicerLabel()] = (entry.GetCodingSchemeDesignator(), entry.GetCodeValue(), entry.GetCodeMeaning(),
+                                         tuple(entry.GetRecommendedDisplayRGBValue()))
+    for key in ("mandible", "larynx"):
+        target = vocab.targets[key]
+        assert target.category == (category.GetCodingSchemeDesignator(), category.GetCodeValue(), category.GetCodeMeaning())
+        assert known[key] == (*target.type, target.color), key
+        assert target.modifier is None and target.region == "head_neck"
+
+
 def test_tasks_table(vocab):
     tasks = v.hermes_r_tasks()
     assert [t.index for t in tasks] == list(range(71))

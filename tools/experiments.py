@@ -12,6 +12,18 @@
     python tools/experiments.py sides --model MODEL.safetensors --config CONFIG.yaml --data-root PHANTOMS \
         --out sides.json
 
+    # the resolution ceiling: clinical contours to model space and back, no network involved
+    python tools/experiments.py resolution --data DATASET_FOLDER --split train-pats --cases 40 \
+        --spacings 4,4,4 3,3,3 2.5,3,3 --out resolution.json
+
+    # partial scans: a 30-slice slab through each offered target vs the whole phantom
+    python tools/experiments.py slab --model MODEL.safetensors --cases 3 --out slab.json
+
+    # transfer to the second, independent phantom family
+    hermes-segment phantoms --family metaball --out METABALL --cases-per-dataset 16
+    python tools/set_offered_targets.py MODEL.safetensors --config METABALL/metaball_config.yaml \
+        --test-data METABALL --measure-only --report metaball.json
+
 Each prints a JSON summary and writes it to --out. Held-out cases are the trainer's validation
 split (same seed, same fraction); compare and probe score them in model space as the trainer
 does, sides on the input grid as a user gets them.
@@ -197,6 +209,115 @@ def sides(args: argparse.Namespace) -> dict:
                          "with": round(float(np.mean([b for _, b in v])), 4)} for k, v in means.items()}}
 
 
+def resolution(args: argparse.Namespace) -> dict:
+    """The best Dice a model working at a given spacing can reach on the input grid.
+
+    Each clinical contour is taken to model space as the engine takes an image (the model grid of
+    ``to_model_space``, linear interpolation) -- the binary mask read as a probability, i.e. a
+    perfect network's output at that resolution -- and back with the engine's own
+    ``probabilities_to_mask`` (linear, threshold 0.5). Dice against the original contour. Cases:
+    the first ``--cases`` of ``--split`` in the dataset's cases.json, organs as annotated there.
+    """
+    import SimpleITK as sitk
+
+    from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, reference_geometry
+    from HermesSegmentLib.preprocess.model_space import ModelSpaceImage, _model_grid
+
+    folder = Path(args.data)
+    names = {v: k for k, v in json.loads((folder / "dataset.json").read_text())["labels"].items() if v}
+    annotated = json.loads((folder / "cases.json").read_text())
+    chosen = sorted((c for c, e in annotated.items() if e.get("split") == args.split),
+                    key=lambda c: int(c.rsplit("_", 1)[1]) if c.rsplit("_", 1)[1].isdigit() else c)[:args.cases]
+    spacings = [tuple(float(v) for v in s.split(",")) for s in args.spacings]
+    scores: dict[str, dict[str, list[float]]] = {}
+    for case in chosen:
+        label = sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz"))
+        values = sitk.GetArrayFromImage(label)
+        reference = reference_geometry(label)
+        for spacing_zyx in spacings:
+            size_xyz, origin_xyz = _model_grid(label, np.asarray(spacing_zyx)[::-1])
+            for value, name in names.items():
+                if name not in annotated[case]["annotated"]:
+                    continue
+                truth = values == value
+                mask = sitk.GetImageFromArray(truth.astype(np.float32))
+                mask.CopyInformation(label)
+                probability = sitk.GetArrayFromImage(sitk.Resample(
+                    mask, [int(n) for n in size_xyz], sitk.Transform(), sitk.sitkLinear, tuple(origin_xyz),
+                    tuple(np.asarray(spacing_zyx)[::-1]), (1, 0, 0, 0, 1, 0, 0, 0, 1), 0.0, sitk.sitkFloat32))
+                grid = tuple(int(n) for n in probability.shape)
+                model = ModelSpaceImage(
+                    array=probability, crop_offset_zyx=(0, 0, 0), grid_size_zyx=grid,
+                    origin_xyz=tuple(float(v) for v in origin_xyz), spacing_zyx=spacing_zyx,
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), body_box=tuple((0, n) for n in grid))
+                back = _full(probabilities_to_mask(probability, model, reference), truth.shape)
+                key = "x".join(f"{v:g}" for v in spacing_zyx)
+                scores.setdefault(key, {}).setdefault(name, []).append(dice(back, truth))
+        print(case, {k: {n: round(v[-1], 3) for n, v in s.items()} for k, s in scores.items()}, flush=True)
+    return {"cases": chosen, "split": args.split,
+            "mean_dice": {k: {n: round(float(np.mean(v)), 4) for n, v in s.items()} for k, s in scores.items()},
+            "min_dice": {k: {n: round(float(np.min(v)), 4) for n, v in s.items()} for k, s in scores.items()}}
+
+
+def slab_consistency(image, model, modality: str, targets: list[str], truth: dict, slices: int = 30) -> dict:
+    """For each target: Dice between its mask in a ``slices``-slice slab of ``image`` (z of the
+    image grid, centred on the target's truth) segmented alone and the whole image's mask inside
+    that slab, through ``segment_image`` (float32, default post-processing). {target: Dice}; a
+    target absent from both is left out."""
+    from HermesSegmentLib.pipeline import segment_image
+
+    whole = segment_image(image, modality=modality, targets=targets, model=model, device="cpu", precision="float32")
+    shape = image.GetSize()[::-1]
+    scores = {}
+    for mask in whole.masks:
+        planes = np.flatnonzero(truth[mask.key].any(axis=(1, 2)))
+        if planes.size == 0:
+            continue
+        start = int(np.clip(int(planes.mean()) - slices // 2, 0, max(0, shape[0] - slices)))
+        stop = min(shape[0], start + slices)
+        slab = image[:, :, start:stop]
+        part = segment_image(slab, modality=modality, targets=[mask.key], model=model, device="cpu",
+                             precision="float32").masks[0].full((stop - start,) + tuple(shape[1:]))
+        inside = mask.full(shape)[start:stop]
+        if part.any() or inside.any():
+            scores[mask.key] = round(dice(part, inside), 4)
+    return scores
+
+
+def slab(args: argparse.Namespace) -> dict:
+    """Slab consistency on standard phantoms at 3 mm slices (a 30-slice slab = 90 mm, the slab of
+    the issue's real CT), every offered target of every modality, ``--cases`` seeds each."""
+    import SimpleITK as sitk
+
+    from HermesSegmentLib.phantoms import generate_case, target_masks
+
+    loaded = models.load(args.model)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for modality in ("CT", "MR-T1", "MR-T2", "PET"):
+        targets = loaded.targets_for(modality) if modality in loaded.manifest["defaults"] else []
+        for seed in range(args.seed, args.seed + args.cases if targets else args.seed):
+            image, labelmap, info = generate_case(seed, modality, orientation="LPS", spacing=(3.0, 3.0, 3.0),
+                                                  max_voxels=4_000_000, supersample=False)
+            truth = target_masks(sitk.GetArrayFromImage(labelmap), info["labels"])
+            present = [t for t in targets if t in truth]
+            scores = slab_consistency(image, loaded, modality, present, truth)
+            for target, value in scores.items():
+                rows.setdefault(modality, {}).setdefault(target, []).append(value)
+            print(f"{modality} seed {seed}: " + ", ".join(f"{t} {v:.3f}" for t, v in scores.items()), flush=True)
+    return {"model": str(args.model), "slices": 30, "spacing_mm": 3.0, "cases_per_modality": args.cases,
+            "dice_slab_vs_whole": {m: {t: round(float(np.mean(v)), 4) for t, v in ts.items()} for m, ts in rows.items()},
+            "min": {m: {t: round(float(np.min(v)), 4) for t, v in ts.items()} for m, ts in rows.items()}}
+
+
+def _full(crop, shape) -> np.ndarray:
+    """A bounding-box mask crop as a full boolean array of ``shape``."""
+    out = np.zeros(shape, bool)
+    if crop.array.size:
+        box = tuple(slice(o, o + n) for o, n in zip(crop.offset_zyx, crop.array.shape))
+        out[box] = crop.array
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,9 +340,21 @@ def main() -> int:
     d.add_argument("--config", required=True)
     d.add_argument("--data-root", required=True)
     d.add_argument("--out", required=True)
+    r = sub.add_parser("resolution")
+    r.add_argument("--data", required=True, help="an nnU-Net dataset folder with dataset.json and cases.json")
+    r.add_argument("--split", default="train-pats")
+    r.add_argument("--cases", type=int, default=40)
+    r.add_argument("--spacings", nargs="+", default=["4,4,4", "3,3,3", "2.5,3,3"], help="z,y,x in mm")
+    r.add_argument("--out", required=True)
+    b = sub.add_parser("slab")
+    b.add_argument("--model", required=True)
+    b.add_argument("--cases", type=int, default=3)
+    b.add_argument("--seed", type=int, default=5000, help="first phantom seed (never a training seed)")
+    b.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result = {"compare": compare, "probe": probe, "sides": sides}[args.command](args)
+    result = {"compare": compare, "probe": probe, "sides": sides, "resolution": resolution,
+              "slab": slab}[args.command](args)
     text = json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}, indent=2)
     Path(args.out if args.command != "compare" else Path(args.out) / "compare.json").write_text(text + "\n")
     print(text)

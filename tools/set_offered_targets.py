@@ -7,7 +7,9 @@ Dice in its manifest, and offer the (modality, target) pairs that reach a bar.
 ``DIR`` holds the config's datasets under the same folder names (nnU-Net layout), for instance
 phantoms generated with another seed than the training data
 (``hermes-segment phantoms --out DIR --cases-per-dataset 8 --seed 1000``); every case in it is a
-test case. Each case is segmented with ``segment_image`` for every (modality, target) pair the
+test case -- except in a dataset with a ``cases.json``, where ``--split NAME`` picks the test
+cases (e.g. OpenKBP's ``validation-pats``, which the training config's ``splits`` leave out), and
+only the structures a case annotates are scored there. Each case is segmented with ``segment_image`` for every (modality, target) pair the
 package was trained on, offered or not: float32, the default post-processing (side constraint,
 organs in one piece), masks on the input grid. Dice against the truth there, mean over the cases
 per pair. The raw network's Dice (no post-processing) is measured too and recorded beside it.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,7 +39,7 @@ from HermesSegmentLib.evaluation import dice
 from HermesSegmentLib.models import LoadedModel, save
 from HermesSegmentLib.postprocess import PostprocessOptions
 from HermesSegmentLib.training.config import load_config
-from HermesSegmentLib.training.datasets import find_cases, target_masks
+from HermesSegmentLib.training.datasets import CASES_FILE, find_cases, target_masks
 
 RAW = PostprocessOptions(side_constraint=False, single_piece=False)
 
@@ -51,9 +54,11 @@ def trained_pairs(manifest: dict) -> dict[str, dict[str, int]]:
     return pairs
 
 
-def measure(loaded: LoadedModel, config_path: Path, test_data: Path, progress=print) -> dict:
-    """Mean Dice per (modality, target) on every case of ``test_data``, with the default
-    post-processing (``test_dice``) and without (``test_dice_raw``)."""
+def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str | None = None,
+            progress=print) -> dict:
+    """Mean Dice per (modality, target) on every test case of ``test_data`` (``split``: the cases of
+    that split in datasets with a cases.json), with the default post-processing (``test_dice``)
+    and without (``test_dice_raw``); ``per_case`` keeps every score."""
     import SimpleITK as sitk
 
     from HermesSegmentLib.pipeline import segment_image
@@ -63,24 +68,34 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, progress=pr
     config = load_config(config_path, data_root=test_data)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {"test_dice": {}, "test_dice_raw": {}}
     cases: dict[str, int] = {}
+    per_case: dict[str, dict[str, dict[str, float]]] = {}
     for spec in config.datasets:
+        if (spec.path / CASES_FILE).is_file():
+            if split is None:
+                raise HermesError(f"dataset '{spec.name}' has a {CASES_FILE}: say which split is the test set (--split)")
+            spec = dataclasses.replace(spec, splits=(split,))
         targets = [t for t in spec.targets if t in pairs.get(spec.modality, {})]
         if not targets:
             continue
         for case in find_cases(spec):
+            asked = [t for t in targets if t in case.annotated]
+            if not asked:
+                continue
             image = sitk.ReadImage(str(case.image))
-            truth = target_masks(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), spec, targets).astype(bool)
+            truth = target_masks(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), spec, asked).astype(bool)
             for metric, options in (("test_dice", PostprocessOptions()), ("test_dice_raw", RAW)):
-                result = segment_image(image, modality=spec.modality, targets=targets, model=everything, device="cpu",
+                result = segment_image(image, modality=spec.modality, targets=asked, model=everything, device="cpu",
                                        precision="float32", postprocess=options)
                 for i, mask in enumerate(result.masks):
                     score = dice(mask.full(truth.shape[1:]), truth[i])
-                    scores[metric].setdefault(spec.modality, {}).setdefault(targets[i], []).append(score)
+                    scores[metric].setdefault(spec.modality, {}).setdefault(asked[i], []).append(score)
+                    per_case.setdefault(f"{spec.name}/{case.case}", {}).setdefault(metric, {})[asked[i]] = round(score, 4)
             cases[spec.name] = cases.get(spec.name, 0) + 1
-            progress(f"{spec.name} {case.case}")
+            progress(f"{spec.name} {case.case}: " + ", ".join(f"{t} {d:.3f}" for t, d in
+                                                             per_case[f"{spec.name}/{case.case}"]["test_dice"].items()))
     means = {metric: {m: {t: round(float(np.mean(v)), 4) for t, v in ts.items()} for m, ts in by_modality.items()}
              for metric, by_modality in scores.items()}
-    return {**means, "test_cases": cases}
+    return {**means, "test_cases": cases, "per_case": per_case}
 
 
 def offer(manifest: dict, measured: dict, min_dice: float, test_data: str) -> dict:
@@ -94,7 +109,8 @@ def offer(manifest: dict, measured: dict, min_dice: float, test_data: str) -> di
         raise HermesError(f"no (modality, target) pair reaches Dice {min_dice} on {test_data}; lower --min-dice")
     evaluation = ("Dice on the input grid of test cases never trained on, through segment_image (float32) with "
                   "the default post-processing (test_dice) and without it (test_dice_raw), mean over the cases")
-    out["provenance"].setdefault("metrics", {}).update(measured, offer_min_dice=min_dice, test_data=test_data,
+    summary = {k: v for k, v in measured.items() if k != "per_case"}
+    out["provenance"].setdefault("metrics", {}).update(summary, offer_min_dice=min_dice, test_data=test_data,
                                                        test_evaluation=evaluation)
     return out
 
@@ -104,16 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("package", type=Path)
     parser.add_argument("--config", type=Path, required=True, help="the training config (its datasets' label maps)")
     parser.add_argument("--test-data", type=Path, required=True, help="folder holding the config's datasets")
-    parser.add_argument("--min-dice", type=float, required=True)
+    parser.add_argument("--min-dice", type=float, default=0.85, help="the bar (default 0.85)")
     parser.add_argument("--version", help="set the manifest's version")
     parser.add_argument("--out", type=Path, help="write here instead of over PACKAGE")
     parser.add_argument("--report", type=Path, help="also write the measured Dice as JSON")
     parser.add_argument("--data-label", help="how the manifest names the test data (default: DIR's path)")
+    parser.add_argument("--split", help="in datasets with a cases.json, the split whose cases are the test set")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="only measure (print, and write --report); leave the package as it is")
     args = parser.parse_args(argv)
     from safetensors.torch import load_file
 
     loaded = models.load(args.package)
-    measured = measure(loaded, args.config, args.test_data)
+    measured = measure(loaded, args.config, args.test_data, args.split)
+    if args.measure_only:
+        if args.report:
+            args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
+        for modality, scores in measured["test_dice"].items():
+            raw = measured["test_dice_raw"][modality]
+            print(f"{modality}: " + ", ".join(f"{t} {d:.3f} (raw {raw[t]:.3f})" for t, d in scores.items()))
+        return 0
     manifest = offer(loaded.manifest, measured, args.min_dice, args.data_label or str(args.test_data))
     if args.version:
         manifest["version"] = args.version

@@ -23,7 +23,7 @@ WORK="${1:-build/demo-training}"
 PY="${PYTHON:-.venv/bin/python}"
 # One intra-op thread: on a shared 2-core machine two threads were 4x slower per step (measured 7.3 s vs 1.8 s).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-CONFIG=HermesSegment/Resources/Models/demo_training.yaml
+CONFIG=tools/demo_1.3_training.yaml
 if [ ! -f "$WORK/phantoms/phantom_config.yaml" ]; then
   "$PY" -m HermesSegmentLib.cli phantoms --out "$WORK/phantoms" --cases-per-dataset 20 --seed 0
 fi

@@ -1,10 +1,15 @@
-"""`make demo`: generate a phantom, segment it with the demo model, show and score the result.
+"""`make demo`: segment a sample with the demo model, show and score the result.
 
     python -m HermesSegmentLib.demo --out demo-output [--modality CT] [--seed 3] [--model hermes-demo]
+    python -m HermesSegmentLib.demo --out demo-output --sample real-hn-ct
 
-Writes ``phantom.nii.gz`` (the image), ``phantom_truth.*`` (its generated truth),
-``phantom.seg.nrrd`` (open it in Slicer), ``phantom.png`` (three orthogonal slices with the
-outline of each target) and ``summary.csv``; prints per-target volumes and Dice against the truth.
+The default sample is a generated phantom: writes ``phantom.nii.gz`` (the image),
+``phantom_truth.*`` (its generated truth), ``phantom.seg.nrrd`` (open it in Slicer),
+``phantom.png`` (three orthogonal slices with the outline of each target) and ``summary.csv``;
+prints per-target volumes and Dice against the truth. ``--sample real-hn-ct`` segments the bundled
+real head-and-neck CT (an OpenKBP validation patient, ``Resources/SampleData``) for the structures
+its clinical contours hold and the model offers, writes ``real-hn-ct.seg.nrrd``,
+``real-hn-ct.png`` and ``summary.csv``, and prints Dice against those clinical contours.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from typing import Sequence
 import numpy as np
 
 from .pipeline.options import DEFAULT_MODEL
+
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
+#: --sample choices: the generated phantom, or the bundled real patient (samples.json's name).
+SAMPLES = {"phantom": None, "real-hn-ct": "HermesHeadNeckCT"}
 
 
 def to_lps(image, masks: dict) -> tuple[np.ndarray, dict, tuple]:
@@ -87,38 +96,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     # air around the body, is not (0.52 vs 0.50 on this seed, measured 2026-11-22).
     parser.add_argument("--region", default="torso",
                         help="phantom field of view: torso, abdomen, thorax, abdomen_pelvis")
+    parser.add_argument("--sample", choices=tuple(SAMPLES), default="phantom",
+                        help="phantom (generated, default) or real-hn-ct (a real head-and-neck CT with its "
+                             "clinical contours, bundled)")
     args = parser.parse_args(argv)
-
-    import SimpleITK as sitk
 
     from . import vocabulary, writers
     from .errors import HermesError
     from .evaluation import evaluate_masks
     from .models import load
-    from .phantoms import target_masks, write_single_case
     from .pipeline import segment_image
 
     try:
-        modality = vocabulary.modality(args.modality).key
         model = load(args.model)
         print(f"model: {model.manifest['title']}\n       {model.manifest['intended_use']}")
-        image_path, truth_path, info_path = write_single_case(args.out, "phantom", modality, seed=args.seed,
-                                                                 max_voxels=args.max_voxels, region=args.region)
-        print(f"phantom: {image_path} ({modality}, {args.region}, seed {args.seed})")
-        image = sitk.ReadImage(str(image_path))
-        result = segment_image(image, modality=modality, targets="all", model=model, device=args.device)
+        if args.sample == "phantom":
+            stem, modality = "phantom", vocabulary.modality(args.modality).key
+            image, truth, what = _phantom(args, modality)
+            targets = model.targets_for(modality)
+        else:
+            stem = args.sample
+            image, truth, modality, what = _real_sample(SAMPLES[args.sample])
+            offered = model.targets_for(modality)
+            targets = [key for key in truth if key in offered]
+            skipped = [key for key in truth if key not in offered]
+            if skipped:
+                print(f"not offered by {model.name} (not trained, or measured below its bar): {', '.join(skipped)}")
+            if not targets:
+                raise HermesError(f"{model.name} offers none of the structures contoured in this sample "
+                                  f"({', '.join(truth)}); use a model that does")
+        print(f"{stem}: {what}")
+        result = segment_image(image, modality=modality, targets=targets, model=model, device=args.device)
     except HermesError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    segmentation = args.out / "phantom.seg.nrrd"
+    args.out.mkdir(parents=True, exist_ok=True)
+    segmentation = args.out / f"{stem}.seg.nrrd"
     writers.write_seg_nrrd(segmentation, result.masks, result.reference)
 
     shape = image.GetSize()[::-1]
     spacing_zyx = image.GetSpacing()[::-1]
     predicted = {m.key: m.full(shape) for m in result.masks}
-    info = json.loads(info_path.read_text())
-    truth_all = target_masks(sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))), info["labels"])
-    truth = {key: truth_all[key] for key in predicted if key in truth_all}
+    truth = {key: truth[key] for key in predicted if key in truth}
     scores = {row["target"]: row for row in evaluate_masks(predicted, truth, spacing_zyx)}
 
     print(f"\nsegmented {len(result.masks)} targets in {result.seconds['total']:.1f} s on {result.device} "
@@ -130,17 +149,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         score = scores.get(mask.key)
         print(f"{mask.key:<18} {volume:>10.1f} {score['truth_ml'] if score else float('nan'):>10.1f} "
               f"{score['dice'] if score else float('nan'):>7.3f}")
-        rows.append({"case": "phantom", "target": mask.key, "voxels": mask.voxels, "volume_ml": round(volume, 2),
+        rows.append({"case": stem, "target": mask.key, "voxels": mask.voxels, "volume_ml": round(volume, 2),
                      "seconds": round(result.seconds["total"], 2)})
     dices = [s["dice"] for s in scores.values()]
     if dices:
         print(f"{'mean':<18} {'':>10} {'':>10} {np.mean(dices):>7.3f}")
-    writers.write_summary_rows(args.out / "summary.csv", "phantom", rows)
-    picture = args.out / "phantom.png"
+    writers.write_summary_rows(args.out / "summary.csv", stem, rows)
+    picture = args.out / f"{stem}.png"
+    subject = f"a {modality} phantom" if args.sample == "phantom" else f"a real {modality} (Dice vs clinical contours)"
     render_overview(image, predicted, {m.key: m.color for m in result.masks}, picture,
-                    f"{model.name} on a {modality} phantom (demo model; not for clinical use)")
+                    f"{model.name} on {subject} (demo model; not for clinical use)")
     print(f"\nwrote {segmentation} (open in 3D Slicer), {picture}, {args.out / 'summary.csv'}")
     return 0
+
+
+def _phantom(args: argparse.Namespace, modality: str):
+    """(image, {target: bool truth}, description) of a generated phantom, written to ``args.out``."""
+    import SimpleITK as sitk
+
+    from .phantoms import target_masks, write_single_case
+
+    image_path, truth_path, info_path = write_single_case(args.out, "phantom", modality, seed=args.seed,
+                                                             max_voxels=args.max_voxels, region=args.region)
+    info = json.loads(info_path.read_text())
+    truth = target_masks(sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))), info["labels"])
+    return sitk.ReadImage(str(image_path)), truth, f"{image_path} ({modality}, {args.region}, seed {args.seed})"
+
+
+def _real_sample(name: str):
+    """(image, {target: bool clinical contour}, modality, description) of a bundled real sample,
+    its files checked against the SHA-256 in samples.json."""
+    import hashlib
+
+    import SimpleITK as sitk
+
+    from .errors import HermesError
+    from .writers import read_seg_nrrd
+
+    described = json.loads((SAMPLE_DATA / "samples.json").read_text(encoding="utf-8"))
+    sample = next(s for s in described["samples"] if s["name"] == name)
+    for entry in (sample["image"], sample["contours"]):
+        path = SAMPLE_DATA / entry["file"]
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            raise HermesError(f"{path}: missing or altered (SHA-256 differs from samples.json); restore it from git")
+    image = sitk.ReadImage(str(SAMPLE_DATA / sample["image"]["file"]))
+    contours, _ = read_seg_nrrd(SAMPLE_DATA / sample["contours"]["file"])
+    truth = {mask.key: mask.full(image.GetSize()[::-1]) for mask in contours}
+    print(f"sample: {sample['title']}\n        {sample['attribution']}")
+    return image, truth, sample["modality"], f"{sample['image']['file']} (real patient, {sample['modality']})"
 
 
 if __name__ == "__main__":

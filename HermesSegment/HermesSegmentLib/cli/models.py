@@ -107,10 +107,15 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"input:         window {'x'.join(map(str, window))} voxels at {'x'.join(map(str, spacing))} mm (z,y,x), LPS")
     metrics = manifest["provenance"].get("metrics") or {}
     dice = metrics.get("test_dice") or metrics.get("validation_dice") or {}
+    datasets = manifest["provenance"].get("datasets") or []
+    origins: dict[tuple[str, str], set[str]] = {}
+    for dataset in datasets:
+        for target in dataset["targets"]:
+            origins.setdefault((dataset["modality"], target), set()).add(dataset["origin"])
     for modality in manifest["modalities"]:
         targets = manifest["defaults"].get(modality["key"], {})
         scores = dice.get(modality["key"], {})
-        listed = ", ".join(f"{t} ({scores[t]:.2f})" if t in scores else t for t in sorted(targets))
+        listed = ", ".join(_offered(t, scores.get(t), origins.get((modality["key"], t), set())) for t in sorted(targets))
         print(f"  {modality['key']:<8} {len(targets):>2} targets: {listed}")
     if "test_dice" in metrics:
         print(f"measured:      Dice (in brackets) on {sum(metrics['test_cases'].values())} test cases never trained on "
@@ -118,7 +123,19 @@ def run_info(args: argparse.Namespace) -> int:
     elif dice:
         print("measured:      Dice (in brackets) on the training data's held-out split, in model space")
     print(f"provenance:    {manifest['provenance']['source']}")
+    for number, dataset in enumerate(datasets):
+        kind = {"real": "real patients", "synthetic": "synthetic"}.get(dataset["origin"], "origin not stated")
+        print(f"{'learned from:' if number == 0 else '':<15}{dataset['name']} ({dataset['modality']}, {kind}, "
+              f"{dataset['training_cases']} training cases): {', '.join(dataset['targets'])}")
+        if dataset.get("source"):
+            print(f"{'':<17}{dataset['source']}")
     return 0
+
+
+def _offered(target: str, score: float | None, origins: set[str]) -> str:
+    """``liver (0.87, synthetic)``: the measured Dice and what the target was learned from."""
+    notes = ([f"{score:.2f}"] if score is not None else []) + sorted(origins - {"unknown"})
+    return f"{target} ({', '.join(notes)})" if notes else target
 
 
 def run_verify(args: argparse.Namespace) -> int:

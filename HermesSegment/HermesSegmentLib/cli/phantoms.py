@@ -1,7 +1,10 @@
 """`hermes-segment phantoms`: write synthetic multi-modality training data or one sample case.
 
-    hermes-segment phantoms --out DIR [--cases-per-dataset N] [--seed S]
+    hermes-segment phantoms --out DIR [--cases-per-dataset N] [--seed S] [--randomization R]
         the partially labelled pseudo-datasets (nnU-Net layout) and DIR/phantom_config.yaml
+    hermes-segment phantoms --out DIR --family metaball [--cases-per-dataset N] [--seed S]
+        the second, independent phantom family (CT, for evaluating transfer only):
+        DIR/Dataset601_MetaballCT and DIR/metaball_config.yaml
     hermes-segment phantoms --out DIR --single MODALITY --name NAME [--seed S]
         DIR/NAME.nii.gz, DIR/NAME_truth.nii.gz (label map) and DIR/NAME_truth.json (used by make demo)
 """
@@ -38,6 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"z-extent of the --single case ({', '.join(_REGIONS)}; default torso)")
     parser.add_argument("--max-voxels", type=int, default=None, metavar="N",
                         help="cap on voxels per case (default 3000000; cases are coarsened to fit)")
+    parser.add_argument("--family", choices=("standard", "metaball"), default="standard",
+                        help="standard: the training phantoms (default); metaball: a second, independent CT "
+                             "family written only to evaluate how a model transfers")
+    parser.add_argument("--randomization", type=float, default=0.0, metavar="R",
+                        help="domain randomisation, 0 (default: the standard phantoms) to 1: organ shapes, "
+                             "positions, intensities, contrast, noise, blur and bias vary far more (for training)")
     parser.set_defaults(func=run)
     return parser
 
@@ -45,14 +54,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Writes the phantoms; returns the exit status (0). Bad arguments raise HermesError."""
     _check_arguments(args)
+
     from tqdm import tqdm
 
     from .. import phantoms
 
+    if args.family == "metaball":
+        from ..phantoms.metaball import write_metaball_dataset
+
+        with tqdm(total=args.cases_per_dataset, unit="case", desc="phantoms") as bar:
+            written = write_metaball_dataset(args.out, args.cases_per_dataset, args.seed,
+                                             progress=lambda message: bar.update(1))
+        for path in written:
+            print(path)
+        return 0
+
     cap = {} if args.max_voxels is None else {"max_voxels": args.max_voxels}
     if args.single is not None:
         paths = phantoms.write_single_case(args.out, args.name, args.single, seed=args.seed,
-                                           region=args.region, **cap)
+                                           region=args.region, randomization=args.randomization, **cap)
         for path in paths:
             print(path)
         return 0
@@ -63,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
 
         written = phantoms.write_pseudo_datasets(args.out, cases_per_dataset=args.cases_per_dataset,
-                                                 seed=args.seed, progress=progress, **cap)
+                                                 seed=args.seed, randomization=args.randomization,
+                                                 progress=progress, **cap)
     for path in written:
         print(path)
     return 0
@@ -83,3 +104,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise HermesError(f"--cases-per-dataset must be at least 1, got {args.cases_per_dataset}")
     if args.max_voxels is not None and args.max_voxels < 1000:
         raise HermesError(f"--max-voxels must be at least 1000, got {args.max_voxels}")
+    if not 0.0 <= args.randomization <= 1.0:
+        raise HermesError(f"--randomization must be between 0 and 1, got {args.randomization}")
+    if args.family == "metaball" and (args.single is not None or args.randomization):
+        raise HermesError("--family metaball writes one CT dataset; it takes neither --single nor --randomization")

@@ -1,6 +1,8 @@
 """`hermes-segment train`: train or fine-tune a Hermes model on nnU-Net/MSD datasets.
 
     hermes-segment train CONFIG.yaml [--init MODEL] [--resume] [--out DIR] [--data-root DIR]
+    hermes-segment train CONFIG.yaml --data-root DIR --prepare PACKED   (preprocess only; then train
+        anywhere, without SimpleITK, with --data-root PACKED)
     torchrun --nproc_per_node 4 -m HermesSegmentLib.cli train CONFIG.yaml     (DDP, one or many nodes)
 
 The result is ``OUT/NAME.safetensors`` (EMA weights, manifest with measured validation Dice),
@@ -35,6 +37,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--query-consistency", type=float, metavar="W",
                         help="override the config's query_consistency weight (0 turns the term off)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="fit the run into this wall-clock budget: after 30 steps it measures its pace and lowers "
+                             "the number of steps (schedule included) so that validation and export end in time")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="override the config's batch size")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N", help="override the config's checkpoint interval")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="override the config's number of batch-making worker processes (0: in the training process)")
+    parser.add_argument("--prepare", metavar="DIR",
+                        help="only preprocess the config's training cases into DIR (compact, read without SimpleITK) "
+                             "and stop; train from it elsewhere with --data-root DIR")
     parser.set_defaults(func=run)
     return parser
 
@@ -46,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
     config = load_config(args.config, data_root=args.data_root, output=args.out)
-    overrides = {"steps": args.steps, "lr": args.lr, "query_consistency": args.query_consistency}
+    if args.prepare:
+        return _prepare(config, args)
+    overrides = {"steps": args.steps, "lr": args.lr, "query_consistency": args.query_consistency,
+                 "workers": args.workers, "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
     config = with_overrides(config, **{key: value for key, value in overrides.items() if value is not None})
     context = distributed.init(args.device)
     launcher = (f"torchrun --nproc_per_node {context.world_size} -m HermesSegmentLib.cli" if context.distributed
@@ -54,9 +69,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(config, init=args.init, resume=args.resume, context=context,
                           command=f"{launcher} {shlex.join(sys.argv[1:])}")
-        path = trainer.fit()
+        path = trainer.fit(time_limit=args.time_limit)
     finally:
         distributed.shutdown(context)
     if path is not None:
         print(path)
+    return 0
+
+
+def _prepare(config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..training.prepared import prepare
+
+    for folder in prepare(config, config.data_root, Path(args.prepare).absolute(), lambda m: print(f"prepared: {m}", flush=True)):
+        print(folder)
     return 0

@@ -6,7 +6,15 @@ import numpy as np
 from scipy import ndimage
 
 from .appearance import coarse_noise
-from .atlas import LABELS, TISSUE_ID, Blob, Canvas, segment_distance
+from .atlas import LABELS, TISSUE_ID, Blob, Canvas, segment_distance, widen
+
+
+def _blob(cv: Canvas, rng: np.random.Generator, center, semi, rot_deg=(0, 0, 0), *, jitter_mm: float = 8.0,
+          size_var: float = 0.15, rot_var_deg: float = 8.0, wobble: float = 0.08) -> Blob:
+    """:meth:`Blob.make` with its variation scaled by the canvas's ``spread`` (domain randomisation)."""
+    k = cv.spread
+    return Blob.make(rng, center, semi, rot_deg, jitter_mm=jitter_mm * k, size_var=min(size_var * k, 0.45),
+                     rot_var_deg=rot_var_deg * k, wobble=wobble * k)
 
 
 def _paint_blob(cv: Canvas, blob: Blob, tissue: str, label: str | None,
@@ -45,8 +53,8 @@ def _paint_tube(cv: Canvas, points: np.ndarray, radius: float, tissue: str,
 def _paint_body_wall(cv: Canvas, rng: np.random.Generator) -> None:
     """The body outline, skin, fat and muscle wall, mediastinal fat, bowel with gas, ribs and the table."""
     # Body: elliptic cross-section, flatter at the back (the patient lies on the table).
-    bx, by = 165.0 * rng.uniform(0.92, 1.08), 112.0 * rng.uniform(0.9, 1.1)
-    fat = rng.uniform(0.05, 0.16)  # subcutaneous fat, fraction of the body radius
+    bx, by = 165.0 * rng.uniform(*widen(0.92, 1.08, cv.spread)), 112.0 * rng.uniform(*widen(0.9, 1.1, cv.spread))
+    fat = max(0.02, rng.uniform(*widen(0.05, 0.16, cv.spread)))  # subcutaneous fat, fraction of the body radius
     reg = cv.region(np.array([-bx * 1.5, -by * 1.2, -400.0]), np.array([bx * 1.5, by * 1.6, 400.0]))
     assert reg is not None  # the box is centred on the field of view
     sl, (qx, qy, qz) = reg
@@ -84,42 +92,42 @@ def render_anatomy(cv: Canvas, rng: np.random.Generator, modality: str) -> None:
     spine_y = 55.0 * rng.uniform(0.9, 1.1)
     # Muscles around the spine.
     for side in (-1, 1):
-        _paint_blob(cv, Blob.make(rng, (side * 38, spine_y + 42, 0), (28, 20, 320), wobble=0.03),
+        _paint_blob(cv, _blob(cv, rng, (side * 38, spine_y + 42, 0), (28, 20, 320), wobble=0.03),
                     "muscle", None, in_body=True)
-        _paint_blob(cv, Blob.make(rng, (side * 42, spine_y - 5, -80), (20, 20, 110), (0, side * 8, 0),
+        _paint_blob(cv, _blob(cv, rng, (side * 42, spine_y - 5, -80), (20, 20, 110), (0, side * 8, 0),
                                    wobble=0.05), "muscle", None, in_body=True)
     # Pelvis: iliac wings (cortex with marrow inside) and sacrum (unlabelled bone).
     for side in (-1, 1):
-        wing = Blob.make(rng, (side * 105, 35, -185), (45, 20, 60), (0, 0, side * 35), wobble=0.04)
+        wing = _blob(cv, rng, (side * 105, 35, -185), (45, 20, 60), (0, 0, side * 35), wobble=0.04)
         _paint_blob(cv, wing, "marrow", None, shell=(0.8, "cortical_bone"), in_body=True)
-    _paint_blob(cv, Blob.make(rng, (0, spine_y + 20, -195), (45, 22, 55), (-20, 0, 0), wobble=0.04),
+    _paint_blob(cv, _blob(cv, rng, (0, spine_y + 20, -195), (45, 22, 55), (-20, 0, 0), wobble=0.04),
                 "marrow", None, shell=(0.8, "cortical_bone"), in_body=True)
 
     # Lungs, then the organs that indent them.
     for side, key in ((-1, "lung_right"), (1, "lung_left")):
-        _paint_blob(cv, Blob.make(rng, (side * 78, 10, 190), (62, 78, 105)), "lung", key)
-    liver = Blob.make(rng, (-60, -5, 40), (82, 70, 66), (0, 0, -10))
-    lobe = Blob.make(rng, (15, -40, 55), (50, 28, 30), (0, 10, 0))
+        _paint_blob(cv, _blob(cv, rng, (side * 78, 10, 190), (62, 78, 105)), "lung", key)
+    liver = _blob(cv, rng, (-60, -5, 40), (82, 70, 66), (0, 0, -10))
+    lobe = _blob(cv, rng, (15, -40, 55), (50, 28, 30), (0, 10, 0))
     _paint_blob(cv, liver, "liver", "liver")
     _paint_blob(cv, lobe, "liver", "liver")
-    _paint_blob(cv, Blob.make(rng, (92, 55, 55), (25, 45, 50), (0, 0, 30)), "spleen", "spleen")
-    stomach = Blob.make(rng, (55, -25, 60), (42, 32, 58), (0, -20, -30))
+    _paint_blob(cv, _blob(cv, rng, (92, 55, 55), (25, 45, 50), (0, 0, 30)), "spleen", "spleen")
+    stomach = _blob(cv, rng, (55, -25, 60), (42, 32, 58), (0, -20, -30))
     _paint_blob(cv, stomach, "stomach_content", "stomach", shell=(0.85, "stomach_wall"))
     _paint_stomach_gas(cv, stomach)
     for side, key, z in ((1, "kidney_left", 5), (-1, "kidney_right", -12)):
-        kidney = Blob.make(rng, (side * 72, spine_y + 8, z), (27, 24, 52), (-15, side * 12, side * -20),
+        kidney = _blob(cv, rng, (side * 72, spine_y + 8, z), (27, 24, 52), (-15, side * 12, side * -20),
                             wobble=0.05)
         _paint_blob(cv, kidney, "kidney_medulla", key, shell=(0.7, "kidney_cortex"))
         # Renal sinus fat at the medial hilum gives the bean shape.
-        hilum = Blob.make(rng, kidney.center - np.array([side * 20, 0, 0]), (12, 10, 20),
+        hilum = _blob(cv, rng, kidney.center - np.array([side * 20, 0, 0]), (12, 10, 20),
                            jitter_mm=2, wobble=0.02)
         reg = cv.region(*hilum.bbox())
         if reg is not None:
             sl, q = reg
             cv.paint(sl, (hilum.radius(*q) < 1) & (cv.label[sl] == LABELS[key]), "fat", None)
-    _paint_blob(cv, Blob.make(rng, (0, -35, -210), (45, 35, 35), wobble=0.06),
+    _paint_blob(cv, _blob(cv, rng, (0, -35, -210), (45, 35, 35), wobble=0.06),
                 "urine", "urinary_bladder", shell=(0.93, "bladder_wall"))
-    _paint_blob(cv, Blob.make(rng, (18, -35, 150), (60, 48, 55), (0, -25, 20)),
+    _paint_blob(cv, _blob(cv, rng, (18, -35, 150), (60, 48, 55), (0, -25, 20)),
                 "heart_blood", "heart", shell=(0.7, "myocardium"))
 
     # Vessels: IVC right of the aorta, iliac arteries, then the aorta itself.
@@ -212,7 +220,7 @@ def _random_points_in(cv: Canvas, rng: np.random.Generator, label: int, n: int,
 def _phys_blob(cv: Canvas, rng: np.random.Generator, p: np.ndarray, radius: float) -> Blob:
     """A small lobulated blob of ~radius mm centred at the physical point p (atlas frame)."""
     q = cv.m_inv @ (p - cv.t)
-    return Blob.make(rng, q, (radius,) * 3, jitter_mm=0, size_var=0.2, rot_var_deg=90, wobble=0.12)
+    return _blob(cv, rng, q, (radius,) * 3, jitter_mm=0, size_var=0.2, rot_var_deg=90, wobble=0.12)
 
 
 def _paint_liver_tumors(cv: Canvas, rng: np.random.Generator) -> None:

@@ -100,15 +100,47 @@ def ct_phase(rng: np.random.Generator) -> tuple[str, dict[str, float]]:
     return str(phase), {}
 
 
-def tissue_lut(rng: np.random.Generator, modality: str, overrides: Mapping[str, float]) -> np.ndarray:
-    """Per-case intensity of every tissue class (float32, indexed by tissue id)."""
+# Domain randomisation (``randomization`` 1): the relative jitter of every tissue grows this much
+# (capped), and CT tissues other than air, gas and lung move by up to this many HU on top.
+_RANDOM_JITTER_SCALE, _RANDOM_JITTER_MAX, _RANDOM_CT_SHIFT_HU = 3.0, 0.6, 60.0
+
+
+def tissue_lut(rng: np.random.Generator, modality: str, overrides: Mapping[str, float],
+               randomization: float = 0.0) -> np.ndarray:
+    """Per-case intensity of every tissue class (float32, indexed by tissue id).
+
+    ``randomization`` (0-1) widens every tissue's per-case jitter (up to 3x, at most +-60 %) and
+    shifts CT soft tissues by up to +-60 HU: organs get intensities, and organ-to-organ contrasts,
+    the standard phantoms never show, while CT stays in Hounsfield units.
+    """
     lut = np.zeros(len(TISSUES), np.float32)
+    grow = 1.0 + (_RANDOM_JITTER_SCALE - 1.0) * randomization
     for name, (mean, jitter) in APPEARANCE[modality].items():
         mean = overrides.get(name, mean)
+        if randomization and jitter:
+            jitter = min(jitter * grow, _RANDOM_JITTER_MAX)
         lut[TISSUE_ID[name]] = mean * (1.0 + rng.uniform(-jitter, jitter)) if jitter else mean
+        if randomization and modality == "CT" and name not in ("air", "gas", "lung"):
+            lut[TISSUE_ID[name]] += rng.uniform(-1.0, 1.0) * _RANDOM_CT_SHIFT_HU * randomization
     if modality == "CT" and rng.random() < 0.5:
         lut[TISSUE_ID["tumor"]] = lut[TISSUE_ID["liver"]] - rng.uniform(25, 50)  # most liver lesions are hypodense
     return lut
+
+
+def _randomize(img: np.ndarray, rng: np.random.Generator, modality: str, spacing_zyx: np.ndarray,
+               randomization: float) -> np.ndarray:
+    """The domain-randomisation part of :func:`apply_modality`, before its usual texture and noise."""
+    sigma_mm = rng.uniform(0.0, 2.5 * randomization)
+    if sigma_mm > 0.3:
+        img = ndimage.gaussian_filter(img, sigma=sigma_mm / spacing_zyx, mode="nearest")
+    amplitude = rng.uniform(0.0, (0.08 if modality == "CT" else 0.6) * randomization)
+    if modality == "CT":
+        body = img > -500
+        bias = 1.0 + amplitude * smooth_noise(rng, img.shape, 120.0 / spacing_zyx)
+        return np.where(body, img * bias, img).astype(np.float32)
+    if modality != "PET":
+        img = img * np.exp(amplitude * smooth_noise(rng, img.shape, 100.0 / spacing_zyx))
+    return img.astype(np.float32)
 
 
 def block_mean(a: np.ndarray, k: Sequence[int]) -> np.ndarray:
@@ -119,9 +151,15 @@ def block_mean(a: np.ndarray, k: Sequence[int]) -> np.ndarray:
 
 
 def apply_modality(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator,
-                    modality: str, spacing_zyx: np.ndarray) -> np.ndarray:
-    """Texture, blur, bias field and noise on the stored-resolution array (float32, [z, y, x])."""
+                    modality: str, spacing_zyx: np.ndarray, randomization: float = 0.0) -> np.ndarray:
+    """Texture, blur, bias field and noise on the stored-resolution array (float32, [z, y, x]).
+
+    ``randomization`` (0-1) adds a random blur (resolution: up to 2.5 mm sigma), stronger noise, a
+    bias field on CT too (beam hardening, up to +-8 %) and a bias of up to +-60 % on MR.
+    """
     shape = img.shape
+    if randomization:
+        img = _randomize(img, rng, modality, spacing_zyx, randomization)
     if modality == "CT":
         lung = tissue == TISSUE_ID["lung"]
         vess = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32),
@@ -131,7 +169,8 @@ def apply_modality(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator
             (vess - thr) / max(float(vess.std()), 1e-6), 1.0), img)
         img *= 1.0 + 0.02 * smooth_noise(rng, shape, 20.0 / spacing_zyx) * (img > -500)
         noise = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=0.6)
-        img += noise * np.float32(rng.uniform(10.0, 20.0) / max(float(noise.std()), 1e-6))
+        level = rng.uniform(10.0, 20.0) if not randomization else rng.uniform(5.0, 20.0 + 30.0 * randomization)
+        img += noise * np.float32(level / max(float(noise.std()), 1e-6))
         return np.clip(img, -1024, 3071)
     if modality == "PET":
         fwhm = rng.uniform(5.0, 7.0)

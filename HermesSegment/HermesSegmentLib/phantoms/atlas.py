@@ -59,6 +59,14 @@ TISSUES = (
 TISSUE_ID = {name: i for i, name in enumerate(TISSUES)}
 
 
+def widen(lo: float, hi: float, spread: float) -> tuple[float, float]:
+    """The interval [lo, hi] stretched ``spread`` times about its centre (exactly itself at 1)."""
+    if spread == 1.0:
+        return lo, hi
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 * spread
+    return centre - half, centre + half
+
+
 def rotation(rng: np.random.Generator, max_deg: Sequence[float]) -> np.ndarray:
     """A random rotation (3x3) with angles about x, y, z uniform in +-max_deg (degrees)."""
     return rotation_fixed([rng.uniform(-m, m) for m in max_deg])
@@ -154,8 +162,9 @@ class Canvas:
     """
 
     def __init__(self, origin: np.ndarray, spacing: np.ndarray, size_xyz: Sequence[int],
-                 m: np.ndarray, t: np.ndarray) -> None:
+                 m: np.ndarray, t: np.ndarray, spread: float = 1.0) -> None:
         self.origin, self.spacing, self.size = origin, spacing, np.asarray(size_xyz)
+        self.spread = spread  # how far organ sizes, positions and shapes vary (1: the standard phantoms)
         self.m, self.t, self.m_inv = m, t, np.linalg.inv(m)
         shape = tuple(int(n) for n in self.size[::-1])
         self.tissue = np.zeros(shape, np.uint8)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from ..errors import HermesError
 from .anatomy import render_anatomy
 from .appearance import apply_modality, block_mean, ct_phase, tissue_lut
-from .atlas import CONTAINS, LABELS, MODALITIES, REGIONS, Canvas, rotation
+from .atlas import CONTAINS, LABELS, MODALITIES, REGIONS, Canvas, rotation, widen
 from .storage import STORAGE_FIXED, draw_spacing, draw_storage, oblique, to_storage
 
 DEFAULT_MAX_VOXELS = 3_000_000
@@ -21,7 +21,7 @@ FINE_MAX_VOXELS = 8_000_000  # render grid cap (also <= 8x the stored cap); boun
 def generate_case(seed: int, modality: str, *, region: str = "torso",
                   spacing: Sequence[float] | None = None, orientation: str | None = None,
                   max_voxels: int = DEFAULT_MAX_VOXELS,
-                  supersample: bool = True) -> tuple[sitk.Image, sitk.Image, dict]:
+                  supersample: bool = True, randomization: float = 0.0) -> tuple[sitk.Image, sitk.Image, dict]:
     """Generates one phantom case.
 
     Args:
@@ -35,6 +35,12 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
             it (so the default case takes ~1-3 s on one core).
         supersample: render 3x finer along axes coarser than ~1.6 mm and average down
             (partial volume); False renders at the stored resolution (faster).
+        randomization: 0 (the standard phantoms) to 1: domain randomisation in the spirit of
+            SynthSeg (Billot et al. 2023) -- patient size, pose and organ size, position and
+            shape vary 2.5x as much, the field of view may cut the region, and every tissue's
+            intensity, the contrast, noise, blur and bias field vary far more (see
+            :func:`appearance.tissue_lut`, :func:`appearance.apply_modality`). Training on it
+            keeps a model from learning one generator's look.
 
     Returns:
         (image, labelmap, truth_info): image is int16 HU for CT, float32 for MR (a.u., ~0-2000)
@@ -43,17 +49,19 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
         "spacing" (stored, x/y/z of the image axes, mm), "size", "orientation", "seed",
         "ct_phase" (CT only), "volumes_ml": {target: mL}}.
     """
-    _check_arguments(modality, region, orientation, max_voxels)
+    _check_arguments(modality, region, orientation, max_voxels, randomization)
+    spread = 1.0 + 1.5 * randomization
     m_index = MODALITIES.index(modality)
     anatomy_rng = np.random.default_rng([seed & 0xFFFFFFFF, 0])
     geo_rng = np.random.default_rng([seed & 0xFFFFFFFF, 1, m_index])
     look_rng = np.random.default_rng([seed & 0xFFFFFFFF, 2, m_index])
 
     # Patient size and pose: atlas -> physical p = m q + t.
-    scale = np.array([anatomy_rng.uniform(0.88, 1.12)] * 2 + [anatomy_rng.uniform(0.92, 1.08)])
-    scale[1] *= anatomy_rng.uniform(0.93, 1.07)
-    m = rotation(anatomy_rng, (3.0, 3.0, 6.0)) @ np.diag(scale)
-    t = anatomy_rng.uniform(-15, 15, 3)
+    scale = np.array([anatomy_rng.uniform(*widen(0.88, 1.12, spread))] * 2
+                     + [anatomy_rng.uniform(*widen(0.92, 1.08, spread))])
+    scale[1] *= anatomy_rng.uniform(*widen(0.93, 1.07, spread))
+    m = rotation(anatomy_rng, (3.0 * spread, 3.0 * spread, 6.0 * spread)) @ np.diag(scale)
+    t = anatomy_rng.uniform(-15 * spread, 15 * spread, 3)
 
     # Field of view: square in-plane, long axis covering the region with random margins.
     sp = np.asarray(spacing, float) if spacing is not None else draw_spacing(geo_rng, modality)
@@ -61,8 +69,9 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
         raise HermesError(f"spacing must be three positive numbers (x, y, z mm), got {spacing!r}")
     fov_xy = float(np.clip(2 * 165.0 * scale[0] * geo_rng.uniform(1.08, 1.3), 300.0, 480.0))
     z0, z1 = REGIONS[region]
-    zlo = z0 * scale[2] + t[2] - geo_rng.uniform(10, 40)
-    zhi = z1 * scale[2] + t[2] + geo_rng.uniform(10, 40)
+    margin = (10.0 - 70.0 * randomization, 40.0)  # negative: the field of view cuts into the region
+    zlo = z0 * scale[2] + t[2] - geo_rng.uniform(*margin)
+    zhi = z1 * scale[2] + t[2] + geo_rng.uniform(*margin)
     extent = np.array([fov_xy, fov_xy, zhi - zlo])
     center = np.array([t[0] + geo_rng.uniform(-15, 15), t[1] + geo_rng.uniform(0, 25), (zlo + zhi) / 2])
     sp, n, k = _grids(extent, sp, max_voxels, supersample)
@@ -70,18 +79,18 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
     origin_out = center - sp * (n - 1) / 2  # centre of the first stored voxel
     origin_fine = origin_out - fine_sp * (k - 1) / 2
 
-    cv = Canvas(origin_fine, fine_sp, n * k, m, t)
+    cv = Canvas(origin_fine, fine_sp, n * k, m, t, spread)
     render_anatomy(cv, anatomy_rng, modality)
 
     phase, overrides = ct_phase(look_rng) if modality == "CT" else ("", {})
-    lut = tissue_lut(look_rng, modality, overrides)
+    lut = tissue_lut(look_rng, modality, overrides, randomization)
     kz, ky, kx = int(k[2]), int(k[1]), int(k[0])
     centre = (slice(kz // 2, None, kz), slice(ky // 2, None, ky), slice(kx // 2, None, kx))
     labels = np.ascontiguousarray(cv.label[centre])
     tissue_c = np.ascontiguousarray(cv.tissue[centre])
     intensity = block_mean(lut[cv.tissue], (kz, ky, kx))
     del cv
-    intensity = apply_modality(intensity, tissue_c, look_rng, modality, sp[::-1].copy())
+    intensity = apply_modality(intensity, tissue_c, look_rng, modality, sp[::-1].copy(), randomization)
 
     kind, perm, flips = draw_storage(geo_rng) if orientation is None else STORAGE_FIXED[orientation]
     dtype = np.int16 if modality == "CT" else np.float32
@@ -94,13 +103,15 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
 
     truth = _truth_info(labelmap)
     info = {"labels": truth["labels"], "modality": modality, "region": region, "spacing": truth["spacing"],
-            "size": truth["size"], "orientation": kind, "seed": int(seed), "volumes_ml": truth["volumes_ml"]}
+            "size": truth["size"], "orientation": kind, "seed": int(seed), "randomization": float(randomization),
+            "volumes_ml": truth["volumes_ml"]}
     if modality == "CT":
         info["ct_phase"] = phase
     return image, labelmap, info
 
 
-def _check_arguments(modality: str, region: str, orientation: str | None, max_voxels: int) -> None:
+def _check_arguments(modality: str, region: str, orientation: str | None, max_voxels: int,
+                     randomization: float) -> None:
     if modality not in MODALITIES:
         raise HermesError(f"unknown phantom modality {modality!r}; choose one of {', '.join(MODALITIES)}")
     if region not in REGIONS:
@@ -109,6 +120,8 @@ def _check_arguments(modality: str, region: str, orientation: str | None, max_vo
         raise HermesError(f"unknown orientation {orientation!r}; choose LPS, RAS, permuted or oblique")
     if max_voxels < 1000:
         raise HermesError(f"max_voxels={max_voxels} is too small; use at least 1000")
+    if not 0.0 <= randomization <= 1.0:
+        raise HermesError(f"randomization must be between 0 and 1, got {randomization}")
 
 
 def _grids(extent: np.ndarray, sp: np.ndarray, max_voxels: int,

@@ -66,7 +66,7 @@ def write_single_case(out_dir: str | Path, name: str, modality: str, *, seed: in
 
 def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed: int = 0, *,
                           datasets: Iterable[str] | None = None,
-                          max_voxels: int = DEFAULT_MAX_VOXELS,
+                          max_voxels: int = DEFAULT_MAX_VOXELS, randomization: float = 0.0,
                           progress: Callable[[str], None] | None = None) -> list[Path]:
     """Writes the partially labelled pseudo-datasets (nnU-Net / MSD layout) and phantom_config.yaml.
 
@@ -82,6 +82,7 @@ def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed:
             datasets are different patients.
         datasets: names to write (default all).
         max_voxels: per-case cap, see :func:`generate_case`.
+        randomization: domain randomisation of every case (0-1), see :func:`generate_case`.
         progress: called with a short message after each case is written.
     Returns:
         The dataset folders, then the config file path.
@@ -105,7 +106,8 @@ def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed:
         cases = []
         for i in range(cases_per_dataset):
             case_seed = int(np.random.SeedSequence([seed & 0xFFFFFFFF, ds_id, i]).generate_state(1)[0])
-            image, labelmap, info = generate_case(case_seed, modality, region=region, max_voxels=max_voxels)
+            image, labelmap, info = generate_case(case_seed, modality, region=region, max_voxels=max_voxels,
+                                                  randomization=randomization)
             relabel = dataset_labelmap(sitk.GetArrayViewFromImage(labelmap), targets)
             lab = sitk.GetImageFromArray(relabel)
             lab.CopyInformation(labelmap)
@@ -125,7 +127,7 @@ def write_pseudo_datasets(out_dir: str | Path, cases_per_dataset: int = 8, seed:
             "numTraining": cases_per_dataset,
             "file_ending": ".nii.gz",
             "hermes": {"modality": modality, "targets": {str(v): k for k, v in value_of.items()},
-                       "region": region, "generator_seed": seed, "cases": cases},
+                       "region": region, "generator_seed": seed, "randomization": randomization, "cases": cases},
         }
         write_text(folder / "dataset.json", json.dumps(meta, indent=2) + "\n")
         config.append({"name": name, "path": folder.name, "modality": modality,

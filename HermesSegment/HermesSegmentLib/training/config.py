@@ -11,6 +11,9 @@ A complete example (paths relative to the YAML file, or to ``data_root`` when gi
         modality: CT
         labels: {1: liver, 2: [liver_tumor, liver], 3: spleen}   # a value may belong to several targets
         weight: 1.0
+        splits: [train]                # optional: only cases whose cases.json 'split' is listed
+        origin: real                   # optional: real (patients) or synthetic; shown by `models info`
+        source: "Where the data comes from, its citation and licence"   # optional, into the manifest
     model: {base_channels: 16, blocks_per_stage: [1, 1, 1, 1], fusion_depths: [1, 1, 1, 1, 1], head_dim: 16}
     window: [96, 96, 96]
     spacing: [1.5, 1.5, 1.5]
@@ -23,6 +26,8 @@ Every mistake is reported as a one-line :class:`HermesError` naming the key and 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +37,7 @@ import yaml
 
 from .. import vocabulary
 from ..errors import HermesError
+from ..models.manifest import default_normalization
 from ..network import HermesConfig
 
 # Keys a config may hold at the top level (anything else is a typo we should report).
@@ -40,20 +46,29 @@ _TOP_KEYS = {
     "datasets", "model", "window", "spacing", "steps", "batch_size", "lr", "weight_decay", "warmup_steps",
     "ema_decay", "seed", "val_fraction", "val_overlap", "checkpoint_every", "log_every", "foreground_fraction",
     "max_queries", "augment", "medcontext", "medcontext_weight", "medcontext_mask_ratio",
-    "medcontext_patch", "offer_min_dice", "cache_dir", "query_consistency",
+    "medcontext_patch", "offer_min_dice", "cache_dir", "query_consistency", "workers", "slab_fraction",
+    "normalization", "recall_weight",
 }
-_DATASET_KEYS = {"name", "path", "modality", "labels", "weight"}
+_DATASET_KEYS = {"name", "path", "modality", "labels", "weight", "splits", "origin", "source"}
+# What a dataset's images are: scans of real patients, or generated (phantoms, simulations).
+ORIGINS = ("real", "synthetic")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset of the config. ``labels``: label value (>= 1) -> the target keys it belongs to."""
+    """One dataset of the config. ``labels``: label value (>= 1) -> the target keys it belongs to.
+    ``splits``: keep only the cases whose ``split`` in the dataset's ``cases.json`` is one of these
+    (empty: every case). ``origin`` ("real" or "synthetic") and ``source`` (attribution, licence)
+    go into the exported manifest's provenance."""
 
     name: str
     path: Path
     modality: str
     labels: dict[int, tuple[str, ...]]
     weight: float = 1.0
+    splits: tuple[str, ...] = ()
+    origin: str | None = None
+    source: str = ""
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -101,6 +116,13 @@ class TrainingConfig:
     medcontext_patch: int = 8
     offer_min_dice: float | None = None  # None: offer every trained (modality, target)
     query_consistency: float = 0.0  # weight of the two-query consistency term; 0: off
+    workers: int = 0  # batch-making worker processes (0: batches are made in the training process)
+    slab_fraction: float = 0.0  # crops cut to a random slab, as a partial scan looks to the sliding window
+    recall_weight: float = 0.0  # weight of the mean BCE over a target's own voxels (losses.per_task_losses)
+    # Intensity normalisation per modality, as the manifest writes it (e.g. {"CT": {"method":
+    # "clip_scale", ...}}); a modality not listed gets its fine-tuned package's, else the default.
+    normalization: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    data_root: Path = Path(".")  # the folder dataset paths are relative to
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -109,6 +131,10 @@ class TrainingConfig:
         for dataset in self.datasets:
             seen.update(dict.fromkeys(dataset.targets))
         return tuple(seen)
+
+    def normalization_for(self, modality: str) -> dict[str, Any]:
+        """The normalisation training applies to (and the manifest records for) ``modality``."""
+        return dict(self.normalization.get(modality) or default_normalization(modality))
 
     @property
     def queries_per_sample(self) -> int:
@@ -172,10 +198,12 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | 
     out = out if out.is_absolute() else Path.cwd() / out
     cache = raw.get("cache_dir")
     cache_dir = (base / str(cache)) if cache else out / "cache"
-    structured = {"datasets", "model", "data_root", "output", "cache_dir", "window", "spacing"}
+    structured = {"datasets", "model", "data_root", "output", "cache_dir", "window", "spacing", "normalization"}
     scalars = {k: raw[k] for k in raw if k not in structured}
+    normalization = _parse_normalization(raw.get("normalization"), name)
     config = TrainingConfig(
-        datasets=datasets, network=network, output=out.resolve(), cache_dir=cache_dir.resolve(),
+        datasets=datasets, network=network, output=out.resolve(), cache_dir=cache_dir.resolve(), data_root=root,
+        normalization=normalization,
         window=_triple(raw.get("window", (96, 96, 96)), "window", name, int),
         spacing=_triple(raw.get("spacing", (1.5, 1.5, 1.5)), "spacing", name, float),
         **scalars,
@@ -198,20 +226,48 @@ def _parse_dataset(entry: Any, i: int, root: Path, name: str, check_paths: bool)
     where = f"{name}: dataset '{ds_name}'"
     folder = Path(str(entry["path"]))
     folder = folder if folder.is_absolute() else root / folder
+    prepared = (folder / "prepared.json").is_file()  # a folder written by `train --prepare`
     if check_paths:
-        _check_dataset_folder(folder, root, where)
+        _check_dataset_folder(folder, root, where, prepared)
     modality = vocabulary.modality(str(entry["modality"])).key
     labels = _parse_labels(entry["labels"], where)
     weight = entry.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or weight <= 0:
         raise HermesError(f"{where}: 'weight' must be a positive number, got {weight!r}")
-    return DatasetSpec(name=ds_name, path=folder.resolve(), modality=modality, labels=labels, weight=float(weight))
+    splits = _parse_splits(entry.get("splits", []), folder, where, check_paths and not prepared)
+    origin = entry.get("origin")
+    if origin is not None and origin not in ORIGINS:
+        raise HermesError(f"{where}: 'origin' must be one of {', '.join(ORIGINS)}, got {origin!r}")
+    source = entry.get("source", "")
+    if not isinstance(source, str):
+        raise HermesError(f"{where}: 'source' must be text (where the data comes from, its citation and licence)")
+    # Absolute but links kept: a prepared copy (`train --prepare`) mirrors the path under the data root.
+    return DatasetSpec(name=ds_name, path=Path(os.path.abspath(folder)), modality=modality, labels=labels,
+                       weight=float(weight), splits=splits, origin=origin, source=source.strip())
 
 
-def _check_dataset_folder(folder: Path, root: Path, where: str) -> None:
+def _parse_splits(value: Any, folder: Path, where: str, need_cases_file: bool) -> tuple[str, ...]:
+    """A dataset's ``splits``: names of the cases.json splits to keep (empty: all cases)."""
+    splits = [value] if isinstance(value, str) else value
+    if not isinstance(splits, list) or not all(isinstance(s, str) and s for s in splits):
+        raise HermesError(f"{where}: 'splits' must be a list of split names from the dataset's cases.json, e.g. [train]")
+    if splits and need_cases_file and not (folder / "cases.json").is_file():
+        raise HermesError(f"{where}: 'splits' needs a cases.json in {folder} giving each case its 'split'")
+    return tuple(splits)
+
+
+def _parse_normalization(value: Any, name: str) -> dict[str, dict[str, Any]]:
+    """The config's ``normalization``: {modality key: manifest normalisation entry}."""
+    value = value or {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) and "method" in v for v in value.values()):
+        raise HermesError(f"{name}: 'normalization' must map modalities to {{method: ..., ...}} entries")
+    return {vocabulary.modality(str(k)).key: dict(v) for k, v in value.items()}
+
+
+def _check_dataset_folder(folder: Path, root: Path, where: str, prepared: bool) -> None:
     if not folder.is_dir():
         raise HermesError(f"{where}: folder not found: {folder}; fix 'path' (relative to {root})")
-    for sub in ("imagesTr", "labelsTr"):
+    for sub in ("imagesTr", "labelsTr") if not prepared else ():
         if not (folder / sub).is_dir():
             raise HermesError(f"{where}: {folder} has no {sub}/ folder; expected the nnU-Net/MSD layout "
                               "(imagesTr/, labelsTr/)")
@@ -262,6 +318,8 @@ def _check_values(c: TrainingConfig, name: str) -> None:
     if not isinstance(c.query_consistency, (int, float)) or c.query_consistency < 0:
         raise HermesError(f"{name}: 'query_consistency' must be a number >= 0 (0 turns it off), got "
                           f"{c.query_consistency!r}")
+    if not isinstance(c.workers, int) or isinstance(c.workers, bool) or c.workers < 0:
+        raise HermesError(f"{name}: 'workers' must be a whole number >= 0, got {c.workers!r}")
     if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:
         raise HermesError(f"{name}: 'offer_min_dice' must be between 0 and 1")
 
@@ -275,7 +333,8 @@ def _check_ranges(c: TrainingConfig, name: str) -> None:
             raise HermesError(f"{name}: '{key}' must be a positive number, got {value!r}")
     fractions = {"val_fraction": (c.val_fraction, 0.0, 0.9), "ema_decay": (c.ema_decay, 0.0, 1.0),
                  "foreground_fraction": (c.foreground_fraction, 0.0, 1.0), "val_overlap": (c.val_overlap, 0.0, 0.95),
-                 "medcontext_mask_ratio": (c.medcontext_mask_ratio, 0.0, 0.95)}
+                 "medcontext_mask_ratio": (c.medcontext_mask_ratio, 0.0, 0.95),
+                 "slab_fraction": (c.slab_fraction, 0.0, 1.0), "recall_weight": (c.recall_weight, 0.0, 10.0)}
     for key, (value, lo, hi) in fractions.items():
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise HermesError(f"{name}: '{key}' must be between {lo} and {hi}, got {value!r}")

@@ -67,6 +67,15 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
+def broadcast_int(value: int, context: DistContext) -> int:
+    """Rank 0's ``value`` on every rank (a decision all ranks must share)."""
+    if not context.distributed:
+        return value
+    holder = torch.tensor([value], dtype=torch.long, device=context.device)
+    dist.broadcast(holder, src=0)
+    return int(holder.item())
+
+
 def shutdown(context: DistContext) -> None:
     if context.distributed and dist.is_initialized():
         dist.destroy_process_group()

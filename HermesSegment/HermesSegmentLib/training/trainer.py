@@ -18,8 +18,9 @@ import dataclasses
 import datetime
 import json
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -36,9 +37,13 @@ from .datasets import Case, load_cases, target_masks
 from .incremental import TaskPlan, extend_task_priors, plan_tasks
 from .losses import modality_loss, partial_label_loss, query_consistency_loss
 from .medcontext import consistency_loss, mask_patches
-from .sampling import Sampler
+from .sampling import Batch, Sampler, batch_stream
 
 _GRAD_CLIP = 12.0
+# A time-limited run measures its pace over these steps (after a third of them, once warm) ...
+_CALIBRATION_STEPS = 30
+# ... and keeps this many seconds for validation and export at the end.
+_EXPORT_RESERVE = 120.0
 _LOG_COLUMNS = ["step", "lr", "loss", "segmentation", "modality", "consistency", "query_consistency", "seconds"]
 
 
@@ -70,10 +75,13 @@ class Trainer:
 
         self.base_manifest = state.get("base_manifest") if saved else self._read_base(init)
         if self.base_manifest:
-            # The package fixes the scale and window the network learned; the config cannot change them.
+            # The package fixes the scale and window the network learned; the config cannot change
+            # them. A modality keeps the package's normalisation unless the config names another.
+            inherited = {m["key"]: m["normalization"] for m in self.base_manifest["modalities"]}
             config = dataclasses.replace(
                 config, spacing=tuple(self.base_manifest["input"]["spacing_zyx_mm"]),
-                window=tuple(self.base_manifest["input"]["window_size_zyx"]))
+                window=tuple(self.base_manifest["input"]["window_size_zyx"]),
+                normalization={**inherited, **config.normalization})
         self.config = config
         self.plan = plan_tasks(config, self.base_manifest)
         arch = HermesConfig.from_manifest(self.base_manifest["architecture"]) if self.base_manifest else config.network
@@ -85,17 +93,21 @@ class Trainer:
             network.load_state_dict(self._init_weights(init, network))
         # channels-last 3D is 2-4x faster for conv backward on CPU (measured, oneDNN); values are the same.
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the window's shape: tune the convolutions once
         # The EMA copy stays in the default layout: it is what inference and the export see.
         self.ema = copy.deepcopy(network).to(self.device).eval().requires_grad_(False)
         # (torch's type stubs lack Module.to's documented memory_format argument)
         self.network = network.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.model = distributed.wrap(self.network, self.context)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # Reads self.config: a time-limited run fixes its number of steps after a few (see fit).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps))
+            self.optimizer, lambda s: lr_factor(s, self.config.warmup_steps, self.config.steps))
         self.step = 0
         self.train_cases: list[Case] | None = None
         self.sampler: Sampler | None = None
+        self.batches: Iterator[Batch] | None = None  # from worker processes, when config.workers > 0
         self._pending_sampler_state: dict[str, Any] | None = None
         if saved:
             self._restore(tensors, state)
@@ -124,16 +136,22 @@ class Trainer:
         self.sampler = Sampler(self.config, self.train_cases, self.plan.per_dataset, rank=self.context.rank)
         if self._pending_sampler_state is not None:
             self.sampler.load_state_dict(self._pending_sampler_state)
+        if self.config.workers:
+            self.batches = batch_stream(self.config, self.train_cases, self.plan.per_dataset, rank=self.context.rank,
+                                        first_step=self.step, pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns the loss terms (floats) of this rank's batch."""
         self.prepare_data()
         self.network.train()
-        assert self.sampler is not None  # prepare_data made it
-        batch = self.sampler.batch()
-        image = batch.image.to(self.device).contiguous(memory_format=self.memory_format)
-        masks, valid = batch.masks.to(self.device), batch.valid.to(self.device)
+        if self.batches is not None:
+            batch = next(self.batches)
+        else:
+            assert self.sampler is not None  # prepare_data made it
+            batch = self.sampler.batch()
+        image = batch.image.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        masks, valid = batch.masks.to(self.device, non_blocking=True), batch.valid.to(self.device)
         queries, modality = batch.queries.to(self.device), batch.modality.to(self.device)
         consistency = torch.zeros((), device=self.device)
         teacher_logits = None
@@ -156,7 +174,7 @@ class Trainer:
             logits, other_logits = logits.chunk(2)
             modality_logits, modality = modality_logits[:len(logits)], modality[:len(logits)]
             query_term = query_consistency_loss(logits, other_logits, match.to(self.device))
-        segmentation = partial_label_loss(logits, masks, valid)
+        segmentation = partial_label_loss(logits, masks, valid, self.config.recall_weight)
         mod = modality_loss(modality_logits, modality)
         if teacher_logits is not None:
             consistency = consistency_loss(logits, teacher_logits, valid)
@@ -218,17 +236,26 @@ class Trainer:
         self._pending_sampler_state = state["samplers"][self.context.rank]
 
     # ------------------------------------------------------------------ the run
-    def fit(self) -> Path | None:
-        """Train to ``config.steps``, validate, export; returns the package path on rank 0."""
+    def fit(self, time_limit: float | None = None) -> Path | None:
+        """Train to ``config.steps``, validate, export; returns the package path on rank 0.
+
+        ``time_limit`` (seconds, from now): after ``_CALIBRATION_STEPS`` steps the run measures its
+        pace and lowers ``steps`` so that training ends about ``_EXPORT_RESERVE`` seconds before the
+        limit, leaving that for validation and export; the learning-rate schedule follows the new
+        count (printed, and needed as ``--steps`` to resume such a run)."""
         cfg = self.config
         if self.context.is_main:
             cfg.output.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         self.prepare_data(self._case_progress("preprocessing"))
         log = _Log(cfg.output, self.step) if self.context.is_main else None
         bar = self._bar(total=cfg.steps, initial=self.step, desc="train")
-        started = time.time()
-        while self.step < cfg.steps:
+        first_step, pace_from = self.step, None
+        while self.step < self.config.steps:
             terms = self.train_step()
+            if time_limit is not None:
+                pace_from = self._fit_to_time_limit(time_limit, started, first_step, pace_from, bar)
+            cfg = self.config
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.3f}")
@@ -248,11 +275,32 @@ class Trainer:
         distributed.barrier(self.context)
         return path
 
+    def _fit_to_time_limit(self, limit: float, started: float, first_step: int, pace_from: tuple[int, float] | None,
+                           bar) -> tuple[int, float] | None:
+        """Measure the pace once warm (the first steps compile kernels and fill the workers' queues),
+        then fix ``steps`` to fit the time limit; returns the pace's starting point."""
+        now = time.time()
+        done = self.step - first_step
+        if done == _CALIBRATION_STEPS // 3:
+            return self.step, now
+        if done == _CALIBRATION_STEPS and pace_from is not None:
+            seconds_per_step = (now - pace_from[1]) / (self.step - pace_from[0])
+            fit = self.step + int(max(0.0, limit - _EXPORT_RESERVE - (now - started)) / seconds_per_step)
+            steps = distributed.broadcast_int(min(self.config.steps, max(fit, self.step + 1)), self.context)
+            self.config = dataclasses.replace(self.config, steps=steps)
+            if bar is not None:
+                bar.total = steps
+            if self.context.is_main:
+                (bar.write if bar is not None else print)(
+                    f"time limit {limit:.0f} s: {seconds_per_step:.3f} s per step, training to step {steps} "
+                    f"(resume with --steps {steps})")
+        return pace_from
+
     # ------------------------------------------------------------------ validation
     def validate(self, network: torch.nn.Module | None = None) -> dict[str, Any]:
         """Dice per (dataset, target) and per (modality, target) on the held-out cases.
 
-        Each case is segmented with all its dataset's targets in one query by the sliding-window
+        Each case is segmented with all the targets it annotates in one query by the sliding-window
         inference (``inference.predict_volume``), thresholded at 0.5, compared in model space.
         """
         cases = load_cases(self.config, "val", self._case_progress("validation data"),
@@ -263,7 +311,7 @@ class Trainer:
         for case in cases:
             spec = self.config.datasets[case.dataset_index]
             scores = case_dice(network, case, spec, self.plan.per_dataset[case.dataset_index],
-                               self.config.window, self.config.val_overlap, self.device)
+                               self.config.window, self.config.val_overlap, self.device, list(case.annotated))
             for target, value in scores.items():
                 by_dataset.setdefault(spec.name, {}).setdefault(target, []).append(value)
             if bar is not None:
@@ -287,7 +335,8 @@ class Trainer:
     def export(self, metrics: Mapping[str, Any]) -> Path:
         """Write ``<output>/<name>.safetensors`` (EMA weights) with its manifest filled in."""
         manifest = build_manifest(self.config, self.plan, self.network_config, self.base_manifest, metrics,
-                                  command=self.command, steps=self.step, train_cases=len(self.train_cases or []))
+                                  command=self.command, steps=self.step,
+                                  train_cases=Counter(self.config.datasets[c.dataset_index].name for c in self.train_cases or []))
         path = self.config.output / f"{self.config.name}.safetensors"
         models.save(path, self.ema.state_dict(), manifest)
         return path
@@ -326,19 +375,26 @@ def case_dice(network: torch.nn.Module, case: Case, spec, tasks: Mapping[str, in
 
 def manifest_modalities(config: TrainingConfig, base: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The manifest's modality entries: the base model's (slot and normalisation) when fine-tuning,
-    then the defaults for modalities new to it. Training normalises its data as these say."""
+    then the defaults for modalities new to it; a normalisation the config names wins. Training
+    normalises its data as these say."""
     keys = list(dict.fromkeys([m["key"] for m in (base or {}).get("modalities", [])]
                               + [d.modality for d in config.datasets]))
     base_modalities = {m["key"]: m for m in (base or {}).get("modalities", [])}
-    return [base_modalities.get(e["key"], e) for e in modality_entries(keys)]
+    entries = [dict(base_modalities.get(e["key"], e)) for e in modality_entries(keys)]
+    for entry in entries:
+        if entry["key"] in config.normalization:
+            entry["normalization"] = dict(config.normalization[entry["key"]])
+    return entries
 
 
 def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: HermesConfig,
                    base: Mapping[str, Any] | None, metrics: Mapping[str, Any], *, command: str, steps: int,
-                   train_cases: int) -> dict[str, Any]:
+                   train_cases: Mapping[str, int]) -> dict[str, Any]:
     """The exported package's manifest: tasks from the plan, defaults for the (modality, target)
     pairs trained here (only those reaching ``offer_min_dice`` when set), provenance with the
-    command, seed, steps, data and measured Dice."""
+    command, seed, steps, data (``train_cases``: training cases per dataset name; each dataset's
+    origin, source and targets under ``provenance.datasets``) and measured Dice. Datasets the base
+    package learned from and this run did not retrain stay listed."""
     measured = metrics.get("validation_dice", {})
     defaults = {m: dict(t) for m, t in (base or {}).get("defaults", {}).items()}
     for spec, tasks in zip(config.datasets, plan.per_dataset):
@@ -365,14 +421,28 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
             "training_command": command,
             "seed": config.seed,
             "steps": steps,
-            "data": f"{train_cases} training cases from: {data}",
+            "data": f"{sum(train_cases.values())} training cases from: {data}",
+            "datasets": _dataset_provenance(config, train_cases, base),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "metrics": {**metrics, "offer_min_dice": config.offer_min_dice,
-                        "evaluation": "Dice in model space on held-out cases, all of a dataset's targets in one query, "
-                                      f"sliding window (overlap {config.val_overlap:.2f}), threshold 0.5"},
+                        "evaluation": "Dice in model space on held-out cases, all of a case's annotated targets in "
+                                      f"one query, sliding window (overlap {config.val_overlap:.2f}), threshold 0.5"},
             **({"fine_tuned_from": {"name": base["name"], "provenance": base["provenance"]}} if base else {}),
         },
     }
+
+
+def _dataset_provenance(config: TrainingConfig, train_cases: Mapping[str, int],
+                        base: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One entry per dataset the model learned from: this run's, then the base package's others."""
+    entries = [{"name": d.name, "modality": d.modality, "origin": d.origin or "unknown", "source": d.source,
+                "targets": list(d.targets), "training_cases": int(train_cases.get(d.name, 0))}
+               for d in config.datasets]
+    names = {d.name for d in config.datasets}
+    for entry in ((base or {}).get("provenance") or {}).get("datasets", []):
+        if entry.get("name") not in names:
+            entries.append(dict(entry))
+    return entries
 
 
 class _Log:
