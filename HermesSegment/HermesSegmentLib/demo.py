@@ -26,7 +26,7 @@ from .pipeline.options import DEFAULT_MODEL
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
 #: --sample choices: the generated phantom, or the bundled real patient (samples.json's name).
-SAMPLES = {"phantom": None, "real-hn-ct": "HermesHeadNeckCT"}
+SAMPLES = {"phantom": "", "real-hn-ct": "HermesHeadNeckCT"}
 
 
 def to_lps(image, masks: dict) -> tuple[np.ndarray, dict, tuple]:
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "clinical contours, bundled)")
     args = parser.parse_args(argv)
 
-    from . import vocabulary, writers
+    from . import writers
     from .errors import HermesError
     from .evaluation import evaluate_masks
     from .models import load
@@ -110,22 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = load(args.model)
         print(f"model: {model.manifest['title']}\n       {model.manifest['intended_use']}")
-        if args.sample == "phantom":
-            stem, modality = "phantom", vocabulary.modality(args.modality).key
-            image, truth, what = _phantom(args, modality)
-            targets = model.targets_for(modality)
-        else:
-            stem = args.sample
-            image, truth, modality, what = _real_sample(SAMPLES[args.sample])
-            offered = model.targets_for(modality)
-            targets = [key for key in truth if key in offered]
-            skipped = [key for key in truth if key not in offered]
-            if skipped:
-                print(f"not offered by {model.name} (not trained, or measured below its bar): {', '.join(skipped)}")
-            if not targets:
-                raise HermesError(f"{model.name} offers none of the structures contoured in this sample "
-                                  f"({', '.join(truth)}); use a model that does")
-        print(f"{stem}: {what}")
+        stem, image, truth, modality, targets = _sample(args, model)
         result = segment_image(image, modality=modality, targets=targets, model=model, device=args.device)
     except HermesError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -161,6 +146,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{model.name} on {subject} (demo model; not for clinical use)")
     print(f"\nwrote {segmentation} (open in 3D Slicer), {picture}, {args.out / 'summary.csv'}")
     return 0
+
+
+def _sample(args: argparse.Namespace, model):
+    """(stem, image, {target: bool truth}, modality, targets to ask) of the sample ``args`` names:
+    a phantom with every target the model offers for its modality, or a bundled real scan with
+    the contoured structures the model offers."""
+    from . import vocabulary
+    from .errors import HermesError
+
+    if args.sample == "phantom":
+        modality = vocabulary.modality(args.modality).key
+        image, truth, what = _phantom(args, modality)
+        targets = model.targets_for(modality)
+    else:
+        image, truth, modality, what = _real_sample(SAMPLES[args.sample])
+        offered = model.targets_for(modality)
+        targets = [key for key in truth if key in offered]
+        skipped = [key for key in truth if key not in offered]
+        if skipped:
+            print(f"not offered by {model.name} (not trained, or measured below its bar): {', '.join(skipped)}")
+        if not targets:
+            raise HermesError(f"{model.name} offers none of the structures contoured in this sample "
+                              f"({', '.join(truth)}); use a model that does")
+    stem = "phantom" if args.sample == "phantom" else args.sample
+    print(f"{stem}: {what}")
+    return stem, image, truth, modality, targets
 
 
 def _phantom(args: argparse.Namespace, modality: str):

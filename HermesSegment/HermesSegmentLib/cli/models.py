@@ -115,7 +115,8 @@ def run_info(args: argparse.Namespace) -> int:
     for modality in manifest["modalities"]:
         targets = manifest["defaults"].get(modality["key"], {})
         scores = dice.get(modality["key"], {})
-        listed = ", ".join(_offered(t, scores.get(t), origins.get((modality["key"], t), set())) for t in sorted(targets))
+        listed = ", ".join(_offered(t, scores.get(t), origins.get((modality["key"], t), set()))
+                           for t in sorted(targets))
         print(f"  {modality['key']:<8} {len(targets):>2} targets: {listed}")
     if "test_dice" in metrics:
         print(f"measured:      Dice (in brackets) on {sum(metrics['test_cases'].values())} test cases never trained on "

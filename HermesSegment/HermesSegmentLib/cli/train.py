@@ -43,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, metavar="N", help="override the config's batch size")
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="override the config's checkpoint interval")
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="override the config's number of batch-making worker processes (0: in the training process)")
+                        help="override the config's number of batch-making worker processes "
+                             "(0: in the training process)")
     parser.add_argument("--prepare", metavar="DIR",
                         help="only preprocess the config's training cases into DIR (compact, read without SimpleITK) "
                              "and stop; train from it elsewhere with --data-root DIR")
@@ -82,6 +83,9 @@ def _prepare(config, args: argparse.Namespace) -> int:
 
     from ..training.prepared import prepare
 
-    for folder in prepare(config, config.data_root, Path(args.prepare).absolute(), lambda m: print(f"prepared: {m}", flush=True)):
+    def progress(message: str) -> None:
+        print(f"prepared: {message}", flush=True)
+
+    for folder in prepare(config, config.data_root, Path(args.prepare).absolute(), progress):
         print(folder)
     return 0

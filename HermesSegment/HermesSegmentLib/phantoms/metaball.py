@@ -102,70 +102,79 @@ def generate_metaball_case(seed: int, *, max_voxels: int = 2_500_000) -> tuple[s
         spacing = spacing * (size.prod() / max_voxels) ** (1 / 3)
         size = np.maximum(np.floor(extent / spacing).astype(int), 16)
     origin = np.array([-extent[0] / 2, -extent[1] / 2 + rng.uniform(-10, 20), z_lo])
-    grid = _Grid(origin, spacing, size)
-    hu = {name: rng.uniform(*bounds) for name, bounds in _HU.items()}
-
-    width = 1.0 + 0.08 * np.sin(grid.z / rng.uniform(90, 160) + rng.uniform(0, 6.3))  # waist and chest
-    r = ((np.abs(grid.x) / (ax * width)) ** power + (np.abs(grid.y) / (ay * width)) ** power) ** (1 / power)
-    body = r < 1.0
-    image = np.full(grid.shape, -1000.0, np.float32)
-    label = np.zeros(grid.shape, np.uint8)
-    image[body] = hu["fat"]
-    image[body & (r > 0.97)] = hu["skin"]
-    wall = rng.uniform(0.08, 0.2)
-    inner = r < 1.0 - wall
-    image[(r < 1.0 - wall + 0.05) & ~inner] = hu["muscle"]
-    viscera = inner  # the body cavity: bowel-like texture with gas, organs painted over it
-    blobs = ndimage.gaussian_filter(rng.normal(size=grid.shape).astype(np.float32), 6.0 / spacing[::-1])
-    image[viscera] = hu["viscera"] + 25.0 * blobs[viscera] / max(float(blobs.std()), 1e-6)
-    image[viscera & (blobs > np.quantile(blobs, 0.97))] = hu["gas"]
-
-    def paint(mask: np.ndarray, tissue: str, target: str | None) -> None:
-        mask &= body
-        image[mask] = hu[tissue]
-        label[mask] = LABELS[target] if target else 0
-
-    spine_y = ay * rng.uniform(0.38, 0.52)
-    chest = rng.uniform(90, 140)  # where the diaphragm sits
-    for side, key in ((-1, "lung_right"), (1, "lung_left")):
-        paint(_metaball(grid, rng, (side * ax * 0.45, 0.0, chest + 80), (ax * 0.33, ay * 0.6, 85), 7) &
-              (grid.z > chest - 15), "lung", key)
-    paint(_metaball(grid, rng, (20.0, -ay * 0.3, chest + 45), (50, 42, 48), 5), "heart", "heart")
-    paint(_metaball(grid, rng, (-ax * 0.42, -ay * 0.1, chest - 50), (ax * 0.42, ay * 0.55, 62), 8), "liver", "liver")
-    paint(_metaball(grid, rng, (ax * 0.52, ay * 0.35, chest - 45), (24, 40, 45), 5), "spleen", "spleen")
-    paint(_metaball(grid, rng, (ax * 0.3, -ay * 0.25, chest - 40), (38, 30, 50), 5), "stomach", "stomach")
-    for side, key in ((-1, "kidney_right"), (1, "kidney_left")):
-        centre = (side * rng.uniform(55, 80), spine_y + rng.uniform(-5, 15), chest - rng.uniform(100, 150))
-        paint(_metaball(grid, rng, centre, (24, 22, 50), 4), "kidney", key)
-    top = chest + 60
-    aorta = np.array([[rng.uniform(8, 25), spine_y - rng.uniform(28, 40), z] for z in np.linspace(z_lo - 5, top, 7)])
-    aorta[:, :2] += rng.uniform(-4, 4, (7, 2))
-    paint(_balls_along(grid, aorta, rng.uniform(9, 14)), "aorta", "aorta")
-    z = z_lo - 10
-    while z < z_hi:
-        height, radius = rng.uniform(20, 30), rng.uniform(16, 24)
-        disc = rng.uniform(5, 9)
-        ring = (grid.x ** 2 + (grid.y - spine_y) ** 2 < radius ** 2)
-        paint(ring & (grid.z >= z) & (grid.z < z + height - disc), "bone", "vertebrae")
-        paint(ring & (grid.z >= z + height - disc) & (grid.z < z + height), "disc", None)
-        z += height
-
-    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.0) * np.ones(3))
-    image += rng.normal(0.0, rng.uniform(5.0, 25.0), grid.shape).astype(np.float32)
-    arrays = (np.clip(np.round(image), -1024, 3071).astype(np.int16), label)
+    case = _Case(_Grid(origin, spacing, size), rng, ax, ay, power)
+    case.paint_organs(z_lo, z_hi)
+    image = ndimage.gaussian_filter(case.image, rng.uniform(0.3, 1.0) * np.ones(3))
+    image += rng.normal(0.0, rng.uniform(5.0, 25.0), case.grid.shape).astype(np.float32)
     images = []
-    for array in arrays:
+    for array in (np.clip(np.round(image), -1024, 3071).astype(np.int16), case.label):
         itk = sitk.GetImageFromArray(array)
         itk.SetOrigin(tuple(float(v) for v in origin))
         itk.SetSpacing(tuple(float(v) for v in spacing))
         images.append(itk)
-    counts = np.bincount(label.ravel(), minlength=max(LABELS.values()) + 1)
+    counts = np.bincount(case.label.ravel(), minlength=max(LABELS.values()) + 1)
     present = {key: LABELS[key] for key in TARGETS if counts[LABELS[key]] > 0}
     voxel_ml = float(np.prod(spacing)) / 1000.0
     info = {"family": "metaball", "seed": int(seed), "modality": "CT", "labels": present,
             "spacing": [float(s) for s in spacing], "size": [int(n) for n in size],
             "volumes_ml": {key: round(float(counts[v]) * voxel_ml, 2) for key, v in present.items()}}
     return images[0], images[1], info
+
+
+class _Case:
+    """The body (superellipse cross-section whose width varies along z, skin, fat, muscle wall,
+    a cavity of bowel-like texture with gas) and the organs painted into it."""
+
+    def __init__(self, grid: _Grid, rng: np.random.Generator, ax: float, ay: float, power: float) -> None:
+        self.grid, self.rng, self.ax, self.ay = grid, rng, ax, ay
+        self.hu = {name: rng.uniform(*bounds) for name, bounds in _HU.items()}
+        width = 1.0 + 0.08 * np.sin(grid.z / rng.uniform(90, 160) + rng.uniform(0, 6.3))  # waist and chest
+        r = ((np.abs(grid.x) / (ax * width)) ** power + (np.abs(grid.y) / (ay * width)) ** power) ** (1 / power)
+        self.body = r < 1.0
+        self.image = np.full(grid.shape, -1000.0, np.float32)
+        self.label = np.zeros(grid.shape, np.uint8)
+        self.image[self.body] = self.hu["fat"]
+        self.image[self.body & (r > 0.97)] = self.hu["skin"]
+        wall = rng.uniform(0.08, 0.2)
+        cavity = r < 1.0 - wall  # bowel-like texture with gas; the organs are painted over it
+        self.image[(r < 1.0 - wall + 0.05) & ~cavity] = self.hu["muscle"]
+        blobs = ndimage.gaussian_filter(rng.normal(size=grid.shape).astype(np.float32), 6.0 / grid.spacing[::-1])
+        self.image[cavity] = self.hu["viscera"] + 25.0 * blobs[cavity] / max(float(blobs.std()), 1e-6)
+        self.image[cavity & (blobs > np.quantile(blobs, 0.97))] = self.hu["gas"]
+
+    def paint(self, mask: np.ndarray, tissue: str, target: str | None) -> None:
+        mask &= self.body
+        self.image[mask] = self.hu[tissue]
+        self.label[mask] = LABELS[target] if target else 0
+
+    def paint_organs(self, z_lo: float, z_hi: float) -> None:
+        """Lungs, heart, liver, spleen, stomach, kidneys, aorta and vertebrae, in that order."""
+        grid, rng, ax, ay = self.grid, self.rng, self.ax, self.ay
+        spine_y = ay * rng.uniform(0.38, 0.52)
+        chest = rng.uniform(90, 140)  # where the diaphragm sits
+        for side, key in ((-1, "lung_right"), (1, "lung_left")):
+            lung = _metaball(grid, rng, (side * ax * 0.45, 0.0, chest + 80), (ax * 0.33, ay * 0.6, 85), 7)
+            self.paint(lung & (grid.z > chest - 15), "lung", key)
+        self.paint(_metaball(grid, rng, (20.0, -ay * 0.3, chest + 45), (50, 42, 48), 5), "heart", "heart")
+        self.paint(_metaball(grid, rng, (-ax * 0.42, -ay * 0.1, chest - 50), (ax * 0.42, ay * 0.55, 62), 8),
+                   "liver", "liver")
+        self.paint(_metaball(grid, rng, (ax * 0.52, ay * 0.35, chest - 45), (24, 40, 45), 5), "spleen", "spleen")
+        self.paint(_metaball(grid, rng, (ax * 0.3, -ay * 0.25, chest - 40), (38, 30, 50), 5), "stomach", "stomach")
+        for side, key in ((-1, "kidney_right"), (1, "kidney_left")):
+            centre = (side * rng.uniform(55, 80), spine_y + rng.uniform(-5, 15), chest - rng.uniform(100, 150))
+            self.paint(_metaball(grid, rng, centre, (24, 22, 50), 4), "kidney", key)
+        aorta = np.array([[rng.uniform(8, 25), spine_y - rng.uniform(28, 40), z]
+                          for z in np.linspace(z_lo - 5, chest + 60, 7)])
+        aorta[:, :2] += rng.uniform(-4, 4, (7, 2))
+        self.paint(_balls_along(grid, aorta, rng.uniform(9, 14)), "aorta", "aorta")
+        z = z_lo - 10
+        while z < z_hi:
+            height, radius = rng.uniform(20, 30), rng.uniform(16, 24)
+            disc = rng.uniform(5, 9)
+            ring = grid.x ** 2 + (grid.y - spine_y) ** 2 < radius ** 2
+            self.paint(ring & (grid.z >= z) & (grid.z < z + height - disc), "bone", "vertebrae")
+            self.paint(ring & (grid.z >= z + height - disc) & (grid.z < z + height), "disc", None)
+            z += height
 
 
 def write_metaball_dataset(out_dir: str | Path, cases: int, seed: int = 0,

@@ -250,7 +250,8 @@ def _parse_splits(value: Any, folder: Path, where: str, need_cases_file: bool) -
     """A dataset's ``splits``: names of the cases.json splits to keep (empty: all cases)."""
     splits = [value] if isinstance(value, str) else value
     if not isinstance(splits, list) or not all(isinstance(s, str) and s for s in splits):
-        raise HermesError(f"{where}: 'splits' must be a list of split names from the dataset's cases.json, e.g. [train]")
+        raise HermesError(f"{where}: 'splits' must be a list of split names from the dataset's cases.json, "
+                          "e.g. [train]")
     if splits and need_cases_file and not (folder / "cases.json").is_file():
         raise HermesError(f"{where}: 'splits' needs a cases.json in {folder} giving each case its 'split'")
     return tuple(splits)

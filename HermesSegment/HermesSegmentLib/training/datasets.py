@@ -90,43 +90,57 @@ def find_cases(spec: DatasetSpec) -> list[CaseFiles]:
     if prepared.is_prepared(spec.path):
         return _prepared_cases(spec)
     annotations = read_case_annotations(spec)
-    labels = {}
-    for path in sorted((spec.path / "labelsTr").iterdir()):
-        split = _strip_ending(path.name)
-        if split and not path.name.startswith("."):
-            labels[split[0]] = path
+    labels = dict(_files_by_stem(spec.path / "labelsTr"))
     cases = []
-    for path in sorted((spec.path / "imagesTr").iterdir()):
-        split = _strip_ending(path.name)
-        if not split or path.name.startswith("."):
-            continue
-        stem = split[0]
+    for stem, path in _images_by_case(spec.path / "imagesTr"):
+        if stem not in labels:
+            raise HermesError(f"dataset '{spec.name}': image {path.name} has no label map {stem}.* in labelsTr/; add "
+                              "it or remove the image")
+        annotated = _annotated_in(spec, stem, annotations)
+        if annotated:  # a case outside the kept splits, or annotating none of the targets, is left out
+            cases.append(CaseFiles(spec.name, stem, path, labels[stem], annotated))
+    if not cases:
+        if annotations is not None and spec.splits:
+            raise HermesError(f"dataset '{spec.name}': no case of split {', '.join(spec.splits)} in {CASES_FILE} "
+                              f"annotates {', '.join(spec.targets)}; check 'splits' and 'labels'")
+        raise HermesError(f"dataset '{spec.name}': no images found in {spec.path / 'imagesTr'} (expected "
+                          "NAME_0000.nii.gz or NAME.nii.gz)")
+    return cases
+
+
+def _files_by_stem(folder: Path) -> list[tuple[str, Path]]:
+    """(name without its image ending, path) of the image files in ``folder``, sorted; hidden files skipped."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        parts = _strip_ending(path.name)
+        if parts and not path.name.startswith("."):
+            found.append((parts[0], path))
+    return found
+
+
+def _images_by_case(folder: Path) -> list[tuple[str, Path]]:
+    """(case id, channel-0 image) of an imagesTr folder: nnU-Net's CASE_0000 or MSD's CASE."""
+    images = []
+    for stem, path in _files_by_stem(folder):
         if stem[-5:-4] == "_" and stem[-4:].isdigit():
             if stem[-4:] != "0000":
                 continue  # another channel of a multi-channel case: Hermes takes one channel
             stem = stem[:-5]
-        if stem not in labels:
-            raise HermesError(f"dataset '{spec.name}': image {path.name} has no label map {stem}.* in labelsTr/; add "
-                              "it or remove the image")
-        annotated = spec.targets
-        if annotations is not None:
-            if stem not in annotations:
-                raise HermesError(f"dataset '{spec.name}': case {stem} is missing from {CASES_FILE}; list it "
-                                  "with its 'annotated' structures or remove the case")
-            split, annotated = annotations[stem]
-            if spec.splits and split not in spec.splits:
-                continue
-            if not annotated:
-                continue  # nothing this config trains is known in this case
-        cases.append(CaseFiles(spec.name, stem, path, labels[stem], annotated))
-    if not cases:
-        where = spec.path / "imagesTr"
-        if annotations is not None and spec.splits:
-            raise HermesError(f"dataset '{spec.name}': no case of split {', '.join(spec.splits)} in {CASES_FILE} "
-                              f"annotates {', '.join(spec.targets)}; check 'splits' and 'labels'")
-        raise HermesError(f"dataset '{spec.name}': no images found in {where} (expected NAME_0000.nii.gz or "
-                          "NAME.nii.gz)")
-    return cases
+        images.append((stem, path))
+    return images
+
+
+def _annotated_in(spec: DatasetSpec, case: str,
+                  annotations: dict[str, tuple[str | None, tuple[str, ...]]] | None) -> tuple[str, ...]:
+    """The config's targets annotated in ``case`` (every one without a cases.json); empty when the
+    case's split is not kept."""
+    if annotations is None:
+        return spec.targets
+    if case not in annotations:
+        raise HermesError(f"dataset '{spec.name}': case {case} is missing from {CASES_FILE}; list it with its "
+                          "'annotated' structures or remove the case")
+    split, annotated = annotations[case]
+    return () if spec.splits and split not in spec.splits else annotated
 
 
 def _prepared_cases(spec: DatasetSpec) -> list[CaseFiles]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import lzma
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -56,14 +56,16 @@ def is_prepared(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
-def describe(spacing: Sequence[float], modality: str, normalization: dict | None = None) -> dict[str, Any]:
+def describe(spacing: Sequence[float], modality: str,
+             normalization: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a prepared folder must match to be used: spacing, normalisation, modality."""
     return {"spacing_zyx_mm": [float(s) for s in spacing],
-            "normalization": normalization or default_normalization(modality), "modality": modality}
+            "normalization": dict(normalization or default_normalization(modality)), "modality": modality}
 
 
 def write_dataset(folder: Path, cases: Sequence[Any], spacing: Sequence[float], modality: str,
-                  normalization: dict | None = None, progress: Callable[[str], None] | None = None) -> None:
+                  normalization: Mapping[str, Any] | None = None,
+                  progress: Callable[[str], None] | None = None) -> None:
     """Pack preprocessed ``cases`` (``datasets.Case``, one dataset) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -78,13 +80,13 @@ def write_dataset(folder: Path, cases: Sequence[Any], spacing: Sequence[float], 
                          "annotated": list(case.annotated)}
         if progress is not None:
             progress(f"{case.files.dataset} {name}")
-    write_text(folder / MANIFEST, json.dumps({"format_version": FORMAT_VERSION, **describe(spacing, modality, normalization),
-                                              "image_steps_per_unit": IMAGE_STEPS_PER_UNIT, "cases": entries},
-                                             indent=1) + "\n")
+    description = {"format_version": FORMAT_VERSION, **describe(spacing, modality, normalization),
+                   "image_steps_per_unit": IMAGE_STEPS_PER_UNIT, "cases": entries}
+    write_text(folder / MANIFEST, json.dumps(description, indent=1) + "\n")
 
 
 def read_manifest(folder: Path, spacing: Sequence[float], modality: str, dataset: str,
-                  normalization: dict | None = None) -> dict[str, Any]:
+                  normalization: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``prepared.json`` of ``folder``, checked against the config (one-line HermesError if stale)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))

@@ -44,7 +44,7 @@ class Batch:
     dataset: torch.Tensor
     cases: tuple[str, ...] = ()
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Page-locked copies (the DataLoader calls this with pin_memory=True): faster, asynchronous
         copies to the GPU."""
         return dataclasses.replace(self, image=self.image.pin_memory(), masks=self.masks.pin_memory())
@@ -87,7 +87,8 @@ class Sampler:
         weights = np.array([config.datasets[i].weight for i in usable], float)
         self.usable, self.weights = usable, weights / weights.sum()
         self.rng = np.random.default_rng([config.seed, 1, rank, *stream])
-        self.aug_state = np.random.RandomState(np.random.SeedSequence([config.seed, 2, rank, *stream]).generate_state(1)[0])
+        aug_seed = np.random.SeedSequence([config.seed, 2, rank, *stream]).generate_state(1)[0]
+        self.aug_state = np.random.RandomState(aug_seed)
         self.augment = build_augmentation(self.aug_state) if config.augment else None
         self._foreground: dict[tuple[int, str], np.ndarray] = {}
 
@@ -108,7 +109,8 @@ class Sampler:
             *tensors, case = self.sample()
             samples.append(tensors)
             cases.append(f"{case.files.dataset}/{case.files.case}")
-        return Batch(*(torch.stack([s[i] for s in samples]) for i in range(6)), cases=tuple(cases))
+        image, masks, queries, valid, modality, dataset = (torch.stack([s[i] for s in samples]) for i in range(6))
+        return Batch(image, masks, queries, valid, modality, dataset, cases=tuple(cases))
 
     def sample(self) -> tuple[Any, ...]:
         """One crop: (image (1, *W), masks (T, *W), queries (T,), valid (T,), modality (1,), dataset (),

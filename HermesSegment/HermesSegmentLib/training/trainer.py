@@ -145,11 +145,8 @@ class Trainer:
         """One optimisation step; returns the loss terms (floats) of this rank's batch."""
         self.prepare_data()
         self.network.train()
-        if self.batches is not None:
-            batch = next(self.batches)
-        else:
-            assert self.sampler is not None  # prepare_data made it
-            batch = self.sampler.batch()
+        assert self.sampler is not None  # prepare_data made it (also with workers: its stream serves the queries)
+        batch = next(self.batches) if self.batches is not None else self.sampler.batch()
         image = batch.image.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         masks, valid = batch.masks.to(self.device, non_blocking=True), batch.valid.to(self.device)
         queries, modality = batch.queries.to(self.device), batch.modality.to(self.device)
@@ -334,9 +331,9 @@ class Trainer:
     # ------------------------------------------------------------------ export
     def export(self, metrics: Mapping[str, Any]) -> Path:
         """Write ``<output>/<name>.safetensors`` (EMA weights) with its manifest filled in."""
+        per_dataset = Counter(self.config.datasets[c.dataset_index].name for c in self.train_cases or [])
         manifest = build_manifest(self.config, self.plan, self.network_config, self.base_manifest, metrics,
-                                  command=self.command, steps=self.step,
-                                  train_cases=Counter(self.config.datasets[c.dataset_index].name for c in self.train_cases or []))
+                                  command=self.command, steps=self.step, train_cases=per_dataset)
         path = self.config.output / f"{self.config.name}.safetensors"
         models.save(path, self.ema.state_dict(), manifest)
         return path
