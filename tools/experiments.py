@@ -1,7 +1,7 @@
 """The measurements behind docs/experiments.md (synthetic phantoms, CPU, small scale).
 
     # universal model vs per-dataset models of the same size and the same total number of steps
-    python tools/experiments.py compare --config HermesSegment/Resources/Models/demo_training.yaml \
+    python tools/experiments.py compare --config tools/demo_1.3_training.yaml \
         --data-root PHANTOMS --out DIR --steps 360 --datasets PhantomCT_Abdomen PhantomMR_T1 PhantomMR_T2
 
     # query-subset stability and the effect of the modality priors, on a trained package's held-out cases

@@ -2,7 +2,7 @@
 # Rebuild the bundled demo model from scratch on CPU:
 #   tools/train_demo.sh [WORK_DIR]     (default: build/demo-training)
 # 1. generate the phantom pseudo-datasets (synthetic; seed 0, 20 cases per dataset),
-# 2. train with HermesSegment/Resources/Models/demo_training.yaml (stage 1, 1800 steps),
+# 2. train with tools/demo_1.3_training.yaml (stage 1, 1800 steps),
 # 3. fine-tune the stage-1 package with the same config for 1000 more steps (stage 2: a fresh
 #    warm-up and poly decay; the loss was still falling steeply when stage 1's schedule ended),
 # 4. fine-tune the stage-2 package for 3000 more steps at half the peak learning rate (stage 3,
