@@ -435,3 +435,25 @@ def test_a_new_normalisation_is_one_class_and_one_registry_line(monkeypatch, tin
     assert result.model_space is not None and result.model_space.array.min() < -500  # HU, not z-scores
     with pytest.raises(HermesError, match="lacks offset"):
         model_space.to_model_space(image, spacing_zyx=MODEL_SPACING, normalization={"method": "toy_shift"})
+
+
+def test_fixed_statistics_make_ct_intensities_independent_of_the_field_of_view():
+    """clip_fixed_zscore: the same tissue gets the same value in a tight and in a wide field of
+    view (a per-volume z-score moves it: more air, lower mean)."""
+    from HermesSegmentLib.preprocess.normalization import normalization_for
+
+    body = np.full((24, 24, 24), 40.0, np.float32)
+    wide = np.full((24, 64, 64), -1000.0, np.float32)
+    wide[:, 20:44, 20:44] = 40.0
+    fixed = {"method": "clip_fixed_zscore", "clip": [-991.0, 500.0], "mean": -500.0, "std": 500.0}
+    per_volume = {"method": "clip_zscore", "clip": [-991.0, 500.0]}
+    values = {}
+    for name, entry in (("fixed", fixed), ("per_volume", per_volume)):
+        tight, whole = body.copy(), wide.copy()
+        normalization_for(entry)(tight)
+        normalization_for(entry)(whole)
+        values[name] = (float(tight[0, 0, 0]), float(whole[0, 30, 30]))
+    assert values["fixed"][0] == values["fixed"][1] == pytest.approx(1.08)
+    assert abs(values["per_volume"][0] - values["per_volume"][1]) > 1.0
+    with pytest.raises(HermesError, match="std > 0"):
+        normalization_for({**fixed, "std": 0.0})

@@ -361,6 +361,9 @@ def test_slab_crops_look_like_a_partial_scan_and_keep_their_foreground_voxel(tmp
     again = renormalized(values, percentile)
     assert abs(float(again.mean())) < 1e-3 and abs(float(again.std()) - 1.0) < 1e-3
     assert renormalized(values, {"method": "clip_fixed_zscore"}) is values  # fixed statistics: unchanged
+    from HermesSegmentLib.preprocess.normalization import NORMALIZATIONS
+    from HermesSegmentLib.training.sampling import PER_VOLUME_NORMALIZATIONS
+    assert set(PER_VOLUME_NORMALIZATIONS) == {m for m, cls in NORMALIZATIONS.items() if cls.per_volume}
     image, _ = sampler._as_slab(rng.normal(3.0, 2.0, size=(32, 32, 32)).astype(np.float32),
                                 np.zeros((32, 32, 32), np.uint8), -9.0, None, percentile)
     air = image == image.min()

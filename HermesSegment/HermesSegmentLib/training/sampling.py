@@ -256,6 +256,12 @@ def batch_stream(config: TrainingConfig, cases: Sequence[Case], task_of: Sequenc
     return iter(loader)
 
 
+# The engine's normalisations whose statistics come from the volume (their ``per_volume``; named
+# here because the engine's registry imports SimpleITK, which a training machine may lack; a test
+# keeps the two in step).
+PER_VOLUME_NORMALIZATIONS = ("clip_zscore", "percentile_clip_zscore")
+
+
 def renormalized(values: np.ndarray, normalization: dict) -> np.ndarray:
     """``values`` (already normalised as ``normalization`` says, over a whole scan) normalised
     again as if they were the whole scan: the per-volume statistics (percentiles, mean, standard
@@ -263,7 +269,7 @@ def renormalized(values: np.ndarray, normalization: dict) -> np.ndarray:
     normalising the raw slab (up to intensities the first clip already cut); a method with fixed
     statistics returns ``values`` unchanged."""
     method = normalization.get("method")
-    if method not in ("clip_zscore", "percentile_clip_zscore"):
+    if method not in PER_VOLUME_NORMALIZATIONS:
         return values
     values = values.astype(np.float32, copy=True)
     if method == "percentile_clip_zscore":

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from ...errors import HermesError
 from .base import Normalization
+from .clip_fixed_zscore import ClipFixedZScore
 from .clip_zscore import ClipZScore
 from .percentile_clip_zscore import PercentileClipZScore
 
@@ -18,6 +19,7 @@ from .percentile_clip_zscore import PercentileClipZScore
 NORMALIZATIONS: dict[str, type[Normalization]] = {
     ClipZScore.method: ClipZScore,
     PercentileClipZScore.method: PercentileClipZScore,
+    ClipFixedZScore.method: ClipFixedZScore,
 }
 
 

@@ -20,6 +20,10 @@ class Normalization(ABC):
 
     method: ClassVar[str]
     parameters: ClassVar[tuple[str, ...]] = ()
+    #: Whether the statistics come from the volume itself (then a partial scan is normalised
+    #: differently from the whole; training re-normalises its slab crops to match, see
+    #: ``training.sampling.renormalized``).
+    per_volume: ClassVar[bool] = True
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         missing = [key for key in self.parameters if key not in entry]
