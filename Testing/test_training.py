@@ -453,6 +453,15 @@ def test_a_time_limit_fixes_the_number_of_steps_after_measuring_the_pace(tmp_pat
     assert models.read_manifest(path)["provenance"]["steps"] == 45
 
 
+def test_stop_after_pauses_with_a_checkpoint_and_resume_finishes_the_same_schedule(tmp_path, tiny_data):
+    paused = _trainer(tmp_path, tiny_data, steps=4)
+    assert paused.fit(stop_after=2) is None
+    assert checkpoint.load(tmp_path / "run" / "checkpoint")[1]["step"] == 2
+    assert not (tmp_path / "run" / "tiny-trained.safetensors").exists()
+    resumed = _trainer(tmp_path, tiny_data, resume=True, steps=4)
+    assert resumed.fit() is not None and resumed.step == 4
+
+
 def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, tiny_data):
     with pytest.raises(HermesError, match="no checkpoint to resume"):
         _trainer(tmp_path, tiny_data, resume=True)

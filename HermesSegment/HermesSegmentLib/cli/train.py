@@ -40,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="fit the run into this wall-clock budget: after 30 steps it measures its pace and lowers "
                              "the number of steps (schedule included) so that validation and export end in time")
+    parser.add_argument("--stop-after", type=int, metavar="STEP",
+                        help="pause at this step: write the checkpoint and stop without exporting (--resume goes on)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="override the config's batch size")
     parser.add_argument("--checkpoint-every", type=int, metavar="N", help="override the config's checkpoint interval")
     parser.add_argument("--workers", type=int, metavar="N",
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(config, init=args.init, resume=args.resume, context=context,
                           command=f"{launcher} {shlex.join(sys.argv[1:])}")
-        path = trainer.fit(time_limit=args.time_limit)
+        path = trainer.fit(time_limit=args.time_limit, stop_after=args.stop_after)
     finally:
         distributed.shutdown(context)
     if path is not None:

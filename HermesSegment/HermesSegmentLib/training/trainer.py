@@ -233,22 +233,38 @@ class Trainer:
         self._pending_sampler_state = state["samplers"][self.context.rank]
 
     # ------------------------------------------------------------------ the run
-    def fit(self, time_limit: float | None = None) -> Path | None:
+    def fit(self, time_limit: float | None = None, stop_after: int | None = None) -> Path | None:
         """Train to ``config.steps``, validate, export; returns the package path on rank 0.
 
         ``time_limit`` (seconds, from now): after ``_CALIBRATION_STEPS`` steps the run measures its
         pace and lowers ``steps`` so that training ends about ``_EXPORT_RESERVE`` seconds before the
         limit, leaving that for validation and export; the learning-rate schedule follows the new
-        count (printed, and needed as ``--steps`` to resume such a run)."""
-        cfg = self.config
+        count (printed, and needed as ``--steps`` to resume such a run). ``stop_after``: pause at
+        that step (checkpoint written, nothing exported; returns None): ``--resume`` continues the
+        same schedule, possibly with a changed config (the demo model's stage B did)."""
         if self.context.is_main:
-            cfg.output.mkdir(parents=True, exist_ok=True)
+            self.config.output.mkdir(parents=True, exist_ok=True)
+        self._train(time_limit, stop_after)
+        if self.step < self.config.steps:  # paused by stop_after
+            self.save_checkpoint()
+            return None
+        path = None
+        if self.context.is_main:
+            metrics = self.validate()
+            (self.config.output / "validation.json").write_text(json.dumps(metrics, indent=2) + "\n",
+                                                                encoding="utf-8")
+            path = self.export(metrics)
+        distributed.barrier(self.context)
+        return path
+
+    def _train(self, time_limit: float | None, stop_after: int | None) -> None:
+        """The training loop of :meth:`fit`: steps, log, progress bar, checkpoints."""
         started = time.time()
         self.prepare_data(self._case_progress("preprocessing"))
-        log = _Log(cfg.output, self.step) if self.context.is_main else None
-        bar = self._bar(total=cfg.steps, initial=self.step, desc="train")
+        log = _Log(self.config.output, self.step) if self.context.is_main else None
+        bar = self._bar(total=self.config.steps, initial=self.step, desc="train")
         first_step, pace_from = self.step, None
-        while self.step < self.config.steps:
+        while self.step < min(self.config.steps, stop_after or self.config.steps):
             terms = self.train_step()
             if time_limit is not None:
                 pace_from = self._fit_to_time_limit(time_limit, started, first_step, pace_from, bar)
@@ -264,13 +280,6 @@ class Trainer:
             bar.close()
         if log is not None:
             log.close()
-        path = None
-        if self.context.is_main:
-            metrics = self.validate()
-            (cfg.output / "validation.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            path = self.export(metrics)
-        distributed.barrier(self.context)
-        return path
 
     def _fit_to_time_limit(self, limit: float, started: float, first_step: int, pace_from: tuple[int, float] | None,
                            bar) -> tuple[int, float] | None:
