@@ -271,3 +271,12 @@ def test_unmatched_folders(tmp_path, capsys):
     write_labelmap(tmp_path / "g" / "b.nii.gz", box((2, 2, 2), (6, 6, 6)), reference())
     assert cli.main(["evaluate", str(tmp_path / "p"), str(tmp_path / "g")]) == 2
     assert "no case name is in both" in capsys.readouterr().err
+
+
+def test_every_public_evaluation_name_resolves_on_first_use():
+    from HermesSegmentLib import evaluation
+
+    assert all(callable(getattr(evaluation, name)) or name in ("CASE_SUFFIXES", "METRIC_COLUMNS")
+               for name in evaluation.__all__)
+    with pytest.raises(AttributeError):
+        evaluation.no_such_name  # noqa: B018

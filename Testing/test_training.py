@@ -248,6 +248,32 @@ def test_prepared_datasets_train_without_simpleitk_and_keep_only_the_trained_cas
         datasets.load_cases(dataclasses.replace(config, spacing=(2.0, 2.0, 2.0)), "train")
 
 
+def test_train_command_runs_from_a_prepared_folder_where_simpleitk_cannot_be_imported(tmp_path, tiny_data):
+    """The whole `train` command, in a fresh interpreter whose SimpleITK import fails (a GPU server)."""
+    import os
+    import subprocess
+
+    from HermesSegmentLib.cli import main
+
+    config_path = _config_file(tmp_path, tiny_data, steps=2)
+    packed = tmp_path / "packed"
+    assert main(["train", str(config_path), "--prepare", str(packed)]) == 0
+    shim = tmp_path / "no_simpleitk"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['SimpleITK'] = None\n", encoding="utf-8")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(repo / "HermesSegment")]),
+           "OMP_NUM_THREADS": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import SimpleITK"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "SimpleITK" in probe.stderr  # the shim does block the import
+    out = tmp_path / "run-packed"
+    run = subprocess.run([sys.executable, "-m", "HermesSegmentLib.cli", "train", str(config_path), "--data-root",
+                          str(packed), "--out", str(out), "--device", "cpu"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "tiny-trained.safetensors").is_file() and (out / "validation.json").is_file()
+
+
 def test_worker_processes_make_the_batches(tmp_path, tiny_data):
     trainer = _trainer(tmp_path, tiny_data, workers=2)
     trainer.prepare_data()

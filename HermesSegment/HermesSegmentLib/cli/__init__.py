@@ -32,7 +32,12 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with ``command``'s only when it names one.
+
+    Only the asked subcommand's module is imported: each imports what it needs (``segment`` the
+    image readers and SimpleITK), and ``train`` from a prepared folder runs where SimpleITK is absent.
+    """
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -41,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hermes-segment {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMAND_MODULES:
+    for name in (command,) if command in SUBCOMMAND_MODULES else SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as error:
@@ -52,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _asked_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` asks for: its first word when no option comes before it, else None."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_asked_command(argv))
     args = parser.parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if in_main_thread else None

@@ -17,13 +17,14 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import HermesError
-from ..mask import bounding_box
-from .mask_files import MaskSet, check_same_grid
+
+if TYPE_CHECKING:  # both import SimpleITK, which dice() (the trainer's) must not need
+    from .mask_files import MaskSet
 
 PathLike = Union[str, Path]
 
@@ -90,6 +91,8 @@ def _metrics(pred: np.ndarray, truth: np.ndarray, spacing: Tuple[float, ...],
     except ImportError:
         raise HermesError("evaluation needs MONAI; install it with `pip install monai` "
                           "(or the extra: pip install hermes-segment[train])") from None
+    from ..mask import bounding_box
+
     box = bounding_box(pred, truth, margin=1)
     # [batch, channel, z, y, x]; float as MONAI's metrics expect one-hot float tensors.
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None].float()
@@ -156,6 +159,8 @@ def evaluate_case(case: str, pred: MaskSet, truth: MaskSet, targets: Sequence[st
     The grids must match (:func:`check_same_grid`). A target the truth does not annotate is
     skipped (partially labelled datasets); one the prediction lacks is an empty prediction.
     """
+    from .mask_files import check_same_grid
+
     check_same_grid(pred.reference, truth.reference, f"{case}: {pred.path.name} vs {truth.path.name}")
     rows = []
     for key in targets:
