@@ -274,12 +274,39 @@ def test_train_command_runs_from_a_prepared_folder_where_simpleitk_cannot_be_imp
     assert (out / "tiny-trained.safetensors").is_file() and (out / "validation.json").is_file()
 
 
+_WORKERS_CHECK = """
+import multiprocessing, sys
+import numpy as np, torch
+from HermesSegmentLib.training.config import load_config
+from HermesSegmentLib.training.trainer import Trainer
+
+torch.set_num_threads(1)
+trainer = Trainer(load_config(sys.argv[1]), show_progress=False)
+trainer.prepare_data()
+seen = {next(trainer.batches).cases for _ in range(4)}
+assert len(seen) > 1 and all(len(cases) == 2 for cases in seen), seen
+assert np.isfinite(trainer.train_step()["loss"])
+workers = multiprocessing.active_children()
+assert len(workers) >= 2, workers
+trainer.close()  # what fit() does when training ends: no worker outlives it
+for worker in workers:
+    worker.join(timeout=60)
+assert not any(worker.is_alive() for worker in workers)
+"""
+
+
 def test_worker_processes_make_the_batches(tmp_path, tiny_data):
-    trainer = _trainer(tmp_path, tiny_data, workers=2)
-    trainer.prepare_data()
-    seen = {next(trainer.batches).cases for _ in range(4)}
-    assert len(seen) > 1 and all(len(cases) == 2 for cases in seen)
-    assert np.isfinite(trainer.train_step()["loss"])
+    """In a fresh interpreter: the workers are forked, and forking this test process (Qt, VTK,
+    OpenVINO and thread pools loaded by the tests before) made the whole run crash (SIGSEGV) when
+    the workers were torn down."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo / "HermesSegment"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _WORKERS_CHECK, str(_config_file(tmp_path, tiny_data, workers=2))],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- losses

@@ -245,6 +245,7 @@ class Trainer:
         if self.context.is_main:
             self.config.output.mkdir(parents=True, exist_ok=True)
         self._train(time_limit, stop_after)
+        self.close()
         if self.step < self.config.steps:  # paused by stop_after
             self.save_checkpoint()
             return None
@@ -256,6 +257,14 @@ class Trainer:
             path = self.export(metrics)
         distributed.barrier(self.context)
         return path
+
+    def close(self) -> None:
+        """Stops the batch-making worker processes, if any (:meth:`fit` does when training ends).
+
+        Released here, at a known point: the trainer is in a reference cycle (its schedule reads
+        its config), so otherwise the workers would live until some later garbage collection and
+        be torn down in the middle of whatever runs then."""
+        self.batches = None  # the DataLoader iterator shuts its workers down when released
 
     def _train(self, time_limit: float | None, stop_after: int | None) -> None:
         """The training loop of :meth:`fit`: steps, log, progress bar, checkpoints."""
