@@ -220,7 +220,8 @@ def test_head_and_neck_targets_are_types_of_slicers_general_anatomy_list(vocab):
     if not hasattr(slicer, "vtkSlicerTerminologiesModuleLogic"):
         pytest.skip("slicer-core without the Terminologies logic")
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
-    name = logic.LoadTerminologyFromFile(str(Path(__file__).parent / "reference" / "slicer_general_anatomy_excerpt.json"))
+    excerpt = Path(__file__).parent / "reference" / "slicer_general_anatomy_excerpt.json"
+    name = logic.LoadTerminologyFromFile(str(excerpt))
     assert name == v.SLICER_CATEGORY_TYPE_CONTEXT
     category = slicer.vtkSlicerTerminologyCategory()
     assert logic.GetNthCategoryInTerminology(name, 0, category)
@@ -228,11 +229,12 @@ def test_head_and_neck_targets_are_types_of_slicers_general_anatomy_list(vocab):
     for i in range(logic.GetNumberOfTypesInTerminologyCategory(name, category)):
         entry = slicer.vtkSlicerTerminologyType()
         assert logic.GetNthTypeInTerminologyCategory(name, category, i, entry)
-        known[entry.GetSlicerLabel()] = (entry.GetCodingSchemeDesignator(), entry.GetCodeValue(), entry.GetCodeMeaning(),
-                                         tuple(entry.GetRecommendedDisplayRGBValue()))
+        known[entry.GetSlicerLabel()] = (entry.GetCodingSchemeDesignator(), entry.GetCodeValue(),
+                                         entry.GetCodeMeaning(), tuple(entry.GetRecommendedDisplayRGBValue()))
     for key in ("mandible", "larynx"):
         target = vocab.targets[key]
-        assert target.category == (category.GetCodingSchemeDesignator(), category.GetCodeValue(), category.GetCodeMeaning())
+        assert target.category == (category.GetCodingSchemeDesignator(), category.GetCodeValue(),
+                                   category.GetCodeMeaning())
         assert known[key] == (*target.type, target.color), key
         assert target.modifier is None and target.region == "head_neck"
 

@@ -304,9 +304,11 @@ def slab(args: argparse.Namespace) -> dict:
             for target, value in scores.items():
                 rows.setdefault(modality, {}).setdefault(target, []).append(value)
             print(f"{modality} seed {seed}: " + ", ".join(f"{t} {v:.3f}" for t, v in scores.items()), flush=True)
+    def summary(reduce) -> dict:
+        return {m: {t: round(float(reduce(v)), 4) for t, v in ts.items()} for m, ts in rows.items()}
+
     return {"model": str(args.model), "slices": 30, "spacing_mm": 3.0, "cases_per_modality": args.cases,
-            "dice_slab_vs_whole": {m: {t: round(float(np.mean(v)), 4) for t, v in ts.items()} for m, ts in rows.items()},
-            "min": {m: {t: round(float(np.min(v)), 4) for t, v in ts.items()} for m, ts in rows.items()}}
+            "dice_slab_vs_whole": summary(np.mean), "min": summary(np.min)}
 
 
 def _full(crop, shape) -> np.ndarray:

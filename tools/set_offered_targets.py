@@ -9,10 +9,11 @@ phantoms generated with another seed than the training data
 (``hermes-segment phantoms --out DIR --cases-per-dataset 8 --seed 1000``); every case in it is a
 test case -- except in a dataset with a ``cases.json``, where ``--split NAME`` picks the test
 cases (e.g. OpenKBP's ``validation-pats``, which the training config's ``splits`` leave out), and
-only the structures a case annotates are scored there. Each case is segmented with ``segment_image`` for every (modality, target) pair the
-package was trained on, offered or not: float32, the default post-processing (side constraint,
-organs in one piece), masks on the input grid. Dice against the truth there, mean over the cases
-per pair. The raw network's Dice (no post-processing) is measured too and recorded beside it.
+only the structures a case annotates are scored there. Each case is segmented with
+``segment_image`` for every (modality, target) pair the package was trained on, offered or not:
+float32, the default post-processing (side constraint, organs in one piece), masks on the input
+grid. Dice against the truth there, mean over the cases per pair. The raw network's Dice (no
+post-processing) is measured too and recorded beside it.
 
 The package's ``provenance.metrics`` gets ``test_dice`` (what decides), ``test_dice_raw``,
 ``test_cases`` and ``offer_min_dice``; its ``defaults`` become the pairs whose ``test_dice`` is at
@@ -73,7 +74,8 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     for spec in config.datasets:
         if (spec.path / CASES_FILE).is_file():
             if split is None:
-                raise HermesError(f"dataset '{spec.name}' has a {CASES_FILE}: say which split is the test set (--split)")
+                raise HermesError(f"dataset '{spec.name}' has a {CASES_FILE}: "
+                                  "say which split is the test set (--split)")
             spec = dataclasses.replace(spec, splits=(split,))
         targets = [t for t in spec.targets if t in pairs.get(spec.modality, {})]
         if not targets:
@@ -90,7 +92,8 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
                 for i, mask in enumerate(result.masks):
                     score = dice(mask.full(truth.shape[1:]), truth[i])
                     scores[metric].setdefault(spec.modality, {}).setdefault(asked[i], []).append(score)
-                    per_case.setdefault(f"{spec.name}/{case.case}", {}).setdefault(metric, {})[asked[i]] = round(score, 4)
+                    case_scores = per_case.setdefault(f"{spec.name}/{case.case}", {}).setdefault(metric, {})
+                    case_scores[asked[i]] = round(score, 4)
             cases[spec.name] = cases.get(spec.name, 0) + 1
             progress(f"{spec.name} {case.case}: " + ", ".join(f"{t} {d:.3f}" for t, d in
                                                              per_case[f"{spec.name}/{case.case}"]["test_dice"].items()))
