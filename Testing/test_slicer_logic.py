@@ -340,6 +340,50 @@ def test_sample_phantom_is_generated_once_and_loads_as_a_volume(scene, tmp_path)
     assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary file left
 
 
+def _read_into_scene(scene, path: str, node_class: str, storage_class: str, name: str):
+    """What ``slicer.util.loadVolume`` / ``loadSegmentation`` do for these files, with the MRML
+    storage nodes slicer-core has (its ``slicer.util`` loaders need the application's IO manager)."""
+    node = scene.AddNewNodeByClass(node_class, name)
+    storage = scene.AddNewNodeByClass(storage_class)
+    storage.SetFileName(path)
+    assert storage.ReadData(node)
+    return node
+
+
+def test_bundled_real_sample_loads_with_its_clinical_contours_and_refuses_an_altered_file(scene, monkeypatch,
+                                                                                            tmp_path):
+    from HermesSegmentLib import bundled_samples
+    from HermesSegmentLib.slicer import sample_data
+
+    monkeypatch.setattr(slicer.util, "loadVolume", lambda path, properties: _read_into_scene(
+        scene, path, "vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode", properties["name"]))
+    monkeypatch.setattr(slicer.util, "loadSegmentation", lambda path: _read_into_scene(
+        scene, path, "vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode", Path(path).name))
+    [entry] = bundled_samples.bundled_samples()
+    volume, contours = sample_data.load_bundled_sample(entry["name"])
+    assert volume.GetName() == entry["name"] and volume.GetImageData().GetDimensions() == (128, 128, 128)
+    assert MRMLLogic.guess_modality(volume) == "CT"
+    segments = contours.GetSegmentation()
+    assert contours.GetName() == f"{entry['name']} clinical contours"
+    assert sorted(segments.GetNthSegmentID(i) for i in range(segments.GetNumberOfSegments())) == sorted(
+        entry["contours"]["targets"])
+
+    altered = tmp_path / "SampleData"
+    altered.mkdir()
+    for part in ("image", "contours"):
+        (altered / entry[part]["file"]).write_bytes((bundled_samples.SAMPLE_DATA / entry[part]["file"]).read_bytes())
+    (altered / "samples.json").write_text((bundled_samples.SAMPLE_DATA / "samples.json").read_text())
+    image = altered / entry["image"]["file"]
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    image.write_bytes(bytes(data))
+    monkeypatch.setattr(bundled_samples, "SAMPLE_DATA", altered)
+    with pytest.raises(HermesError, match="SHA-256 differs"):
+        sample_data.load_bundled_sample(entry["name"])
+    with pytest.raises(HermesError, match="unknown sample"):
+        bundled_samples.bundled_sample("NoSuchSample")
+
+
 def test_result_follows_the_volume_parent_transform(scene):
     volume = make_volume(scene, "identity")
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")

@@ -382,8 +382,8 @@ def test_sample_data_registers_at_startup(gui):
     app.startupCompleted.emit()
     assert panel.module is not None
     sources = slicer.modules.sampleDataSources["HermesSegment"]
-    assert [s.sampleName for s in sources] == ["HermesPhantomCT"]
-    assert callable(sources[0].customDownloader)
+    assert [s.sampleName for s in sources] == ["HermesPhantomCT", "HermesHeadNeckCT"]
+    assert all(callable(source.customDownloader) for source in sources)
 
 
 def test_hermes_r_shows_where_the_weights_are_and_imports_a_pth_in_the_background(panel, gui, monkeypatch, tmp_path):

@@ -24,7 +24,6 @@ import numpy as np
 
 from .pipeline.options import DEFAULT_MODEL
 
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
 #: --sample choices: the generated phantom, or the bundled real patient (samples.json's name).
 SAMPLES = {"phantom": "", "real-hn-ct": "HermesHeadNeckCT"}
 
@@ -188,27 +187,18 @@ def _phantom(args: argparse.Namespace, modality: str):
 
 
 def _real_sample(name: str):
-    """(image, {target: bool clinical contour}, modality, description) of a bundled real sample,
-    its files checked against the SHA-256 in samples.json."""
-    import hashlib
-
+    """(image, {target: bool clinical contour}, modality, description) of a bundled real sample."""
     import SimpleITK as sitk
 
-    from .errors import HermesError
+    from .bundled_samples import bundled_sample
     from .writers import read_seg_nrrd
 
-    described = json.loads((SAMPLE_DATA / "samples.json").read_text(encoding="utf-8"))
-    sample = next(s for s in described["samples"] if s["name"] == name)
-    for entry in (sample["image"], sample["contours"]):
-        path = SAMPLE_DATA / entry["file"]
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
-            raise HermesError(f"{path}: missing or altered (SHA-256 differs from samples.json); restore it from git")
-    image = sitk.ReadImage(str(SAMPLE_DATA / sample["image"]["file"]))
-    contours, _ = read_seg_nrrd(SAMPLE_DATA / sample["contours"]["file"])
+    sample = bundled_sample(name)
+    image = sitk.ReadImage(str(sample.image))
+    contours, _ = read_seg_nrrd(sample.contours)
     truth = {mask.key: mask.full(image.GetSize()[::-1]) for mask in contours}
-    print(f"sample: {sample['title']}\n        {sample['attribution']}")
-    return image, truth, sample["modality"], f"{sample['image']['file']} (real patient, {sample['modality']})"
-
+    print(f"sample: {sample.title}\n        {sample.attribution}")
+    return image, truth, sample.modality, f"{sample.image.name} (real patient, {sample.modality})"
 
 if __name__ == "__main__":
     sys.exit(main())

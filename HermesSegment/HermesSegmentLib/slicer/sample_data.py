@@ -1,9 +1,11 @@
-"""The phantom sample in Slicer's Sample Data module.
+"""The extension's samples in Slicer's Sample Data module.
 
-No real scans can be shipped, so the sample is a procedurally generated CT phantom
-(``HermesSegmentLib.phantoms``), the same kind of image the demo model was trained on.
-Without a URL it is generated locally on first use and cached; when :data:`PHANTOM_URL` is set,
-Sample Data downloads it and checks :data:`PHANTOM_SHA256`.
+- a procedurally generated CT phantom (``HermesSegmentLib.phantoms``), the kind of image the demo
+  model's torso targets were trained on. Without a URL it is generated locally on first use and
+  cached; when :data:`PHANTOM_URL` is set, Sample Data downloads it and checks :data:`PHANTOM_SHA256`;
+- each real scan bundled in ``Resources/SampleData`` (:mod:`HermesSegmentLib.bundled_samples`,
+  e.g. a de-identified OpenKBP head-and-neck CT), loaded with its clinical contours as a second
+  segmentation node to compare the model's result against.
 
 :func:`register` is connected to ``slicer.app``'s ``startupCompleted()`` by the module.
 """
@@ -64,9 +66,30 @@ def load_phantom() -> Any:
     return slicer.util.loadVolume(str(phantom_file()), {"name": SAMPLE_NAME})
 
 
+def load_bundled_sample(name: str) -> tuple[Any, Any]:
+    """Load a bundled real sample into Slicer's scene: (volume node, segmentation node of its clinical
+    contours), both named after the sample (Slicer application only). The files are checked against
+    their SHA-256 first (:func:`HermesSegmentLib.bundled_samples.bundled_sample`)."""
+    import logging
+
+    import slicer
+
+    from ..bundled_samples import bundled_sample
+
+    sample = bundled_sample(name)
+    logging.info("%s: %s", sample.title, sample.attribution)
+    volume = slicer.util.loadVolume(str(sample.image), {"name": name})
+    contours = slicer.util.loadSegmentation(str(sample.contours))  # takes no properties (Slicer 5.2 to main)
+    contours.SetName(f"{name} clinical contours")
+    return volume, contours
+
+
 def register() -> None:
-    """Add the phantom to Sample Data: downloaded (with SHA-256) if a URL is set, else generated."""
+    """Add the samples to Sample Data: the phantom, downloaded (with SHA-256) if a URL is set, else
+    generated; and each bundled real scan with its contours."""
     import SampleData
+
+    from ..bundled_samples import bundled_samples
 
     common = dict(category=CATEGORY, sampleName=SAMPLE_NAME, thumbnailFileName=str(ICON), nodeNames=SAMPLE_NAME)
     if PHANTOM_URL:
@@ -80,4 +103,12 @@ def register() -> None:
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             uris=f"generated:{SAMPLE_NAME}", fileNames=f"{SAMPLE_NAME}.nrrd", loadFileType="VolumeFile",
             customDownloader=lambda _source: load_phantom(), **common
+        )
+    for entry in bundled_samples():
+        name = entry["name"]
+        # The files ship with the extension: a placeholder URI as for the generated phantom.
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=CATEGORY, sampleName=name, thumbnailFileName=str(ICON), nodeNames=name,
+            uris=f"bundled:{name}", fileNames=entry["image"]["file"], loadFileType="VolumeFile",
+            customDownloader=lambda _source, name=name: load_bundled_sample(name),
         )
