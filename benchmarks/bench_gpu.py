@@ -5,7 +5,7 @@
 
 Needs torch, numpy, scipy, safetensors, pyyaml, tqdm, SimpleITK and jsonschema; without the last two
 only part 1 runs. Writes DIR/bench_gpu.json (raw figures, rewritten after every step) and
-DIR/bench_gpu.md (the tables), prints the tables and appends them to ``--append``. Runs on the GPU
+DIR/bench_gpu.md (the tables), prints the tables and adds them to ``--append`` (newest first). Runs on the GPU
 when there is one (``--device auto``), else on the CPU.
 
 Random weights throughout: times and memory are Hermes-R's (the released state dict's 405 tensors,
@@ -64,6 +64,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from HermesSegmentLib import vocabulary
 from HermesSegmentLib.inference import (
@@ -76,6 +77,7 @@ from HermesSegmentLib.inference import (
     window_memory_gb,
 )
 from HermesSegmentLib.network import HERMES_R, HermesConfig, HermesNetwork
+from results_file import add_newest_first
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / "HermesSegment"
@@ -393,7 +395,6 @@ def prepare(work: Path, scale: Scale) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from HermesSegmentLib.inference.windows import window_starts
     from HermesSegmentLib.models import save
     from HermesSegmentLib.models.manifest import CT_NORMALIZATION, hermes_r_manifest
@@ -769,8 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (args.out / "bench_gpu.md").write_text(text, encoding="utf-8")
     if args.append:
-        with open(args.append, "a", encoding="utf-8") as stream:
-            stream.write("\n" + text)
+        add_newest_first(args.append, text)
     return 0
 
 

@@ -74,6 +74,7 @@ from HermesSegmentLib.postprocess.to_input_grid import probabilities_to_mask, re
 from HermesSegmentLib.preprocess import model_space, to_model_space
 from HermesSegmentLib.training.datasets import resample_label
 from phantom_ct import ct_phantom
+from results_file import add_newest_first
 
 MODEL = "hermes-demo"
 ONE_TARGET = "kidney_left"
@@ -481,7 +482,7 @@ def main() -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each configuration (>= 3)")
     parser.add_argument("--hermes-r", action="store_true", help="also time a Hermes-R-sized network per window")
-    parser.add_argument("--write", type=Path, help="append the tables to this Markdown file")
+    parser.add_argument("--write", type=Path, help="add the tables to this Markdown file, newest first")
     args = parser.parse_args()
     if args.reps < 3:
         parser.error("--reps must be at least 3 (min and median of at least three)")
@@ -537,8 +538,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        with open(args.write, "a", encoding="utf-8") as stream:
-            stream.write("\n" + text)
+        add_newest_first(args.write, text)
     return 0
 
 

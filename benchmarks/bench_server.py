@@ -32,10 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from HermesSegmentLib.models import load
 from HermesSegmentLib.pipeline import segment_image
 from HermesSegmentLib.writers import write_seg_nrrd
+from results_file import add_newest_first
 from serving import phantom_crops, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=("crop", "ct"), default="crop")
     parser.add_argument("--jobs-per-device", type=int, default=1, help="the server's --jobs-per-device")
-    parser.add_argument("--write", type=Path, help="append the table to this Markdown file")
+    parser.add_argument("--write", type=Path, help="add the table to this Markdown file, newest first")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-server-") as folder:
@@ -172,8 +174,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        with open(args.write, "a", encoding="utf-8") as stream:
-            stream.write("\n" + "\n".join(lines))
+        add_newest_first(args.write, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phantom_ct import ct_phantom  # the CPU benchmark's CT
+from results_file import add_newest_first
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "HermesSegment"))
 
 FORWARD = """
 import sys, torch
@@ -51,6 +58,28 @@ def forward_gb(precision: str) -> float:
     child = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     before, after = child.stdout.split()
     return (int(after) - int(before)) / 2**20
+
+def peak_rss_of_command(command: list[str]) -> float:
+    """Peak RSS in GB of a child process, from its own VmHWM read while it runs.
+
+    getrusage(RUSAGE_CHILDREN) would also count the parent's pages that the child shares between
+    fork and exec. Raises ``CalledProcessError`` when the command fails.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO / "HermesSegment")}
+    child = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    peak_kb = 0
+    while child.poll() is None:
+        try:
+            with open(f"/proc/{child.pid}/status") as stream:
+                line = next(entry for entry in stream if entry.startswith("VmHWM:"))
+            peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.05)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
+    return peak_kb / 2**20
+
 
 def geometry_package(path: Path) -> list[str]:
     import torch
@@ -82,13 +111,11 @@ def main() -> int:
     args = parser.parse_args()
     import SimpleITK as sitk
 
-    from bench_inference import ct_volume, peak_rss_of_command, publish  # the same benchmark volume
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         keys = geometry_package(tmp / "geometry.safetensors")
-        sitk.WriteImage(ct_volume()[0], str(tmp / "ct.nrrd"))
-        engine_gb, _ = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment",
+        sitk.WriteImage(ct_phantom()[0], str(tmp / "ct.nrrd"))
+        engine_gb = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment",
                                             str(tmp / "ct.nrrd"), "--modality", "CT",
                                             "--model", str(tmp / "geometry.safetensors"),
                                             "--out", str(tmp / "out"), "--device", "cpu"])
@@ -111,7 +138,9 @@ def main() -> int:
                  f"| estimate for the real Hermes-R run in bf16 (sum) | {engine_gb + mixed_gb:.2f} |\n")
     else:
         text += "\nThis CPU has no native bf16: the bf16 forward pass was not measured.\n"
-    publish(text, args.write)
+    print(text)
+    if args.write:
+        add_newest_first(args.write, text)
     return 0
 
 

@@ -1,0 +1,35 @@
+"""Where a benchmark's tables go in ``docs/benchmarks.md``: newest first.
+
+The file opens with its introduction, then one ``### `` section per dated run, the newest at the
+top. A new run's text is put before the first such section (after the introduction), not at the
+end, so that a reader meets the latest figures first. Written to a temporary file and renamed: an
+interrupted benchmark never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def add_newest_first(path: Path, text: str) -> None:
+    """Insert ``text`` (Markdown starting with its own ``### `` heading) into ``path`` before the
+    first ``### `` section, or at the end when there is none; a missing file is created."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    lines = old.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.startswith("### ")), len(lines))
+    head, tail = "".join(lines[:first]), "".join(lines[first:])
+    if head and not head.endswith("\n"):
+        head += "\n"
+    if head and not head.endswith("\n\n"):
+        head += "\n"
+    block = text.rstrip("\n") + "\n" + ("\n" if tail else "")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(head + block + tail)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
