@@ -732,7 +732,7 @@ def end_to_end(data: dict[str, Any], default: dict[str, Any] | None) -> list[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=False, help="folder for bench_gpu.json and bench_gpu.md")
-    parser.add_argument("--append", type=Path, help="also append the tables to this Markdown file")
+    parser.add_argument("--append", type=Path, help="also add the tables to this Markdown file, newest first")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cuda or cpu")
     parser.add_argument("--budget", type=float, help="seconds (default 210; 150 with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny network and a small CT: checks the script itself")
