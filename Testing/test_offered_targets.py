@@ -90,3 +90,15 @@ def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path, capsys):
     assert set(offered["defaults"]["MR-T1"]) == {t for t, d in scores.items() if d >= bar}
     with pytest.raises(HermesError, match="no \\(modality, target\\) pair reaches Dice 1.01"):
         set_offered_targets.offer(manifest, metrics, 1.01, "here")
+    # A pair at the bar whose mask changes on a partial scan is not offered; unchecked pairs are.
+    slabs = {"MR-T1": {"liver": 0.5, "spleen": 0.95}}
+    offered = set_offered_targets.offer(manifest, {**metrics, "test_dice": {"MR-T1": scores}}, 0.0, "here", slabs, 0.9)
+    assert set(offered["defaults"]["MR-T1"]) == set(scores) - {"liver"}
+    assert offered["provenance"]["metrics"]["offer_min_slab_dice"] == 0.9
+
+
+def test_the_slab_check_measures_only_the_pairs_at_the_bar():
+    measured = {"test_dice": {"MR-T1": {"liver": 0.9, "spleen": 0.1}}}
+    minima = set_offered_targets.measure_slabs(models.load(DEMO), measured, 0.85, cases=1, progress=lambda _: None)
+    assert list(minima) == ["MR-T1"] and list(minima["MR-T1"]) == ["liver"]
+    assert 0.0 <= minima["MR-T1"]["liver"] <= 1.0

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import models, vocabulary
 from HermesSegmentLib.evaluation import dice
+from HermesSegmentLib.evaluation.partial_scans import SLAB_SEED, SLAB_SLICES, SLAB_SPACING_MM, phantom_slab_consistency
 from HermesSegmentLib.inference import predict_volume
 from HermesSegmentLib.network import HermesPredictor
 from HermesSegmentLib.training.config import load_config
@@ -259,56 +260,26 @@ def resolution(args: argparse.Namespace) -> dict:
             "min_dice": {k: {n: round(float(np.min(v)), 4) for n, v in s.items()} for k, s in scores.items()}}
 
 
-def slab_consistency(image, model, modality: str, targets: list[str], truth: dict, slices: int = 30) -> dict:
-    """For each target: Dice between its mask in a ``slices``-slice slab of ``image`` (z of the
-    image grid, centred on the target's truth) segmented alone and the whole image's mask inside
-    that slab, through ``segment_image`` (float32, default post-processing). {target: Dice}; a
-    target absent from both is left out."""
-    from HermesSegmentLib.pipeline import segment_image
-
-    whole = segment_image(image, modality=modality, targets=targets, model=model, device="cpu", precision="float32")
-    shape = image.GetSize()[::-1]
-    scores = {}
-    for mask in whole.masks:
-        planes = np.flatnonzero(truth[mask.key].any(axis=(1, 2)))
-        if planes.size == 0:
-            continue
-        start = int(np.clip(int(planes.mean()) - slices // 2, 0, max(0, shape[0] - slices)))
-        stop = min(shape[0], start + slices)
-        slab = image[:, :, start:stop]
-        part = segment_image(slab, modality=modality, targets=[mask.key], model=model, device="cpu",
-                             precision="float32").masks[0].full((stop - start,) + tuple(shape[1:]))
-        inside = mask.full(shape)[start:stop]
-        if part.any() or inside.any():
-            scores[mask.key] = round(dice(part, inside), 4)
-    return scores
-
-
 def slab(args: argparse.Namespace) -> dict:
-    """Slab consistency on standard phantoms at 3 mm slices (a 30-slice slab = 90 mm, the slab of
-    the issue's real CT), every offered target of every modality, ``--cases`` seeds each."""
-    import SimpleITK as sitk
-
-    from HermesSegmentLib.phantoms import generate_case, target_masks
-
+    """Slab consistency (``evaluation.partial_scans``) on standard phantoms at 3 mm slices (a
+    30-slice slab = 90 mm, the slab of the issue's real CT), every offered target of every
+    modality, ``--cases`` seeds each."""
     loaded = models.load(args.model)
     rows: dict[str, dict[str, list[float]]] = {}
     for modality in ("CT", "MR-T1", "MR-T2", "PET"):
-        targets = loaded.targets_for(modality) if modality in loaded.manifest["defaults"] else []
-        for seed in range(args.seed, args.seed + args.cases if targets else args.seed):
-            image, labelmap, info = generate_case(seed, modality, orientation="LPS", spacing=(3.0, 3.0, 3.0),
-                                                  max_voxels=4_000_000, supersample=False)
-            truth = target_masks(sitk.GetArrayFromImage(labelmap), info["labels"])
-            present = [t for t in targets if t in truth]
-            scores = slab_consistency(image, loaded, modality, present, truth)
-            for target, value in scores.items():
-                rows.setdefault(modality, {}).setdefault(target, []).append(value)
-            print(f"{modality} seed {seed}: " + ", ".join(f"{t} {v:.3f}" for t, v in scores.items()), flush=True)
+        if modality not in loaded.manifest["defaults"]:
+            continue
+        scores = phantom_slab_consistency(loaded, modality, loaded.targets_for(modality),
+                                          range(args.seed, args.seed + args.cases))
+        if scores:
+            rows[modality] = scores
+        print(f"{modality}: " + ", ".join(f"{t} {v}" for t, v in scores.items()), flush=True)
+
     def summary(reduce) -> dict:
         return {m: {t: round(float(reduce(v)), 4) for t, v in ts.items()} for m, ts in rows.items()}
 
-    return {"model": str(args.model), "slices": 30, "spacing_mm": 3.0, "cases_per_modality": args.cases,
-            "dice_slab_vs_whole": summary(np.mean), "min": summary(np.min)}
+    return {"model": str(args.model), "slices": SLAB_SLICES, "spacing_mm": SLAB_SPACING_MM,
+            "cases_per_modality": args.cases, "dice_slab_vs_whole": summary(np.mean), "min": summary(np.min)}
 
 
 def _full(crop, shape) -> np.ndarray:
@@ -351,7 +322,7 @@ def main() -> int:
     b = sub.add_parser("slab")
     b.add_argument("--model", required=True)
     b.add_argument("--cases", type=int, default=3)
-    b.add_argument("--seed", type=int, default=5000, help="first phantom seed (never a training seed)")
+    b.add_argument("--seed", type=int, default=SLAB_SEED, help="first phantom seed (never a training seed)")
     b.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)

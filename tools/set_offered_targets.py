@@ -2,7 +2,7 @@
 Dice in its manifest, and offer the (modality, target) pairs that reach a bar.
 
     python tools/set_offered_targets.py PACKAGE.safetensors --config CONFIG.yaml --test-data DIR \
-        --min-dice 0.85 [--version V] [--out OUT.safetensors] [--report REPORT.json]
+        --min-dice 0.85 [--slab-cases 2] [--version V] [--out OUT.safetensors] [--report REPORT.json]
 
 ``DIR`` holds the config's datasets under the same folder names (nnU-Net layout), for instance
 phantoms generated with another seed than the training data
@@ -15,9 +15,16 @@ float32, the default post-processing (side constraint, organs in one piece), mas
 grid. Dice against the truth there, mean over the cases per pair. The raw network's Dice (no
 post-processing) is measured too and recorded beside it.
 
+With ``--slab-cases N``, the pairs that reach the bar are also checked on partial scans
+(``evaluation.partial_scans``: a 30-slice slab of a standard phantom, seeds 5000 on, against the
+whole phantom inside the slab): a pair is offered only if every one of the N phantoms gives at
+least ``--min-slab-dice`` (0.9). Targets that no phantom holds (the head-and-neck organs) cannot
+be checked this way and are offered on their Dice alone.
+
 The package's ``provenance.metrics`` gets ``test_dice`` (what decides), ``test_dice_raw``,
-``test_cases`` and ``offer_min_dice``; its ``defaults`` become the pairs whose ``test_dice`` is at
-least ``--min-dice``. The trainer's ``validation_dice`` (model space, the training data's
+``test_cases`` and ``offer_min_dice`` (and ``slab_dice_min``, ``slab_cases``,
+``offer_min_slab_dice``); its ``defaults`` become the pairs whose ``test_dice`` is at least
+``--min-dice`` (and whose slabs hold). The trainer's ``validation_dice`` (model space, the training data's
 held-out split) stays as it was. Weights are copied unchanged.
 """
 
@@ -102,11 +109,37 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     return {**means, "test_cases": cases, "per_case": per_case}
 
 
-def offer(manifest: dict, measured: dict, min_dice: float, test_data: str) -> dict:
-    """A copy of ``manifest`` whose defaults are the pairs with ``test_dice >= min_dice``."""
+def measure_slabs(loaded: LoadedModel, measured: dict, min_dice: float, cases: int, progress=print) -> dict:
+    """{modality: {target: minimum slab-vs-whole Dice over ``cases`` standard phantoms}} for the
+    pairs whose ``test_dice`` reaches ``min_dice`` and that the phantoms hold."""
+    from HermesSegmentLib.evaluation.partial_scans import SLAB_SEED, phantom_slab_consistency
+
+    everything = LoadedModel(network=loaded.network, manifest={**loaded.manifest, "defaults": trained_pairs(
+        loaded.manifest)}, path=loaded.path)
+    minima: dict[str, dict[str, float]] = {}
+    for modality, scores in measured["test_dice"].items():
+        candidates = [t for t, d in scores.items() if d >= min_dice]
+        if not candidates:
+            continue
+        found = phantom_slab_consistency(everything, modality, candidates, range(SLAB_SEED, SLAB_SEED + cases))
+        minima[modality] = {t: min(v) for t, v in found.items()}
+        progress(f"slabs {modality}: " + ", ".join(f"{t} {v}" for t, v in found.items()))
+    return minima
+
+
+def offer(manifest: dict, measured: dict, min_dice: float, test_data: str, slabs: dict | None = None,
+          min_slab_dice: float = 0.9) -> dict:
+    """A copy of ``manifest`` whose defaults are the pairs with ``test_dice >= min_dice`` (and, for
+    the pairs in ``slabs`` (:func:`measure_slabs`), a slab Dice of at least ``min_slab_dice``)."""
     out = copy.deepcopy(manifest)
     pairs = trained_pairs(manifest)
-    out["defaults"] = {modality: {t: pairs[modality][t] for t, d in scores.items() if d >= min_dice}
+    slabs = slabs or {}
+
+    def holds(modality: str, target: str) -> bool:
+        return slabs.get(modality, {}).get(target, 1.0) >= min_slab_dice
+
+    out["defaults"] = {modality: {t: pairs[modality][t] for t, d in scores.items()
+                                  if d >= min_dice and holds(modality, t)}
                        for modality, scores in measured["test_dice"].items()}
     out["defaults"] = {m: d for m, d in out["defaults"].items() if d}
     if not out["defaults"]:
@@ -116,6 +149,8 @@ def offer(manifest: dict, measured: dict, min_dice: float, test_data: str) -> di
     summary = {k: v for k, v in measured.items() if k != "per_case"}
     out["provenance"].setdefault("metrics", {}).update(summary, offer_min_dice=min_dice, test_data=test_data,
                                                        test_evaluation=evaluation)
+    if slabs:
+        out["provenance"]["metrics"].update(slab_dice_min=slabs, offer_min_slab_dice=min_slab_dice)
     return out
 
 
@@ -132,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="in datasets with a cases.json, the split whose cases are the test set")
     parser.add_argument("--no-raw", action="store_true",
                         help="skip the second run without post-processing (half the time; no test_dice_raw)")
+    parser.add_argument("--slab-cases", type=int, default=0,
+                        help="check the pairs at the bar on this many 30-slice phantom slabs (0: no check)")
+    parser.add_argument("--min-slab-dice", type=float, default=0.9,
+                        help="slab vs whole Dice every checked phantom must reach (default 0.9)")
     parser.add_argument("--measure-only", action="store_true",
                         help="only measure (print, and write --report); leave the package as it is")
     args = parser.parse_args(argv)
@@ -147,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{modality}: " + ", ".join(f"{t} {d:.3f}" + (f" (raw {raw[t]:.3f})" if t in raw else "")
                                               for t, d in scores.items()))
         return 0
-    manifest = offer(loaded.manifest, measured, args.min_dice, args.data_label or str(args.test_data))
+    slabs = measure_slabs(loaded, measured, args.min_dice, args.slab_cases) if args.slab_cases else None
+    if slabs:
+        measured["slab_dice_min"], measured["slab_cases"] = slabs, args.slab_cases
+    manifest = offer(loaded.manifest, measured, args.min_dice, args.data_label or str(args.test_data), slabs,
+                     args.min_slab_dice)
     if args.version:
         manifest["version"] = args.version
     state = load_file(str(args.package))
@@ -158,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         raw = measured.get("test_dice_raw", {}).get(modality, {})
         print(f"{modality}: " + ", ".join(f"{t} {d:.3f}" + (f" (raw {raw[t]:.3f})" if t in raw else "")
                                           + (" *" if d >= args.min_dice else "") for t, d in scores.items()))
-    print(f"* offered (Dice >= {args.min_dice}); wrote {out}")
+    for modality, minima in (slabs or {}).items():
+        failed = [f"{t} {v:.3f}" for t, v in minima.items() if v < args.min_slab_dice]
+        if failed:
+            print(f"{modality}: not offered, a slab changes the mask: " + ", ".join(failed))
+    print(f"* offered (Dice >= {args.min_dice}" + (f", slabs >= {args.min_slab_dice}" if slabs else "")
+          + f"); wrote {out}")
     return 0
 
 
