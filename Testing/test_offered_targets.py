@@ -102,3 +102,23 @@ def test_the_slab_check_measures_only_the_pairs_at_the_bar():
     minima = set_offered_targets.measure_slabs(models.load(DEMO), measured, 0.85, cases=1, progress=lambda _: None)
     assert list(minima) == ["MR-T1"] and list(minima["MR-T1"]) == ["liver"]
     assert 0.0 <= minima["MR-T1"]["liver"] <= 1.0
+
+
+def test_the_offer_can_come_from_earlier_reports_of_disjoint_test_sets(tmp_path, capsys):
+    phantom_report = {"test_dice": {"MR-T1": {"liver": 0.9, "spleen": 0.5}}, "test_cases": {"PhantomMR_T1": 3},
+                      "per_case": {"PhantomMR_T1/a": {}}}
+    real_report = {"test_dice": {"CT": {"liver": 0.86}}, "test_cases": {"RealCT": 2}, "per_case": {"RealCT/b": {}}}
+    reports = []
+    for name, report in (("phantoms.json", phantom_report), ("real.json", real_report)):
+        reports.append(tmp_path / name)
+        reports[-1].write_text(json.dumps(report), encoding="utf-8")
+    out = tmp_path / "offered.safetensors"
+    assert set_offered_targets.main([str(DEMO), "--measured", *map(str, reports), "--out", str(out)]) == 0
+    loaded = models.load(out)
+    assert loaded.targets_for("MR-T1") == ["liver"] and loaded.targets_for("CT") == ["liver"]
+    assert loaded.manifest["provenance"]["metrics"]["test_cases"] == {"PhantomMR_T1": 3, "RealCT": 2}
+    with pytest.raises(HermesError, match="MR-T1 liver is measured in two reports"):
+        set_offered_targets.merge_reports([phantom_report, phantom_report])
+    with pytest.raises(SystemExit):
+        set_offered_targets.main([str(DEMO), "--config", "x.yaml"])  # neither a test set nor reports
+    assert "--measured REPORT" in capsys.readouterr().err

@@ -3,6 +3,7 @@ Dice in its manifest, and offer the (modality, target) pairs that reach a bar.
 
     python tools/set_offered_targets.py PACKAGE.safetensors --config CONFIG.yaml --test-data DIR \
         --min-dice 0.85 [--slab-cases 2] [--version V] [--out OUT.safetensors] [--report REPORT.json]
+    python tools/set_offered_targets.py PACKAGE.safetensors --measured PHANTOMS.json REAL.json ...
 
 ``DIR`` holds the config's datasets under the same folder names (nnU-Net layout), for instance
 phantoms generated with another seed than the training data
@@ -109,6 +110,23 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     return {**means, "test_cases": cases, "per_case": per_case}
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One measurement from several :func:`measure` reports of disjoint test sets (a (modality,
+    target) pair measured in two of them is a :class:`HermesError`: which one should decide?)."""
+    merged: dict = {"test_dice": {}, "test_cases": {}, "per_case": {}}
+    for report in reports:
+        for metric in ("test_dice", "test_dice_raw"):
+            for modality, scores in report.get(metric, {}).items():
+                into = merged.setdefault(metric, {}).setdefault(modality, {})
+                for target, value in scores.items():
+                    if target in into:
+                        raise HermesError(f"{modality} {target} is measured in two reports; give each pair once")
+                    into[target] = value
+        merged["test_cases"].update(report.get("test_cases", {}))
+        merged["per_case"].update(report.get("per_case", {}))
+    return merged
+
+
 def measure_slabs(loaded: LoadedModel, measured: dict, min_dice: float, cases: int, progress=print) -> dict:
     """{modality: {target: minimum slab-vs-whole Dice over ``cases`` standard phantoms}} for the
     pairs whose ``test_dice`` reaches ``min_dice`` and that the phantoms hold."""
@@ -154,11 +172,23 @@ def offer(manifest: dict, measured: dict, min_dice: float, test_data: str, slabs
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def print_scores(measured: dict, min_dice: float | None = None) -> None:
+    """One line per modality: each pair's Dice (raw Dice in brackets; ``*``: at the bar)."""
+    for modality, scores in measured["test_dice"].items():
+        raw = measured.get("test_dice_raw", {}).get(modality, {})
+        print(f"{modality}: " + ", ".join(f"{t} {d:.3f}" + (f" (raw {raw[t]:.3f})" if t in raw else "")
+                                          + (" *" if min_dice is not None and d >= min_dice else "")
+                                          for t, d in scores.items()))
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path)
-    parser.add_argument("--config", type=Path, required=True, help="the training config (its datasets' label maps)")
-    parser.add_argument("--test-data", type=Path, required=True, help="folder holding the config's datasets")
+    parser.add_argument("--config", type=Path, help="the training config (its datasets' label maps)")
+    parser.add_argument("--test-data", type=Path, help="folder holding the config's datasets")
+    parser.add_argument("--measured", type=Path, nargs="+", metavar="REPORT",
+                        help="offer from these --report files of earlier --measure-only runs (for instance one on "
+                             "phantoms and one on real scans, run side by side) instead of measuring")
     parser.add_argument("--min-dice", type=float, default=0.85, help="the bar (default 0.85)")
     parser.add_argument("--version", help="set the manifest's version")
     parser.add_argument("--out", type=Path, help="write here instead of over PACKAGE")
@@ -174,33 +204,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-only", action="store_true",
                         help="only measure (print, and write --report); leave the package as it is")
     args = parser.parse_args(argv)
+    if not args.measured and (args.config is None or args.test_data is None):
+        parser.error("give --config and --test-data (to measure), or --measured REPORT...")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     from safetensors.torch import load_file
 
     loaded = models.load(args.package)
-    measured = measure(loaded, args.config, args.test_data, args.split, raw=not args.no_raw)
+    if args.measured:
+        measured = merge_reports([json.loads(path.read_text(encoding="utf-8")) for path in args.measured])
+    else:
+        measured = measure(loaded, args.config, args.test_data, args.split, raw=not args.no_raw)
     if args.measure_only:
         if args.report:
             args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
-        for modality, scores in measured["test_dice"].items():
-            raw = measured.get("test_dice_raw", {}).get(modality, {})
-            print(f"{modality}: " + ", ".join(f"{t} {d:.3f}" + (f" (raw {raw[t]:.3f})" if t in raw else "")
-                                              for t, d in scores.items()))
+        print_scores(measured)
         return 0
     slabs = measure_slabs(loaded, measured, args.min_dice, args.slab_cases) if args.slab_cases else None
     if slabs:
         measured["slab_dice_min"], measured["slab_cases"] = slabs, args.slab_cases
-    manifest = offer(loaded.manifest, measured, args.min_dice, args.data_label or str(args.test_data), slabs,
-                     args.min_slab_dice)
+    label = args.data_label or str(args.test_data or ", ".join(str(path) for path in args.measured))
+    manifest = offer(loaded.manifest, measured, args.min_dice, label, slabs, args.min_slab_dice)
     if args.version:
         manifest["version"] = args.version
-    state = load_file(str(args.package))
-    out = save(args.out or args.package, state, manifest)
+    out = save(args.out or args.package, load_file(str(args.package)), manifest)
     if args.report:
         args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
-    for modality, scores in measured["test_dice"].items():
-        raw = measured.get("test_dice_raw", {}).get(modality, {})
-        print(f"{modality}: " + ", ".join(f"{t} {d:.3f}" + (f" (raw {raw[t]:.3f})" if t in raw else "")
-                                          + (" *" if d >= args.min_dice else "") for t, d in scores.items()))
+    print_scores(measured, args.min_dice)
     for modality, minima in (slabs or {}).items():
         failed = [f"{t} {v:.3f}" for t, v in minima.items() if v < args.min_slab_dice]
         if failed:
