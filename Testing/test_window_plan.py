@@ -69,6 +69,25 @@ def test_near_targets_runs_fewer_windows_and_gives_the_full_runs_probabilities(b
     assert near_plan.windows == len(covering_corners((90, 70, 110), (32, 32, 32), 0.5))
 
 
+@pytest.mark.parametrize("centres", [[10], [10, 180]], ids=["one target at the top", "two far apart in z"])
+def test_near_targets_far_from_the_end_or_from_each_other_in_z(centres):
+    """A target near one end of a long volume, or two targets far apart in z: whole stretches of
+    z no window reaches, longer than a window (a bladder asked alone in a whole-body PET)."""
+    from HermesSegmentLib.inference import WindowPlan, predict_volume
+
+    z, y, x = np.ogrid[:200, :40, :40]
+    inside = np.zeros((200, 40, 40), dtype=bool)
+    for centre in centres:
+        inside |= (z - centre) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 36
+    volume = np.where(inside, 1.0, -1.0).astype(np.float32)
+    plan = WindowPlan(near_targets=0.125)
+    full = predict_volume(Blob(), volume, window_zyx=(32, 32, 32), batch_size=2)
+    near = predict_volume(Blob(), volume, window_zyx=(32, 32, 32), batch_size=2, plan=plan)
+    assert plan.windows < plan.lattice
+    np.testing.assert_array_equal(near[:, inside], full[:, inside])
+    assert near[0, 100:150].max() == 0  # no window ran there
+
+
 def test_batch_size_from_memory_per_window():
     import torch
 

@@ -97,15 +97,21 @@ class _Slab:
         return quantised
 
     def flush(self, planes: int) -> None:
-        """Finish the first ``planes`` planes and copy them, without their padding, into the result."""
-        block = self.release(planes)
-        start = self.base - planes  # planes [start, base) of the padded volume
+        """Finish the first ``planes`` planes and copy them, without their padding, into the result.
+
+        ``planes`` may exceed the slab's depth when only the windows near the targets run (a gap
+        in z between them, or none after the last): no window reached the planes beyond the slab,
+        which stay 0 in the result."""
+        held = min(planes, self.weights.shape[0])
+        block = self.release(held)
+        start = self.base - held  # planes [start, base) of the padded volume
         (z_pad, _), (y_pad, _), (x_pad, _) = self.pads
         depth, height, width = self.volume_shape
         lo, hi = max(start, z_pad), min(self.base, z_pad + depth)
         if hi > lo:
             self.result[:, lo - z_pad:hi - z_pad] = block[:, lo - start:hi - start, y_pad:y_pad + height,
                                                           x_pad:x_pad + width]
+        self.base += planes - held
 
 
 def predict_volume(
