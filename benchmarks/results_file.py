@@ -8,9 +8,12 @@ interrupted benchmark never leaves half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
+
+from HermesSegmentLib.atomic import atomic_paths
 
 
 def add_newest_first(path: Path, text: str) -> None:
@@ -25,11 +28,5 @@ def add_newest_first(path: Path, text: str) -> None:
     if head and not head.endswith("\n\n"):
         head += "\n"
     block = text.rstrip("\n") + "\n" + ("\n" if tail else "")
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(head + block + tail)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_paths([path]) as (temporary,):
+        temporary.write_text(head + block + tail, encoding="utf-8")
