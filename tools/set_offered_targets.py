@@ -63,6 +63,12 @@ def trained_pairs(manifest: dict) -> dict[str, dict[str, int]]:
     return pairs
 
 
+def offering_every_trained_pair(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with every pair it was trained on offered, so that each can be measured."""
+    return LoadedModel(network=loaded.network, manifest={**loaded.manifest, "defaults": trained_pairs(loaded.manifest)},
+                       path=loaded.path)
+
+
 def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str | None = None,
             progress=print, raw: bool = True) -> dict:
     """Mean Dice per (modality, target) on every test case of ``test_data`` (``split``: the cases of
@@ -73,7 +79,7 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     from HermesSegmentLib.pipeline import segment_image
 
     pairs = trained_pairs(loaded.manifest)
-    everything = LoadedModel(network=loaded.network, manifest={**loaded.manifest, "defaults": pairs}, path=loaded.path)
+    everything = offering_every_trained_pair(loaded)
     config = load_config(config_path, data_root=test_data)
     runs = [("test_dice", PostprocessOptions())] + ([("test_dice_raw", RAW)] if raw else [])
     scores: dict[str, dict[str, dict[str, list[float]]]] = {metric: {} for metric, _ in runs}
@@ -132,8 +138,7 @@ def measure_slabs(loaded: LoadedModel, measured: dict, min_dice: float, cases: i
     pairs whose ``test_dice`` reaches ``min_dice`` and that the phantoms hold."""
     from HermesSegmentLib.evaluation.partial_scans import SLAB_SEED, phantom_slab_consistency
 
-    everything = LoadedModel(network=loaded.network, manifest={**loaded.manifest, "defaults": trained_pairs(
-        loaded.manifest)}, path=loaded.path)
+    everything = offering_every_trained_pair(loaded)
     minima: dict[str, dict[str, float]] = {}
     for modality, scores in measured["test_dice"].items():
         candidates = [t for t, d in scores.items() if d >= min_dice]
