@@ -16,7 +16,6 @@ The case must be one of OpenKBP's validation patients: the bundled model never t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -36,10 +35,6 @@ ATTRIBUTION = (
 )
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path, help="the OpenKBP dataset folder (dataset.json, cases.json)")
@@ -50,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from HermesSegmentLib import vocabulary
     from HermesSegmentLib.mask import TargetMask
+    from HermesSegmentLib.models import sha256_file
     from HermesSegmentLib.writers import write_seg_nrrd
 
     cases = json.loads((args.dataset / "cases.json").read_text())
@@ -76,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             "title": f"Head-and-neck CT, real patient (OpenKBP {args.case})",
             "real": True,
             "modality": "CT",
-            "image": {"file": ct.name, "sha256": sha256(ct)},
-            "contours": {"file": contours.name, "sha256": sha256(contours),
+            "image": {"file": ct.name, "sha256": sha256_file(ct)},
+            "contours": {"file": contours.name, "sha256": sha256_file(contours),
                          "targets": [m.key for m in masks], "what": "clinical radiotherapy contours"},
             "attribution": ATTRIBUTION,
             "license": "MIT (OpenKBP); TCIA data usage policy for the underlying CT",
