@@ -85,6 +85,8 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runOn.setCurrentIndex(max(0, runOn.findText(settings.value(panel.RUN_ON_KEY, ""))))
         self.ui.serverUrlLineEdit.text = settings.value(panel.SERVER_URL_KEY, "")
         self.ui.serverTokenLineEdit.text = settings.value(panel.SERVER_TOKEN_KEY, "")
+        self.clientId = panel.panel_client_id(settings.value(panel.CLIENT_ID_KEY, ""))
+        settings.setValue(panel.CLIENT_ID_KEY, self.clientId)
         self.onRunOnChanged(refresh=False)
         for name, signal, slot in (
                 ("modalityComboBox", "currentIndexChanged(int)", self.refreshTargets),
@@ -290,7 +292,8 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.rememberServer()
         with slicer.util.tryWithErrorDisplay("Could not test the connection.", waitCursor=True):
             self.ui.serverInfoLabel.text = self.controller.test_connection(self.ui.serverUrlLineEdit.text.strip(),
-                                                                          self.ui.serverTokenLineEdit.text.strip())
+                                                                          self.ui.serverTokenLineEdit.text.strip(),
+                                                                          self.clientId)
             self.refreshModels()
 
     def onAdvancedToggled(self, collapsed):
@@ -315,7 +318,8 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.controller.start_run(RunRequest(p.inputVolume, p.outputSegmentation, self.ui.modelComboBox.currentData,
                                                  self.ui.modalityComboBox.currentData, self.selectedTargets(), options,
                                                  server=self.ui.serverUrlLineEdit.text.strip() if server else "",
-                                                 token=self.ui.serverTokenLineEdit.text.strip() if server else ""))
+                                                 token=self.ui.serverTokenLineEdit.text.strip() if server else "",
+                                                 client_id=self.clientId))
             self.onPoll()
             self._timer.start(200)
         except (HermesError, OSError) as error:  # a user mistake or a full disk: one line, no traceback

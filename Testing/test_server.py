@@ -8,6 +8,8 @@ cancel; and an empty server folder once results have expired.
 from __future__ import annotations
 
 import io
+import json
+import re
 import threading
 import zipfile
 from pathlib import Path
@@ -27,18 +29,22 @@ from HermesSegmentLib.mask import TargetMask
 from HermesSegmentLib.pipeline import SegmentOptions, segment_image
 from HermesSegmentLib.server.client import job_request
 from HermesSegmentLib.server.jobs import FairQueue, Job
+from HermesSegmentLib.server.protocol import CLIENT_ID_HEADER, CLIENT_ID_PATTERN
 from HermesSegmentLib.writers import read_seg_nrrd
 
 EXACT = job_request("CT", "all", SegmentOptions(precision="float32"))  # float32: bit-reproducible masks
 HEART = job_request("CT", ["heart"])
 MAX_UPLOAD_MB = 1
 MAX_VOXELS = 400_000
+#: Proxies the module's server trusts: elsewhere, so that the tests' own X-Forwarded-For is ignored.
+UNTRUSTED_HERE = "192.0.2.1,10.0.0.0/8"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("server"), "--max-upload-mb", str(MAX_UPLOAD_MB),
-                        "--max-voxels", str(MAX_VOXELS), "--max-jobs-per-client", "12") as running:
+                        "--max-voxels", str(MAX_VOXELS), "--max-jobs-per-client", "12",
+                        "--forwarded-allow-ips", UNTRUSTED_HERE) as running:
         yield running
     assert not (running.work_dir / "jobs").exists(), "a stopped server leaves no job folder behind"
 
@@ -277,6 +283,149 @@ def test_the_queue_serves_clients_in_turn():
         queue.push(job)
     assert [job.id for job in queue.order()] == ["0", "3", "1", "2"]
     assert [queue.pop().id for _ in range(4)] == ["0", "3", "1", "2"] and queue.pop() is None
+
+
+# ---------------------------------------------------------------------------------------------- client lanes
+def _logged(server, text: str) -> bool:
+    """True once the server's log has ``text`` (its output arrives through a pipe, a moment later)."""
+    for _ in range(100):
+        if any(text in line for line in server.output):
+            return True
+        threading.Event().wait(0.1)
+    return False
+
+
+def test_clients_behind_one_address_or_proxy_get_lanes_and_limits_of_their_own(tmp_path):
+    """Clinicians behind one NAT (one address, their installations' IDs) or behind the reverse
+    proxy the README describes (X-Forwarded-For from a trusted address, loopback by default) each
+    get their own lane of the fair queue and their own job limit; a forged ID counts as no ID."""
+    image, wide = tmp_path / "ct.nrrd", tmp_path / "wide.nrrd"
+    sitk.WriteImage(small_ct(), str(image))
+    sitk.WriteImage(small_ct(shape_xyz=(160, 160, 60), spacing=(3.0, 3.0, 3.0)), str(wide))
+    with running_server(tmp_path / "server", "--max-jobs-per-client", "2") as server:
+        assert _logged(server, "X-Forwarded-For when the request comes from 127.0.0.1,::1"), server.log()
+        jobs: list[str] = []
+
+        def submit(headers: dict[str, str], path: Path = image, request: dict = HEART) -> requests.Response:
+            with open(path, "rb") as file:
+                response = server.post("/v1/jobs", headers={**AUTH, **headers}, files={"image": (path.name, file)},
+                                       data={"job": json.dumps(request)})
+            if response.status_code == 202:
+                jobs.append(response.json()["id"])
+            return response
+
+        # One worker, busy with hundreds of windows for the whole test: every job below stays queued.
+        blocker = submit({CLIENT_ID_HEADER: "blocking-job-lane"}, wide,
+                         job_request("CT", "all", SegmentOptions(overlap=0.9, crop_to_body=False)))
+        assert blocker.status_code == 202, blocker.text
+        for _ in range(600):
+            if server.get(f"/v1/jobs/{jobs[0]}").json()["state"] != "queued":
+                break
+            threading.Event().wait(0.1)
+        a, b = {CLIENT_ID_HEADER: "clinician-a-0001"}, {CLIENT_ID_HEADER: "clinician-b-0001"}
+        assert [submit(a).status_code for _ in range(2)] == [202, 202]
+        refused = submit(a)
+        assert refused.status_code == 429 and "limit per client" in refused.json()["detail"]
+        first_of_b = submit(b)  # same address, its own lane: served before A's second job
+        assert first_of_b.status_code == 202 and first_of_b.json()["queue_position"] == 2
+        assert server.get(f"/v1/jobs/{jobs[2]}").json()["queue_position"] == 3
+        assert _logged(server, "queued for 127.0.0.1 clinician-b-0001")
+
+        # No ID: the address's own lane. A forged or oversized ID counts as none.
+        assert [submit({}).status_code for _ in range(2)] == [202, 202]
+        for forged in ("../../etc/passwd", "x" * 65, "short", "two words here"):
+            assert submit({CLIENT_ID_HEADER: forged}).status_code == 429, forged
+
+        # Behind a proxy on this computer (trusted by default), X-Forwarded-For names the client.
+        proxied = {"X-Forwarded-For": "203.0.113.7"}
+        assert [submit(proxied).status_code for _ in range(3)] == [202, 202, 429]
+        assert submit({"X-Forwarded-For": "198.51.100.2, 203.0.113.8"}).status_code == 202
+        assert _logged(server, "queued for 203.0.113.8") and _logged(server, "queued for 203.0.113.7")
+
+        # Our client sends its installation's ID, kept in the HermesSegment home, or the one it is given.
+        from HermesSegmentLib.server.client import installation_client_id
+
+        jobs.append(server.client().submit(image, HEART)["id"])
+        assert _logged(server, f"{jobs[-1]} queued for 127.0.0.1 {installation_client_id()}")
+        other = server.client(client_id="clinician-c-0001")
+        jobs.extend(other.submit(image, HEART)["id"] for _ in range(2))
+        with pytest.raises(HermesError, match="limit per client"):
+            other.submit(image, HEART)
+
+        assert server.get(f"/v1/jobs/{jobs[0]}").json()["state"] == "running", \
+            "the jobs above were all unfinished while they were counted"
+        for job_id in reversed(jobs):  # the queued ones first, so that none starts
+            server.client().delete(job_id)
+        for _ in range(600):
+            if not server.job_folders():
+                break
+            threading.Event().wait(0.1)
+        assert server.job_folders() == []
+
+
+def test_x_forwarded_for_from_an_address_not_trusted_is_ignored(server, tmp_path):
+    """Only the proxies given to --forwarded-allow-ips name clients; anyone else's header is ignored
+    (the module's server trusts proxies elsewhere, not this computer)."""
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(small_ct(), str(image))
+    assert _logged(server, f"X-Forwarded-For when the request comes from {UNTRUSTED_HERE}")
+    with open(image, "rb") as file:
+        submitted = server.post("/v1/jobs", headers={**AUTH, "X-Forwarded-For": "203.0.113.7",
+                                                     CLIENT_ID_HEADER: "clinician-a-0001"},
+                                files={"image": ("ct.nrrd", file)}, data={"job": json.dumps(HEART)})
+    assert submitted.status_code == 202
+    job_id = submitted.json()["id"]
+    assert _logged(server, f"{job_id} queued for 127.0.0.1 clinician-a-0001"), server.log()
+    assert not any("203.0.113.7" in line for line in server.output)
+    server.client().delete(job_id)
+
+
+def test_a_lane_is_the_address_and_a_well_formed_client_id():
+    from HermesSegmentLib.server.app import client_lane
+
+    assert client_lane("10.0.0.1", "Ab-_0123456789") == "10.0.0.1 Ab-_0123456789"
+    assert client_lane("::1", "x" * 64) == "::1 " + "x" * 64
+    for forged in (None, "", "short", "x" * 65, "../../etc/passwd", "a b c d e f", "naïve-client-id", "ok-id-123\n"):
+        assert client_lane("10.0.0.1", forged) == "10.0.0.1", forged
+
+
+def test_an_installation_keeps_one_client_id(tmp_path, monkeypatch):
+    from HermesSegmentLib.models.catalog import user_home
+    from HermesSegmentLib.server.client import ServerClient, installation_client_id
+
+    first = installation_client_id()
+    assert re.fullmatch(CLIENT_ID_PATTERN, first) and installation_client_id() == first
+    assert (user_home() / "client-id").read_text().strip() == first
+    (user_home() / "client-id").write_text("not an id\n")  # damaged: replaced by a new one, kept again
+    renewed = installation_client_id()
+    assert renewed != first and installation_client_id() == renewed
+    monkeypatch.setenv("HERMES_SEGMENT_CLIENT_ID", "slicer-panel-0001")
+    assert installation_client_id() == "slicer-panel-0001"
+    monkeypatch.setenv("HERMES_SEGMENT_CLIENT_ID", "no/slashes")
+    with pytest.raises(HermesError, match="HERMES_SEGMENT_CLIENT_ID must be 8 to 64 letters"):
+        installation_client_id()
+    monkeypatch.delenv("HERMES_SEGMENT_CLIENT_ID")
+    with pytest.raises(HermesError, match="client_id must be 8 to 64 letters"):
+        ServerClient("http://127.0.0.1:9", TOKEN, client_id="bad id")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("HERMES_SEGMENT_HOME", str(blocked / "home"))  # cannot be made: an ID for this process
+    assert re.fullmatch(CLIENT_ID_PATTERN, installation_client_id())
+
+
+def test_serve_refuses_a_forwarded_allow_ips_that_is_not_an_address(tmp_path, monkeypatch, capsys):
+    from HermesSegmentLib.cli import main as cli_main
+    from HermesSegmentLib.server.settings import ServerSettings
+
+    for value in ("10.0.0.5,proxy.example.org", "10.0.0.1/8", " "):
+        assert cli_main(["serve", "--work-dir", str(tmp_path), "--forwarded-allow-ips", value]) == 2
+        assert "is not an IP address or network" in capsys.readouterr().err, value
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "localhost")
+    assert cli_main(["serve", "--work-dir", str(tmp_path)]) == 2
+    assert "$FORWARDED_ALLOW_IPS: 'localhost' is not an IP address" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing written (no token) before the options are checked"
+    for value in ("*", "", "10.0.0.5, 10.1.0.0/16,::1"):
+        ServerSettings(work_dir=tmp_path, forwarded_allow_ips=value)
 
 
 def test_a_zip_is_unpacked_under_numbered_names_and_within_its_limit(tmp_path):

@@ -525,6 +525,19 @@ def _assert_a_local_run_gives_the_same_segments(panel, volume, targets) -> None:
     assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
 
 
+def _client_id_the_server_saw(server) -> str:
+    """The client ID the panel remembers in Slicer's settings, which its run sent to the server."""
+    import qt
+
+    from HermesSegmentLib.server.protocol import CLIENT_ID_PATTERN
+    from HermesSegmentLib.slicer.panel import CLIENT_ID_KEY
+
+    client_id = qt.QSettings().value(CLIENT_ID_KEY)
+    assert re.fullmatch(CLIENT_ID_PATTERN, client_id), client_id
+    assert any(f"queued for 127.0.0.1 {client_id}" in line for line in server.output), server.log()
+    return client_id
+
+
 def _cancel_a_server_run(panel, app, server) -> None:
     """Cancel stops the run; the client deletes its job and the server drops it."""
     import time
@@ -548,7 +561,8 @@ def _cancel_a_server_run(panel, app, server) -> None:
 def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, monkeypatch):
     """Run on: Server, on a laptop without PyTorch: Test connection lists the server's device and
     models, Segment runs there with the same progress and import (the segments of a local run with the
-    same options), Cancel stops it, and the address and token are remembered."""
+    same options), Cancel stops it, and the address and token are remembered, and so is the client ID
+    that the run sends for the server's fair queue."""
     pytest.importorskip("fastapi", reason="the server needs the server extra")
     import qt
     import SimpleITK as sitk
@@ -584,6 +598,7 @@ def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, mon
         assert not recorder.slot_errors and not recorder.texts(), (recorder.slot_errors, recorder.texts())
         assert ui.statusLabel.text.startswith("Done") and ui.progressBar.value == 100
         assert f"hermes-demo on CPU at {server.url}" in ui.logTextEdit.toPlainText(), "it ran on the server"
+        client_id = _client_id_the_server_saw(server)
         assert run_folders(app) == [] and server.job_folders() == []
         _assert_a_local_run_gives_the_same_segments(panel, volume, targets)
 
@@ -600,5 +615,6 @@ def test_run_on_server_click_through_gives_the_local_segments(gui, tmp_path, mon
     again = slicer_app.ModulePanel(MODULE_FILE)
     again.enter()
     assert again.widget.ui.runOnComboBox.currentText == "Server" and again.widget.ui.serverTokenLineEdit.text == TOKEN
+    assert again.widget.clientId == client_id
     again.exit()
     again.widget.cleanup()

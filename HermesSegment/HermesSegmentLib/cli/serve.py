@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ..errors import HermesError
@@ -16,8 +17,10 @@ TLS_ADVICE = """\
 This server listens on {host}, beyond this computer. Its traffic is plain HTTP: put it behind a
 reverse proxy that speaks HTTPS, for example Caddy, which gets and renews the certificate itself:
     caddy reverse-proxy --from segment.example.org --to 127.0.0.1:{port}
-(then start this server with --host 127.0.0.1), or nginx with `proxy_pass http://127.0.0.1:{port};`
-and `client_max_body_size {max_mb}m;`. Give the token to the people who may use this server only."""
+(then start this server with --host 127.0.0.1), or nginx with `proxy_pass http://127.0.0.1:{port};`,
+`proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;` and `client_max_body_size {max_mb}m;`.
+A proxy on another computer needs --forwarded-allow-ips PROXY_ADDRESS, else every client counts as
+the proxy. Give the token to the people who may use this server only."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-voxels", type=int, default=defaults.max_voxels,
                         help="largest image accepted, in voxels (default %(default)d)")
     parser.add_argument("--max-jobs-per-client", type=int, default=defaults.max_jobs_per_client,
-                        help="unfinished jobs allowed per client address (default %(default)d)")
+                        help="unfinished jobs allowed per client: its address and the ID its installation sends "
+                             "(default %(default)d)")
     parser.add_argument("--max-queued-jobs", type=int, default=defaults.max_queued_jobs,
                         help="jobs allowed to wait in all (default %(default)d)")
     parser.add_argument("--keep-results", type=float, default=defaults.keep_results_s, metavar="SECONDS",
@@ -59,9 +63,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="stop a job that runs longer than this (default %(default).0f)")
     parser.add_argument("--upload-timeout", type=float, default=defaults.upload_idle_timeout_s, metavar="SECONDS",
                         help="drop an upload that sends nothing for this long (default %(default).0f)")
-    parser.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
-                        help="addresses of a reverse proxy whose X-Forwarded-For names the real client "
-                             "(comma-separated; default: none trusted)")
+    parser.add_argument("--forwarded-allow-ips", default=defaults.forwarded_allow_ips, metavar="IPS",
+                        help="reverse proxies whose X-Forwarded-For header names the real client: comma-separated "
+                             "addresses or networks (10.0.0.5,10.1.0.0/16), * for any, '' for none (default, as "
+                             "uvicorn's: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1, a proxy on this computer)")
     parser.set_defaults(func=run)
 
 
@@ -76,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from ..models.catalog import user_home
     from ..pipeline.options import DEFAULT_MODEL
     from ..server.engine import Engine
-    from ..server.settings import ServerSettings, resolve_token
+    from ..server.settings import ServerSettings, check_forwarded_allow_ips, resolve_token
 
+    # Before anything is written (a new token) or loaded (the models).
+    if args.forwarded_allow_ips:
+        check_forwarded_allow_ips(args.forwarded_allow_ips)
+    elif args.forwarded_allow_ips is None and os.environ.get("FORWARDED_ALLOW_IPS"):  # uvicorn's default reads it
+        check_forwarded_allow_ips(os.environ["FORWARDED_ALLOW_IPS"], "$FORWARDED_ALLOW_IPS")
     work_dir = (args.work_dir or user_home() / "server").expanduser().resolve()
     token, token_source = resolve_token(args.token, work_dir)
     settings = ServerSettings(
@@ -85,14 +95,16 @@ def run(args: argparse.Namespace) -> int:
         devices=[d.strip() for d in args.device.split(",") if d.strip()], jobs_per_device=args.jobs_per_device,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_voxels=args.max_voxels,
         max_jobs_per_client=args.max_jobs_per_client, max_queued_jobs=args.max_queued_jobs,
-        keep_results_s=args.keep_results, job_timeout_s=args.job_timeout, upload_idle_timeout_s=args.upload_timeout)
+        keep_results_s=args.keep_results, job_timeout_s=args.job_timeout, upload_idle_timeout_s=args.upload_timeout,
+        forwarded_allow_ips=args.forwarded_allow_ips)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     say = lambda text: print(text, flush=True)  # noqa: E731
     say(f"loading {', '.join(settings.models)} on {', '.join(settings.devices)} ...")
     engine = Engine(settings)
+    # uvicorn's ProxyHeadersMiddleware puts the client named by a trusted proxy in request.client.
     config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port, log_level="info",
-                            proxy_headers=args.forwarded_allow_ips is not None,
-                            forwarded_allow_ips=args.forwarded_allow_ips, timeout_keep_alive=30)
+                            proxy_headers=settings.forwarded_allow_ips != "",
+                            forwarded_allow_ips=settings.forwarded_allow_ips or None, timeout_keep_alive=30)
     try:
         sock = config.bind_socket()
     except SystemExit:  # uvicorn exits when the address is taken
@@ -106,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         say(f"new token (stored in {work_dir / 'token'}; give it to your users):\n    {token}")
     elif token_source == "file":
         say(f"token: the one stored in {work_dir / 'token'}")
+    if config.proxy_headers:
+        trusted = ",".join([config.forwarded_allow_ips] if isinstance(config.forwarded_allow_ips, str)
+                           else config.forwarded_allow_ips)
+        say(f"client addresses: from X-Forwarded-For when the request comes from {trusted} (--forwarded-allow-ips)")
     if not settings.loopback:
         say(TLS_ADVICE.format(host=settings.host, port=port, max_mb=int(args.max_upload_mb) + 1))
     say(f"clients: hermes-segment segment IMAGES --out DIR --modality CT --server http://{host}:{port} "

@@ -19,13 +19,16 @@ such job or file), 408 (upload stalled), 409 (no result yet), 413 (too large), 4
 does not fit the schema), 429 (too many jobs of this client), 503 (queue full).
 
 The token and the upload size are checked by :class:`RequestGuard` before the body is read, so a
-caller without the token cannot make the server store or run anything.
+caller without the token cannot make the server store or run anything. The fair queue and the
+per-client job limit count a job under its :func:`client_lane`: the caller's address (the real
+client's behind a reverse proxy trusted with ``--forwarded-allow-ips``) and the client ID it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
@@ -40,7 +43,7 @@ from .. import __version__
 from ..errors import HermesError
 from .engine import Engine, JobRequest, MalformedRequest, parse_request
 from .jobs import ClientLimit, JobNotFound, JobService, QueueFull, ResultNotReady
-from .protocol import API_PREFIX, API_VERSION
+from .protocol import API_PREFIX, API_VERSION, CLIENT_ID_HEADER, CLIENT_ID_PATTERN
 from .settings import ServerSettings
 from .uploads import UploadTooLarge, store_upload
 
@@ -155,6 +158,29 @@ async def _send_error(send: Callable[[dict], Awaitable[None]], status: int, deta
     await send({"type": "http.response.body", "body": body})
 
 
+def client_lane(address: str, client_id: Optional[str]) -> str:
+    """The lane of the fair queue and of the per-client job limit that a job belongs to:
+    ``"<address> <client ID>"`` when the request's :data:`.protocol.CLIENT_ID_HEADER` holds a
+    well-formed ID (:data:`.protocol.CLIENT_ID_PATTERN`), else ``address`` alone (no header, or a
+    forged or oversized one).
+
+    ``address`` is the request's peer, or behind a reverse proxy trusted with ``serve
+    --forwarded-allow-ips`` the client that the proxy names in ``X-Forwarded-For`` (uvicorn's
+    ProxyHeadersMiddleware puts it in the request). The ID tells apart the users behind one NAT or
+    proxy address, whom the address alone would put in one lane under one job limit.
+
+    The ID is a fairness hint, not a security boundary: every client holds the same bearer token
+    and may send any ID, so a client that sends many IDs gets many lanes. It grants nothing else:
+    jobs are reached by their unguessable IDs, whatever the lane.
+    """
+    if client_id is not None and _CLIENT_ID.fullmatch(client_id):
+        return f"{address} {client_id}"
+    return address
+
+
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -232,7 +258,7 @@ def submit(request: Request, response: Response, settings: Settings, engine: Eng
            job: Annotated[str, Form(description="a JobRequest as JSON (its schema: POST /v1/check)")]) -> dict:
     job_request = parse_request(job)
     engine.check(job_request)
-    client = request.client.host if request.client else "unknown"
+    client = client_lane(request.client.host if request.client else "unknown", request.headers.get(CLIENT_ID_HEADER))
     submitted = service.submit(client, job_request, lambda folder: store_upload(
         image.file, image.filename or "", folder, max_bytes=settings.max_upload_bytes,
         max_voxels=settings.max_voxels))

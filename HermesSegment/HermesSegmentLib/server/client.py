@@ -6,6 +6,9 @@ a laptop without a GPU stack can send its images to the server::
     client = ServerClient("https://segment.example.org", token="...")   # or $HERMES_SEGMENT_TOKEN
     status, files = client.segment(Path("ct.nii.gz"), job_request("CT", "all", name="ct"), Path("out"))
 
+Each request names this installation by a random client ID it keeps (:func:`installation_client_id`),
+so that users behind one NAT or proxy address get their own lanes in the server's fair queue.
+
 Every failure is a :class:`HermesError` with one line (the server's own message when it sent
 one); a cancelled run raises :class:`CancelledError` after the job was cancelled on the server.
 Result files arrive under temporary names and are renamed only once all are complete.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import secrets
 import tempfile
 import time
 import zipfile
@@ -31,6 +36,9 @@ from ..pipeline.options import SegmentOptions
 from .protocol import (
     API_PREFIX,
     CANCELLED,
+    CLIENT_ID_ENV,
+    CLIENT_ID_HEADER,
+    CLIENT_ID_PATTERN,
     DEFAULT_CASE_NAME,
     DICOM_ZIP_SUFFIX,
     DONE,
@@ -43,6 +51,8 @@ from .protocol import (
 
 Progress = Callable[[str, float, str], None]
 CHUNK = 1 << 20
+#: Where an installation keeps its client ID, in the HermesSegment home (``$HERMES_SEGMENT_HOME``).
+CLIENT_ID_FILE_NAME = "client-id"
 
 
 class ServerClient:
@@ -50,11 +60,14 @@ class ServerClient:
 
     ``timeout``: seconds to wait for the server to answer a request (uploads and downloads may
     take longer, as long as data flows). ``verify``: TLS certificate check (``True``, or a CA
-    bundle path for a hospital's own certificate authority).
+    bundle path for a hospital's own certificate authority). ``client_id``: the ID sent with every
+    request (default :func:`installation_client_id`), which the server's fair queue and per-client
+    job limit count along with this computer's address; a fairness hint, not an identity (see
+    ``server.app.client_lane``). Raises :class:`HermesError` for a malformed one.
     """
 
     def __init__(self, url: str, token: Optional[str] = None, *, timeout: float = 60.0, poll_interval: float = 0.5,
-                 verify: Union[bool, str] = True) -> None:
+                 verify: Union[bool, str] = True, client_id: Optional[str] = None) -> None:
         url = (url or "").strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise HermesError(f"server address {url!r} must start with http:// or https:// "
@@ -66,6 +79,8 @@ class ServerClient:
         self.url, self.timeout, self.poll_interval = url, timeout, poll_interval
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.headers[CLIENT_ID_HEADER] = checked_client_id(client_id, "client_id") if client_id \
+            else installation_client_id()
         self._session.verify = verify
         self._info: Optional[dict[str, Any]] = None
 
@@ -190,6 +205,48 @@ class ServerClient:
                 self.delete(job["id"])
             except HermesError:
                 pass  # the server forgets finished jobs by itself; nothing of the result depends on this
+
+
+def installation_client_id() -> str:
+    """The client ID of this installation: ``$HERMES_SEGMENT_CLIENT_ID``, else the one kept in
+    ``<HermesSegment home>/client-id``, made (random, :data:`.protocol.CLIENT_ID_PATTERN`) at first use.
+
+    Where that file cannot be written (a read-only home), a new ID serves this process only: the ID
+    only spreads jobs fairly, so it never stops a run. Raises :class:`HermesError` for a malformed
+    ``$HERMES_SEGMENT_CLIENT_ID``.
+    """
+    from ..models.catalog import user_home
+
+    if os.environ.get(CLIENT_ID_ENV):
+        return checked_client_id(os.environ[CLIENT_ID_ENV], f"${CLIENT_ID_ENV}")
+    path = user_home() / CLIENT_ID_FILE_NAME
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+        if re.fullmatch(CLIENT_ID_PATTERN, kept):
+            return kept
+    except (OSError, UnicodeDecodeError):
+        pass  # none yet, or unreadable: a new one replaces it
+    made = new_client_id()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_paths([path]) as (temp,):
+            temp.write_text(made + "\n", encoding="utf-8")
+    except OSError:
+        pass
+    return made
+
+
+def new_client_id() -> str:
+    """A new random client ID (22 URL-safe characters, 128 bits)."""
+    return secrets.token_urlsafe(16)
+
+
+def checked_client_id(client_id: str, source: str) -> str:
+    """``client_id`` if it is a well-formed client ID, else :class:`HermesError` naming ``source``."""
+    if not re.fullmatch(CLIENT_ID_PATTERN, client_id):
+        raise HermesError(f"{source} must be 8 to 64 letters, digits, '-' or '_' (got {client_id[:80]!r}); "
+                          "leave it unset to use this installation's own ID")
+    return client_id
 
 
 def job_request(modality: str, targets: Union[str, Sequence[str]] = "all", options: Optional[SegmentOptions] = None,

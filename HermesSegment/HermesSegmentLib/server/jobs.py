@@ -7,7 +7,8 @@ client never sees half a result. Finished jobs are forgotten and their folders d
 ``keep_results_s`` after they end, or when their client deletes them.
 
 The queue is fair between clients: it serves them in turn, one job each, first come first served
-within a client (so one laptop sending 500 cases does not hold back a clinician's single case).
+within a client (so one laptop sending 500 cases does not hold back a clinician's single case). A
+client is a lane key, its address and the ID its installation sends (:func:`.app.client_lane`).
 Nothing here knows HTTP; :mod:`.app` maps the exceptions below to status codes.
 """
 

@@ -8,6 +8,16 @@ API_VERSION = 1
 #: Environment variable holding the bearer token, read by ``serve`` and by every client.
 TOKEN_ENV = "HERMES_SEGMENT_TOKEN"
 
+#: Header naming the client installation that sends a request: a random ID the installation keeps
+#: (``server.client.installation_client_id``, or the Slicer panel's settings), so that the server gives
+#: the users behind one NAT or proxy address lanes and job limits of their own (``server.app.client_lane``).
+CLIENT_ID_HEADER = "X-Hermes-Client"
+#: Environment variable that sets a client's ID (the Slicer panel gives its own to its background runs).
+CLIENT_ID_ENV = "HERMES_SEGMENT_CLIENT_ID"
+#: What a client ID is: 8 to 64 URL-safe characters (``secrets.token_urlsafe(16)`` makes 22 of them);
+#: a request with anything else in the header is counted under its address alone.
+CLIENT_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 

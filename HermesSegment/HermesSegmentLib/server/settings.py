@@ -29,7 +29,10 @@ class ServerSettings:
 
     ``devices``: where jobs run, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"]``; each device loads
     the models once and runs ``jobs_per_device`` jobs at a time. Sizes are in bytes and voxels,
-    times in seconds.
+    times in seconds. ``forwarded_allow_ips``: the reverse proxies whose ``X-Forwarded-For`` names
+    the real client, as uvicorn's option of that name takes them (comma-separated addresses and
+    networks, ``*`` for any); ``None``: uvicorn's default (``$FORWARDED_ALLOW_IPS``, else this
+    computer's loopback addresses); ``""``: none.
     """
 
     work_dir: Path
@@ -46,6 +49,7 @@ class ServerSettings:
     keep_results_s: float = 3600.0
     job_timeout_s: float = 3600.0
     upload_idle_timeout_s: float = 60.0
+    forwarded_allow_ips: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("jobs_per_device", "max_upload_bytes", "max_voxels", "max_jobs_per_client", "max_queued_jobs"):
@@ -56,6 +60,8 @@ class ServerSettings:
                 raise HermesError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.models:
             raise HermesError("no model to serve; give at least one --model")
+        if self.forwarded_allow_ips:
+            check_forwarded_allow_ips(self.forwarded_allow_ips)
 
     @property
     def jobs_dir(self) -> Path:
@@ -77,6 +83,20 @@ class ServerSettings:
         return {"max_upload_bytes": self.max_upload_bytes, "max_voxels": self.max_voxels,
                 "max_jobs_per_client": self.max_jobs_per_client, "max_queued_jobs": self.max_queued_jobs,
                 "job_timeout_s": self.job_timeout_s, "keep_results_s": self.keep_results_s}
+
+
+def check_forwarded_allow_ips(value: str, source: str = "--forwarded-allow-ips") -> None:
+    """Raise :class:`HermesError` unless ``value`` is ``*`` or comma-separated IP addresses and
+    networks (``10.0.0.5``, ``10.0.0.0/8``, ``::1``). uvicorn itself takes any other entry as a
+    literal that no address ever equals, which would silently trust no proxy."""
+    if value.strip() == "*":
+        return
+    for entry in (item.strip() for item in value.split(",")):
+        try:
+            ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+        except ValueError as error:
+            raise HermesError(f"{source}: {entry!r} is not an IP address or network ({error}); give the "
+                              "reverse proxy's address, e.g. 10.0.0.5 or 10.0.0.0/24, or * for any") from None
 
 
 def resolve_token(given: str | None, work_dir: Path) -> tuple[str, str]:

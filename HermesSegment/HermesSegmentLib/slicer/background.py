@@ -107,23 +107,25 @@ def segment_command(
 
 def start_segmentation(image: Any, run_dir: Path, *, modality: str, targets: Sequence[str],
                        options: SegmentOptions | None = None, python: str | None = None, server: str = "",
-                       token: str = "") -> tuple[BackgroundRun, Path]:
+                       token: str = "", client_id: str = "") -> tuple[BackgroundRun, Path]:
     """Write ``image`` (SimpleITK) to ``run_dir/input.nrrd`` and start the engine on it, on this
     computer or on ``server`` (its ``token`` goes to the child in its environment, never on its
-    command line, which other users of the computer can see).
+    command line, which other users of the computer can see; so does the ``client_id`` to send,
+    "" for the installation's).
 
     Returns the started run and the path the result will have (``run_dir/input.seg.nrrd``).
     """
     import SimpleITK as sitk
 
-    from ..server.protocol import TOKEN_ENV
+    from ..server.protocol import CLIENT_ID_ENV, TOKEN_ENV
 
     run_dir.mkdir(parents=True, exist_ok=True)
     input_path = run_dir / "input.nrrd"
     sitk.WriteImage(image, str(input_path), True)
     command = segment_command(input_path, run_dir, modality=modality, targets=targets, options=options, python=python,
                               server=server)
-    environment = {**os.environ, TOKEN_ENV: token} if server and token else None
+    given = {name: value for name, value in ((TOKEN_ENV, token), (CLIENT_ID_ENV, client_id)) if value} if server else {}
+    environment = {**os.environ, **given} if given else None
     return BackgroundRun(command, env=environment).start(), run_dir / "input.seg.nrrd"
 
 

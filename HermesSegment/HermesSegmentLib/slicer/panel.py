@@ -112,7 +112,8 @@ class RunRequest:
 
     ``server``: the address of a `hermes-segment serve` server to run on ("" for this computer), and
     its ``token`` ("": ``$HERMES_SEGMENT_TOKEN``). On a server, ``options``' device and batch size are
-    the server's (the panel leaves them at their defaults).
+    the server's (the panel leaves them at their defaults), and ``client_id`` is the ID the run sends
+    for the server's fair queue (:func:`panel_client_id`; "": this installation's).
     """
 
     volume: Any
@@ -123,6 +124,7 @@ class RunRequest:
     options: SegmentOptions = field(default_factory=SegmentOptions)
     server: str = ""
     token: str = field(default="", repr=False)
+    client_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,13 +200,13 @@ class PanelController:
         self.on_server = server
         self._show_missing()
 
-    def test_connection(self, url: str, token: str) -> str:
+    def test_connection(self, url: str, token: str, client_id: str = "") -> str:
         """Ask the server at ``url`` for its devices and models (``/v1/info``, at most 10 s); returns
         the line to show. Connected, the model list is the server's."""
         from ..server.client import ServerClient
 
         try:
-            self.server_info = ServerClient(url, token or None, timeout=10.0).info()
+            self.server_info = ServerClient(url, token or None, timeout=10.0, client_id=client_id or None).info()
         except HermesError as error:
             self.server_info = None
             return f"Not connected: {error}"
@@ -321,7 +323,7 @@ class PanelController:
                 options = dataclasses.replace(options, device=defaults.device, batch_size=defaults.batch_size)
             self._run, self._result_path = process.start_segmentation(
                 image, self._run_dir, modality=request.modality, targets=request.targets, options=options,
-                python=self.python, server=request.server, token=request.token)
+                python=self.python, server=request.server, token=request.token, client_id=request.client_id)
         except BaseException:
             self._remove_run_dir()
             raise
@@ -582,4 +584,21 @@ def settings_key(model: str | None, modality: str | None) -> str:
 #: user, not the scene: a scene file is shared, a token must not travel with it).
 RUN_ON_KEY, SERVER_URL_KEY = "HermesSegment/runOn", "HermesSegment/serverUrl"
 SERVER_TOKEN_KEY = "HermesSegment/serverToken"
+#: Where the panel remembers the client ID it sends to servers (see :func:`panel_client_id`).
+CLIENT_ID_KEY = "HermesSegment/clientId"
+
+
+def panel_client_id(remembered: str | None) -> str:
+    """The client ID the panel sends with its server runs, so that the server's fair queue gives
+    this Slicer a lane of its own even behind a shared NAT or proxy address: the one ``remembered``
+    in Slicer's settings (:data:`CLIENT_ID_KEY`), else this installation's
+    (``server.client.installation_client_id``, which the console API sends too), for the widget to remember."""
+    import re
+
+    from ..server.client import installation_client_id
+    from ..server.protocol import CLIENT_ID_PATTERN
+
+    if remembered and re.fullmatch(CLIENT_ID_PATTERN, remembered):
+        return remembered
+    return installation_client_id()
 
