@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
@@ -43,7 +42,7 @@ from .. import __version__
 from ..errors import HermesError
 from .engine import Engine, JobRequest, MalformedRequest, parse_request
 from .jobs import ClientLimit, JobNotFound, JobService, QueueFull, ResultNotReady
-from .protocol import API_PREFIX, API_VERSION, CLIENT_ID_HEADER, CLIENT_ID_PATTERN
+from .protocol import API_PREFIX, API_VERSION, CLIENT_ID_HEADER, is_client_id
 from .settings import ServerSettings
 from .uploads import UploadTooLarge, store_upload
 
@@ -173,12 +172,9 @@ def client_lane(address: str, client_id: Optional[str]) -> str:
     and may send any ID, so a client that sends many IDs gets many lanes. It grants nothing else:
     jobs are reached by their unguessable IDs, whatever the lane.
     """
-    if client_id is not None and _CLIENT_ID.fullmatch(client_id):
+    if is_client_id(client_id):
         return f"{address} {client_id}"
     return address
-
-
-_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 
 
 def one_line(text: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import secrets
 import tempfile
 import time
@@ -38,7 +37,6 @@ from .protocol import (
     CANCELLED,
     CLIENT_ID_ENV,
     CLIENT_ID_HEADER,
-    CLIENT_ID_PATTERN,
     DEFAULT_CASE_NAME,
     DICOM_ZIP_SUFFIX,
     DONE,
@@ -47,6 +45,7 @@ from .protocol import (
     QUEUED,
     SERVER_DECIDES,
     TOKEN_ENV,
+    is_client_id,
 )
 
 Progress = Callable[[str, float, str], None]
@@ -209,7 +208,7 @@ class ServerClient:
 
 def installation_client_id() -> str:
     """The client ID of this installation: ``$HERMES_SEGMENT_CLIENT_ID``, else the one kept in
-    ``<HermesSegment home>/client-id``, made (random, :data:`.protocol.CLIENT_ID_PATTERN`) at first use.
+    ``<HermesSegment home>/client-id``, made (random) at first use.
 
     Where that file cannot be written (a read-only home), a new ID serves this process only: the ID
     only spreads jobs fairly, so it never stops a run. Raises :class:`HermesError` for a malformed
@@ -222,7 +221,7 @@ def installation_client_id() -> str:
     path = user_home() / CLIENT_ID_FILE_NAME
     try:
         kept = path.read_text(encoding="utf-8").strip()
-        if re.fullmatch(CLIENT_ID_PATTERN, kept):
+        if is_client_id(kept):
             return kept
     except (OSError, UnicodeDecodeError):
         pass  # none yet, or unreadable: a new one replaces it
@@ -243,7 +242,7 @@ def new_client_id() -> str:
 
 def checked_client_id(client_id: str, source: str) -> str:
     """``client_id`` if it is a well-formed client ID, else :class:`HermesError` naming ``source``."""
-    if not re.fullmatch(CLIENT_ID_PATTERN, client_id):
+    if not is_client_id(client_id):
         raise HermesError(f"{source} must be 8 to 64 letters, digits, '-' or '_' (got {client_id[:80]!r}); "
                           "leave it unset to use this installation's own ID")
     return client_id

@@ -3,6 +3,10 @@
 Standard library only, so that the client (in Slicer, on a laptop without torch) imports it.
 """
 
+from __future__ import annotations
+
+import re
+
 API_PREFIX = "/v1"
 API_VERSION = 1
 #: Environment variable holding the bearer token, read by ``serve`` and by every client.
@@ -17,6 +21,12 @@ CLIENT_ID_ENV = "HERMES_SEGMENT_CLIENT_ID"
 #: What a client ID is: 8 to 64 URL-safe characters (``secrets.token_urlsafe(16)`` makes 22 of them);
 #: a request with anything else in the header is counted under its address alone.
 CLIENT_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
+
+
+def is_client_id(text: str | None) -> bool:
+    """True when ``text`` is a well-formed client ID (:data:`CLIENT_ID_PATTERN`)."""
+    return text is not None and re.fullmatch(CLIENT_ID_PATTERN, text) is not None
+
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)

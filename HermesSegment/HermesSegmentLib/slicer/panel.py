@@ -593,12 +593,10 @@ def panel_client_id(remembered: str | None) -> str:
     this Slicer a lane of its own even behind a shared NAT or proxy address: the one ``remembered``
     in Slicer's settings (:data:`CLIENT_ID_KEY`), else this installation's
     (``server.client.installation_client_id``, which the console API sends too), for the widget to remember."""
-    import re
-
     from ..server.client import installation_client_id
-    from ..server.protocol import CLIENT_ID_PATTERN
+    from ..server.protocol import is_client_id
 
-    if remembered and re.fullmatch(CLIENT_ID_PATTERN, remembered):
+    if remembered and is_client_id(remembered):
         return remembered
     return installation_client_id()
 
