@@ -200,3 +200,16 @@ def test_a_server_runs_stages_move_the_bar_forward_only():
               ("inference", 0.7), ("postprocess", 1.0), ("writing", 0.0), ("writing", 1.0)]
     overall = [process.overall_fraction(stage, fraction) for stage, fraction in stages]
     assert overall[:2] == [0.0, 0.0] and overall == sorted(overall) and overall[-1] == 1.0
+
+
+def test_the_panel_keeps_one_client_id_and_always_opens(monkeypatch):
+    """The ID the panel sends to servers: the remembered one, else the installation's (which the console
+    API sends too); a malformed $HERMES_SEGMENT_CLIENT_ID never stops the panel from opening."""
+    from HermesSegmentLib.server.client import installation_client_id
+    from HermesSegmentLib.server.protocol import is_client_id
+    from HermesSegmentLib.slicer.panel import panel_client_id
+
+    assert panel_client_id("remembered-0001") == "remembered-0001"
+    assert panel_client_id(None) == panel_client_id("") == panel_client_id("bad id") == installation_client_id()
+    monkeypatch.setenv("HERMES_SEGMENT_CLIENT_ID", "not/an/id")
+    assert is_client_id(panel_client_id(None)) and panel_client_id("remembered-0001") == "remembered-0001"

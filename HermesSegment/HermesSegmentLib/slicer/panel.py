@@ -592,11 +592,15 @@ def panel_client_id(remembered: str | None) -> str:
     """The client ID the panel sends with its server runs, so that the server's fair queue gives
     this Slicer a lane of its own even behind a shared NAT or proxy address: the one ``remembered``
     in Slicer's settings (:data:`CLIENT_ID_KEY`), else this installation's
-    (``server.client.installation_client_id``, which the console API sends too), for the widget to remember."""
-    from ..server.client import installation_client_id
+    (``server.client.installation_client_id``, which the console API sends too), for the widget to
+    remember; a new random one where ``$HERMES_SEGMENT_CLIENT_ID`` is malformed (the panel still opens)."""
+    from ..server.client import installation_client_id, new_client_id
     from ..server.protocol import is_client_id
 
     if remembered and is_client_id(remembered):
         return remembered
-    return installation_client_id()
+    try:
+        return installation_client_id()
+    except HermesError:
+        return new_client_id()
 
