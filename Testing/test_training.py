@@ -362,6 +362,61 @@ def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):
     assert (batch.valid.sum(1) == 1).any() and (batch.valid.sum(1) == 2).any()
 
 
+def _with_second_ct_dataset(data: Path) -> list[dict]:
+    """tiny_data's datasets plus CTset2 annotating aorta and spleen: CT's tasks come from two datasets."""
+    _write_dataset(data, "CTset2", "CT", {1: "sphere", 2: "box"}, seed=2)
+    return [{"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "spleen"}},
+            {"name": "MRset", "path": "MRset", "modality": "MR", "labels": {1: "liver", 2: "kidney_left"}},
+            {"name": "CTset2", "path": "CTset2", "modality": "CT", "labels": {1: "aorta", 2: "spleen"}}]
+
+
+def test_the_modality_query_asks_every_task_of_the_modality_and_scores_only_the_annotated(tmp_path, tiny_data):
+    trainer = _trainer(tmp_path, tiny_data, datasets=_with_second_ct_dataset(tiny_data), query="modality",
+                       batch_size=6)
+    trainer.prepare_data()
+    tasks = trainer.plan.per_dataset
+    ct_query = sorted({*tasks[0].values(), *tasks[2].values()})
+    assert len(ct_query) == 3  # liver, spleen, aorta
+    seen = set()
+    for _ in range(4):
+        batch = trainer.sampler.batch()
+        modalities = {trainer.config.datasets[d].modality for d in batch.dataset.tolist()}
+        assert len(modalities) == 1  # no padding: every crop of a batch asks the same query
+        seen |= modalities
+        expected = ct_query if modalities == {"CT"} else sorted(tasks[1].values())
+        assert batch.queries.tolist() == [expected] * 6
+        for i, dataset in enumerate(batch.dataset.tolist()):
+            positions = [expected.index(index) for index in tasks[dataset].values()]
+            assert sorted(np.flatnonzero(batch.valid[i].numpy()).tolist()) == sorted(positions)
+            assert (batch.masks[i][~batch.valid[i]] == 0).all()
+        assert batch.masks[batch.valid].sum() > 0
+    assert seen == {"CT", "MR"}
+
+
+def test_a_model_trained_on_the_modality_query_is_asked_it_by_the_engine(tmp_path, tiny_data):
+    from HermesSegmentLib import models
+    from HermesSegmentLib.pipeline import segment_image
+
+    trainer = _trainer(tmp_path, tiny_data, datasets=_with_second_ct_dataset(tiny_data), query="modality", steps=2)
+    loaded = models.load(trainer.fit())
+    tasks = trainer.plan.per_dataset
+    assert loaded.manifest["queries"] == {"CT": sorted({*tasks[0].values(), *tasks[2].values()}),
+                                          "MR": sorted(tasks[1].values())}
+    assert loaded.query("CT") == loaded.manifest["queries"]["CT"]
+    image = sitk.ReadImage(str(tiny_data / "CTset" / "imagesTr" / "case_000_0000.nii.gz"))
+    alone = segment_image(image, modality="CT", targets=["spleen"], model=loaded, device="cpu", precision="float32")
+    both = segment_image(image, modality="CT", targets=["liver", "spleen"], model=loaded, device="cpu",
+                         precision="float32")
+    shape = image.GetSize()[::-1]
+    assert np.array_equal(alone.masks[0].full(shape), both.masks[1].full(shape))
+    # A package whose query lacks a target it offers cannot be loaded.
+    broken = json.loads(json.dumps(loaded.manifest))
+    broken["queries"]["CT"] = broken["queries"]["CT"][:1]
+    broken["defaults"]["CT"] = {t["target"]: t["index"] for t in broken["tasks"] if t["target"] in ("liver", "spleen")}
+    with pytest.raises(HermesError, match="queries"):
+        models.validate_manifest(broken, "broken")
+
+
 def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tiny_data):
     trainer = _trainer(tmp_path, tiny_data)
     trainer.prepare_data()

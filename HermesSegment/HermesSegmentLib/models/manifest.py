@@ -56,7 +56,8 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
 
 
 def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
-    """What the schema cannot say: indices in range, defaults pointing at real tasks."""
+    """What the schema cannot say: indices in range, defaults pointing at real tasks, queries holding
+    real tasks and every offered one."""
     rows = manifest["architecture"]["num_task_priors"]
     slots = manifest["architecture"]["num_modality_slots"]
     tasks = {task["index"]: task for task in manifest["tasks"]}
@@ -77,6 +78,13 @@ def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
             if task is None or task["target"] != target:
                 raise HermesError(f"{source}: invalid manifest: defaults[{modality}][{target}] -> {index} is not "
                                   "that target's task")
+    for modality, query in manifest.get("queries", {}).items():
+        unknown = [index for index in query if index not in tasks]
+        if unknown:
+            raise HermesError(f"{source}: invalid manifest: queries[{modality}] holds {unknown[0]}, not a task index")
+        missing = sorted(set(manifest["defaults"].get(modality, {}).values()) - set(query))
+        if missing:
+            raise HermesError(f"{source}: invalid manifest: queries[{modality}] lacks offered task {missing[0]}")
 
 
 def task_entry(index: int, target_key: str, dataset: str, modalities: list[str]) -> dict[str, Any]:

@@ -50,12 +50,14 @@ class LoadedModel:
         return sorted(defaults, key=defaults.__getitem__)
 
     def query(self, modality: str) -> list[int]:
-        """The task rows queried together for ``modality``: every task the model offers there.
+        """The task rows queried together for ``modality``: the manifest's ``queries`` for it (what
+        the network was trained to be asked together), else every task the model offers there.
 
         Always the same set, so that a target's mask does not depend on the other targets asked
         (voxels attend to all queried priors); all targets cost about the same as one.
         """
-        return sorted(self.manifest["defaults"].get(modality, {}).values())
+        trained = self.manifest.get("queries", {}).get(modality)
+        return list(trained) if trained else sorted(self.manifest["defaults"].get(modality, {}).values())
 
     def predictor(self, task_indices: Sequence[int], modality_slot: int, *, precision: str = "auto",
                   outputs: Optional[Sequence[int]] = None) -> Any:

@@ -47,8 +47,10 @@ _TOP_KEYS = {
     "ema_decay", "seed", "val_fraction", "val_overlap", "checkpoint_every", "log_every", "foreground_fraction",
     "max_queries", "augment", "medcontext", "medcontext_weight", "medcontext_mask_ratio",
     "medcontext_patch", "offer_min_dice", "cache_dir", "query_consistency", "workers", "slab_fraction",
-    "normalization", "recall_weight",
+    "normalization", "recall_weight", "query",
 }
+# What each crop asks the network (``query``): see TrainingConfig.query.
+QUERIES = ("annotated_subset", "modality")
 _DATASET_KEYS = {"name", "path", "modality", "labels", "weight", "splits", "origin", "source"}
 # What a dataset's images are: scans of real patients, or generated (phantoms, simulations).
 ORIGINS = ("real", "synthetic")
@@ -116,6 +118,12 @@ class TrainingConfig:
     medcontext_patch: int = 8
     offer_min_dice: float | None = None  # None: offer every trained (modality, target)
     query_consistency: float = 0.0  # weight of the two-query consistency term; 0: off
+    # "annotated_subset": each crop asks a random subset of its case's annotated targets;
+    # "modality": each crop asks every task trained for its modality (its case's unannotated ones
+    # without loss), the same query the engine then asks, written to the manifest's "queries".
+    # Voxels attend over all queried priors, so a network trained on subsets of one dataset's
+    # targets and asked all of a modality's at once gives worse masks (docs/experiments.md, 6h).
+    query: str = "annotated_subset"
     workers: int = 0  # batch-making worker processes (0: batches are made in the training process)
     slab_fraction: float = 0.0  # crops cut to a random slab, as a partial scan looks to the sliding window
     recall_weight: float = 0.0  # weight of the mean BCE over a target's own voxels (losses.per_task_losses)
@@ -319,6 +327,11 @@ def _check_values(c: TrainingConfig, name: str) -> None:
     if not isinstance(c.query_consistency, (int, float)) or c.query_consistency < 0:
         raise HermesError(f"{name}: 'query_consistency' must be a number >= 0 (0 turns it off), got "
                           f"{c.query_consistency!r}")
+    if c.query not in QUERIES:
+        raise HermesError(f"{name}: 'query' must be one of {', '.join(QUERIES)}, got {c.query!r}")
+    if c.query == "modality" and c.query_consistency:
+        raise HermesError(f"{name}: 'query_consistency' needs queries that vary ('query: annotated_subset'); "
+                          "with 'query: modality' set it to 0")
     if not isinstance(c.workers, int) or isinstance(c.workers, bool) or c.workers < 0:
         raise HermesError(f"{name}: 'workers' must be a whole number >= 0, got {c.workers!r}")
     if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:

@@ -10,7 +10,7 @@ mean exactly what they meant: before any fine-tuning, old tasks' outputs are unc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -57,6 +57,15 @@ def plan_tasks(config: TrainingConfig, base: Mapping[str, Any] | None = None) ->
             mapping[target] = index
         per_dataset.append(mapping)
     return TaskPlan(tasks=tasks, per_dataset=per_dataset, num_task_priors=rows, new=[e["index"] for e in new.values()])
+
+
+def modality_queries(config: TrainingConfig, per_dataset: Sequence[Mapping[str, int]]) -> dict[str, list[int]]:
+    """{modality: the sorted task indices trained for it}: with ``query: modality`` every crop of
+    that modality asks exactly these, and the engine asks the same (the manifest's ``queries``)."""
+    queries: dict[str, set[int]] = {}
+    for spec, tasks in zip(config.datasets, per_dataset):
+        queries.setdefault(spec.modality, set()).update(tasks.values())
+    return {modality: sorted(indices) for modality, indices in queries.items()}
 
 
 def extend_task_priors(state: Mapping[str, torch.Tensor], fresh: Mapping[str, torch.Tensor],

@@ -25,6 +25,7 @@ import torch
 from .. import vocabulary
 from .config import TrainingConfig
 from .datasets import Case, target_masks
+from .incremental import modality_queries
 
 # Foreground voxel lists are thinned to at most this many per (case, target): enough variety.
 _MAX_FOREGROUND = 20000
@@ -82,6 +83,8 @@ class Sampler:
         self.task_of = task_of
         self.slots = [vocabulary.modality(d.modality).slot for d in config.datasets]
         self.queries = config.queries_per_sample
+        queries = modality_queries(config, task_of)
+        self.query_of = [queries[d.modality] for d in config.datasets]
         self.by_dataset = [[c for c in cases if c.dataset_index == i] for i in range(len(config.datasets))]
         usable = [i for i, group in enumerate(self.by_dataset) if group]
         weights = np.array([config.datasets[i].weight for i in usable], float)
@@ -104,27 +107,40 @@ class Sampler:
 
     # -- sampling
     def batch(self) -> Batch:
+        """``batch_size`` crops. With ``query: modality`` they share one modality (drawn by the
+        datasets' weights), so that every crop asks that modality's whole query with no padding:
+        null tokens the engine never queries would change what the voxels attend to."""
         samples, cases = [], []
+        same_modality = None
         for _ in range(self.config.batch_size):
-            *tensors, case = self.sample()
+            *tensors, case = self.sample(same_modality)
+            if self.config.query == "modality":
+                same_modality = self.config.datasets[case.dataset_index].modality
             samples.append(tensors)
             cases.append(f"{case.files.dataset}/{case.files.case}")
         image, masks, queries, valid, modality, dataset = (torch.stack([s[i] for s in samples]) for i in range(6))
         return Batch(image, masks, queries, valid, modality, dataset, cases=tuple(cases))
 
-    def sample(self) -> tuple[Any, ...]:
-        """One crop: (image (1, *W), masks (T, *W), queries (T,), valid (T,), modality (1,), dataset (),
-        the Case it was cut from)."""
-        dataset = self.usable[self.rng.choice(len(self.usable), p=self.weights)]
+    def sample(self, modality: str | None = None) -> tuple[Any, ...]:
+        """One crop (from a dataset of ``modality`` when given): (image (1, *W), masks (T, *W),
+        queries (T,), valid (T,), modality (1,), dataset (), the Case it was cut from)."""
+        usable, weights = self.usable, self.weights
+        if modality is not None:
+            keep = [i for i, d in enumerate(usable) if self.config.datasets[d].modality == modality]
+            usable, weights = [usable[i] for i in keep], weights[keep] / weights[keep].sum()
+        dataset = usable[self.rng.choice(len(usable), p=weights)]
         spec = self.config.datasets[dataset]
         group = self.by_dataset[dataset]
         case = group[self.rng.integers(len(group))]
-        # A random non-empty subset of the targets annotated in this case, in random order: a task's
-        # prediction must not depend on which other tasks are asked with it, and a target the case
-        # does not annotate is unknown there (asking for it would teach "background").
         annotated = case.annotated
-        count = int(self.rng.integers(1, len(annotated) + 1))
-        chosen = [annotated[i] for i in self.rng.permutation(len(annotated))[:count]]
+        if self.config.query == "modality":
+            chosen = list(annotated)
+        else:
+            # A random non-empty subset of the targets annotated in this case, in random order: a
+            # task's prediction must not depend on which other tasks are asked with it, and a target
+            # the case does not annotate is unknown there (asking for it would teach "background").
+            count = int(self.rng.integers(1, len(annotated) + 1))
+            chosen = [annotated[i] for i in self.rng.permutation(len(annotated))[:count]]
         centre = None
         if self.rng.random() < self.config.foreground_fraction:
             centre = self._foreground_voxel(case, chosen[int(self.rng.integers(len(chosen)))])
@@ -138,12 +154,22 @@ class Sampler:
         if self.augment is not None:
             out = self.augment({"image": image_t, "label": masks_t})
             image_t, masks_t = _plain(out["image"]), _plain(out["label"])
+        slot = torch.tensor([self.slots[dataset]])
+        if self.config.query == "modality":
+            # The modality's whole query; a task this case does not annotate is asked without loss.
+            query = self.query_of[dataset]
+            padded = torch.zeros((len(query), *self.config.window), dtype=torch.float32)
+            position = [query.index(self.task_of[dataset][t]) for t in chosen]
+            padded[position] = masks_t.float()
+            valid = torch.zeros(len(query), dtype=torch.bool)
+            valid[position] = True
+            return (image_t.float().contiguous(), padded, torch.tensor(query), valid, slot, torch.tensor(dataset),
+                    case)
         padded = torch.zeros((self.queries, *self.config.window), dtype=torch.float32)
-        padded[:count] = masks_t.float()
+        padded[:len(chosen)] = masks_t.float()
         queries = torch.full((self.queries,), -1, dtype=torch.long)
-        queries[:count] = torch.tensor([self.task_of[dataset][t] for t in chosen])
-        modality = torch.tensor([self.slots[dataset]])
-        return image_t.float().contiguous(), padded, queries, queries >= 0, modality, torch.tensor(dataset), case
+        queries[:len(chosen)] = torch.tensor([self.task_of[dataset][t] for t in chosen])
+        return image_t.float().contiguous(), padded, queries, queries >= 0, slot, torch.tensor(dataset), case
 
     def alternative_queries(self, queries: torch.Tensor, dataset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A second random query per sample, over the same annotated targets and sharing at least

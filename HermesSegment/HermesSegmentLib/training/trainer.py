@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..network import HermesConfig, HermesNetwork
 from . import checkpoint, distributed
 from .config import TrainingConfig
 from .datasets import Case, load_cases, target_masks
-from .incremental import TaskPlan, extend_task_priors, plan_tasks
+from .incremental import TaskPlan, extend_task_priors, modality_queries, plan_tasks
 from .losses import modality_loss, partial_label_loss, query_consistency_loss
 from .medcontext import consistency_loss, mask_patches
 from .sampling import Batch, Sampler, batch_stream
@@ -315,18 +315,21 @@ class Trainer:
     def validate(self, network: torch.nn.Module | None = None) -> dict[str, Any]:
         """Dice per (dataset, target) and per (modality, target) on the held-out cases.
 
-        Each case is segmented with all the targets it annotates in one query by the sliding-window
-        inference (``inference.predict_volume``), thresholded at 0.5, compared in model space.
+        Each case is segmented with all the targets it annotates in one query (with ``query:
+        modality``: the modality's query, as the engine asks it) by the sliding-window inference
+        (``inference.predict_volume``), thresholded at 0.5, compared in model space.
         """
         cases = load_cases(self.config, "val", self._case_progress("validation data"),
                            normalizations=self._normalizations())
         network = network or self.ema
+        queries = modality_queries(self.config, self.plan.per_dataset) if self.config.query == "modality" else {}
         by_dataset: dict[str, dict[str, list[float]]] = {}
         bar = self._bar(total=len(cases), desc="validate")
         for case in cases:
             spec = self.config.datasets[case.dataset_index]
             scores = case_dice(network, case, spec, self.plan.per_dataset[case.dataset_index],
-                               self.config.window, self.config.val_overlap, self.device, list(case.annotated))
+                               self.config.window, self.config.val_overlap, self.device, list(case.annotated),
+                               query=queries.get(spec.modality))
             for target, value in scores.items():
                 by_dataset.setdefault(spec.name, {}).setdefault(target, []).append(value)
             if bar is not None:
@@ -371,16 +374,20 @@ class Trainer:
 
 
 def case_dice(network: torch.nn.Module, case: Case, spec, tasks: Mapping[str, int], window, overlap: float,
-              device: torch.device, targets: list[str] | None = None) -> dict[str, float]:
+              device: torch.device, targets: list[str] | None = None,
+              query: Sequence[int] | None = None) -> dict[str, float]:
     """Dice of each of ``targets`` (default: all the dataset annotates) on one preprocessed case,
-    all asked in one query, in float32 (so that the recorded Dice does not depend on the machine's
-    CPU). Empty truth and empty prediction count as 1."""
+    all asked in one query (``query``: these task indices, the targets' among them; default: the
+    targets' own), in float32 (so that the recorded Dice does not depend on the machine's CPU).
+    Empty truth and empty prediction count as 1."""
     from ..inference import predict_volume
     from ..network import HermesPredictor
 
     targets = list(targets or spec.targets)
-    predictor = HermesPredictor(network, [tasks[t] for t in targets], vocabulary.modality(spec.modality).slot,
-                                precision="float32")
+    indices = [tasks[t] for t in targets]
+    query = list(query) if query is not None else indices
+    predictor = HermesPredictor(network, query, vocabulary.modality(spec.modality).slot, precision="float32",
+                                outputs=[query.index(i) for i in indices])
     probabilities = predict_volume(predictor, np.array(case.image, np.float32), window_zyx=window, overlap=overlap,
                                    device=device)
     truth = target_masks(np.asarray(case.label), spec, targets).astype(bool)
@@ -431,6 +438,7 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
         "modalities": modalities,
         "tasks": plan.tasks,
         "defaults": {m: t for m, t in defaults.items() if t},
+        **({"queries": _queries(config, plan, base, defaults)} if config.query == "modality" else {}),
         "provenance": {
             "source": "hermes-segment train" + (f" (fine-tuned from {base['name']})" if base else ""),
             "training_command": command,
@@ -440,11 +448,24 @@ def build_manifest(config: TrainingConfig, plan: TaskPlan, network_config: Herme
             "datasets": _dataset_provenance(config, train_cases, base),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "metrics": {**metrics, "offer_min_dice": config.offer_min_dice,
-                        "evaluation": "Dice in model space on held-out cases, all of a case's annotated targets in "
-                                      f"one query, sliding window (overlap {config.val_overlap:.2f}), threshold 0.5"},
+                        "evaluation": "Dice in model space on held-out cases, "
+                                      + ("the modality's query" if config.query == "modality"
+                                         else "all of a case's annotated targets in one query")
+                                      + f", sliding window (overlap {config.val_overlap:.2f}), threshold 0.5"},
             **({"fine_tuned_from": {"name": base["name"], "provenance": base["provenance"]}} if base else {}),
         },
     }
+
+
+def _queries(config: TrainingConfig, plan: TaskPlan, base: Mapping[str, Any] | None,
+             defaults: Mapping[str, Mapping[str, int]]) -> dict[str, list[int]]:
+    """The manifest's ``queries``: the modality queries trained here (with any task still offered
+    there that this run did not train, so that the engine can ask it), the base package's for the
+    modalities this run did not train."""
+    queries = {m: list(q) for m, q in (base or {}).get("queries", {}).items()}
+    for modality, query in modality_queries(config, plan.per_dataset).items():
+        queries[modality] = sorted(set(query) | set(defaults.get(modality, {}).values()))
+    return queries
 
 
 def _dataset_provenance(config: TrainingConfig, train_cases: Mapping[str, int],
