@@ -157,10 +157,12 @@ def _write_cases_file(folder: Path, entries: dict) -> None:
     (folder / "cases.json").write_text(json.dumps(entries))
 
 
-def test_unannotated_targets_of_a_case_are_never_asked_nor_scored(tmp_path, tiny_data):
+@pytest.mark.parametrize("query", ["modality", "annotated_subset"])
+def test_unannotated_targets_of_a_case_are_never_trained_nor_scored(tmp_path, tiny_data, query):
     """cases.json: case_001 annotates only the sphere ('round' = liver), its box (spleen) is
-    unknown. Its label map lacks the box, as a real partially contoured case would, so asking it for
-    spleen would teach background where a spleen is; case_002 is in another split and left out."""
+    unknown. Its label map lacks the box, as a real partially contoured case would, so training it
+    on spleen would teach background where a spleen is; case_002 is in another split and left out.
+    (With the modality query spleen is asked in case_001's crops too, but without loss.)"""
     folder = tiny_data / "CTset"
     label_path = folder / "labelsTr" / "case_001.nii.gz"
     label = sitk.ReadImage(str(label_path))
@@ -173,18 +175,18 @@ def test_unannotated_targets_of_a_case_are_never_asked_nor_scored(tmp_path, tiny
                                "case_001": {"annotated": ["round"], "split": "train"},
                                "case_002": {"annotated": ["round", "square"], "split": "test"}})
     overrides = {"datasets": [{"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "spleen"},
-                               "splits": ["train"]}], "val_fraction": 0.0, "batch_size": 8}
+                               "splits": ["train"]}], "val_fraction": 0.0, "batch_size": 8, "query": query}
     trainer = _trainer(tmp_path, tiny_data, **overrides)
     trainer.prepare_data()
     assert {c.files.case: c.annotated for c in trainer.train_cases} == {"case_000": ("liver", "spleen"),
                                                                           "case_001": ("liver",)}
     spleen = trainer.plan.per_dataset[0]["spleen"]
-    asked = {"case_000": set(), "case_001": set()}
+    trained: dict[str, set[int]] = {"case_000": set(), "case_001": set()}
     for _ in range(12):
         batch = trainer.sampler.batch()
-        for case, queries in zip(batch.cases, batch.queries.tolist()):
-            asked[case.split("/")[1]] |= {q for q in queries if q >= 0}
-    assert spleen in asked["case_000"] and spleen not in asked["case_001"]
+        for case, queries, valid in zip(batch.cases, batch.queries.tolist(), batch.valid.tolist()):
+            trained[case.split("/")[1]] |= {q for q, v in zip(queries, valid) if v}
+    assert spleen in trained["case_000"] and spleen not in trained["case_001"]
     # Validation scores only what a case annotates.
     truth = datasets.target_masks(np.asarray(trainer.train_cases[1].label), trainer.config.datasets[0], ["liver"])
     assert truth.any()
@@ -349,7 +351,7 @@ def test_the_recall_term_pushes_an_unseen_small_target_up_where_dice_and_bce_bar
 
 
 def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):
-    trainer = _trainer(tmp_path, tiny_data, batch_size=8)
+    trainer = _trainer(tmp_path, tiny_data, batch_size=8, query="annotated_subset")
     trainer.prepare_data()
     batch = trainer.sampler.batch()
     assert batch.queries.shape == (8, 2) and batch.masks.shape == (8, 2, 32, 32, 32)
@@ -500,7 +502,7 @@ def test_query_consistency_compares_shared_tasks_and_is_blind_to_query_order(tin
 
 
 def test_query_consistency_draws_overlapping_second_queries_and_trains(tmp_path, tiny_data):
-    trainer = _trainer(tmp_path, tiny_data, batch_size=6, query_consistency=1.0)
+    trainer = _trainer(tmp_path, tiny_data, batch_size=6, query="annotated_subset", query_consistency=1.0)
     trainer.prepare_data()
     batch = trainer.sampler.batch()
     second, match = trainer.sampler.alternative_queries(batch.queries, batch.dataset)
@@ -633,7 +635,7 @@ def test_cli_reports_config_mistakes_as_errors(tmp_path, capsys):
 def test_cli_overrides_steps_learning_rate_and_query_consistency(tmp_path, tiny_data, capsys):
     from HermesSegmentLib.cli import main
 
-    config = _config_file(tmp_path, tiny_data)
+    config = _config_file(tmp_path, tiny_data, query="annotated_subset")
     assert main(["train", str(config), "--lr", "0"]) == 2
     assert "error: command line: 'lr' must be a positive number" in capsys.readouterr().err
     assert main(["train", str(config), "--query-consistency", "-1"]) == 2

@@ -118,12 +118,12 @@ class TrainingConfig:
     medcontext_patch: int = 8
     offer_min_dice: float | None = None  # None: offer every trained (modality, target)
     query_consistency: float = 0.0  # weight of the two-query consistency term; 0: off
-    # "annotated_subset": each crop asks a random subset of its case's annotated targets;
     # "modality": each crop asks every task trained for its modality (its case's unannotated ones
-    # without loss), the same query the engine then asks, written to the manifest's "queries".
+    # without loss), the same query the engine then asks, written to the manifest's "queries";
+    # "annotated_subset": a random subset of the case's annotated targets (models up to 1.3).
     # Voxels attend over all queried priors, so a network trained on subsets of one dataset's
     # targets and asked all of a modality's at once gives worse masks (docs/experiments.md, 6h).
-    query: str = "annotated_subset"
+    query: str = "modality"
     workers: int = 0  # batch-making worker processes (0: batches are made in the training process)
     slab_fraction: float = 0.0  # crops cut to a random slab, as a partial scan looks to the sliding window
     recall_weight: float = 0.0  # weight of the mean BCE over a target's own voxels (losses.per_task_losses)
