@@ -110,7 +110,7 @@ class TrainingConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     foreground_fraction: float = 0.33
-    max_queries: int = 0  # 0: the largest number of targets any dataset annotates
+    max_queries: int = 0  # query: annotated_subset pads to this; 0: the most targets a dataset annotates
     augment: bool = True
     medcontext: bool = False
     medcontext_weight: float = 1.0

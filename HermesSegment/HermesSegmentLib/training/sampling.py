@@ -1,5 +1,5 @@
-"""Training batches: weighted dataset choice, random crops with foreground oversampling, random
-subsets of the case's annotated targets as queries, MONAI augmentations.
+"""Training batches: weighted dataset choice, random crops with foreground oversampling, the
+modality query (or random subsets of the case's annotated targets) as queries, MONAI augmentations.
 
 Every random choice comes from two generators owned by the sampler (a numpy ``Generator`` for
 the sampling, one ``RandomState`` shared by all MONAI transforms), so its whole state is two

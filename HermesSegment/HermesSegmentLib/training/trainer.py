@@ -1,8 +1,8 @@
 """The trainer behind ``hermes-segment train``: one model, many partially labelled datasets.
 
-Per step: a batch from :class:`Sampler` (weighted datasets, foreground-oversampled crops, a random
-subset of each sample's annotated targets as its query), the partial-label loss (BCE + Dice on
-the queried annotated tasks only, + 0.01 x modality cross-entropy, + the optional MedContext
+Per step: a batch from :class:`Sampler` (weighted datasets, foreground-oversampled crops, the
+modality's whole query per crop, or a random subset of its annotated targets), the partial-label
+loss (BCE + Dice on the queried annotated tasks only, + 0.01 x modality cross-entropy, + the optional MedContext
 consistency, + the optional query consistency: the same crops asked a second random query,
 shared tasks' logits compared by MSE), AdamW with linear warm-up and poly decay, an EMA of the weights (the exported
 model), bf16 autocast on CUDA only. Checkpoints hold everything needed for an exact resume.
