@@ -78,8 +78,13 @@ def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
             if task is None or task["target"] != target:
                 raise HermesError(f"{source}: invalid manifest: defaults[{modality}][{target}] -> {index} is not "
                                   "that target's task")
+    _check_queries(manifest, set(tasks), source)
+
+
+def _check_queries(manifest: Mapping[str, Any], task_indices: set[int], source: str) -> None:
+    """Each query names real tasks and holds every task offered for its modality."""
     for modality, query in manifest.get("queries", {}).items():
-        unknown = [index for index in query if index not in tasks]
+        unknown = [index for index in query if index not in task_indices]
         if unknown:
             raise HermesError(f"{source}: invalid manifest: queries[{modality}] holds {unknown[0]}, not a task index")
         missing = sorted(set(manifest["defaults"].get(modality, {}).values()) - set(query))
