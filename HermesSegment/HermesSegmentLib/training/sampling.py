@@ -126,8 +126,8 @@ class Sampler:
         queries (T,), valid (T,), modality (1,), dataset (), the Case it was cut from)."""
         usable, weights = self.usable, self.weights
         if modality is not None:
-            keep = [i for i, d in enumerate(usable) if self.config.datasets[d].modality == modality]
-            usable, weights = [usable[i] for i in keep], weights[keep] / weights[keep].sum()
+            same = [i for i, d in enumerate(usable) if self.config.datasets[d].modality == modality]
+            usable, weights = [usable[i] for i in same], weights[same] / weights[same].sum()
         dataset = usable[self.rng.choice(len(usable), p=weights)]
         spec = self.config.datasets[dataset]
         group = self.by_dataset[dataset]
