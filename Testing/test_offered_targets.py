@@ -122,3 +122,11 @@ def test_the_offer_can_come_from_earlier_reports_of_disjoint_test_sets(tmp_path,
     with pytest.raises(SystemExit):
         set_offered_targets.main([str(DEMO), "--config", "x.yaml"])  # neither a test set nor reports
     assert "--measured REPORT" in capsys.readouterr().err
+
+
+def test_trained_pairs_keep_to_the_query_the_engine_asks(tiny_manifest):
+    """A task the package learned for a modality but does not ask there (not in its ``queries``) is
+    not a pair to measure: the engine could not ask it."""
+    assert set_offered_targets.trained_pairs(tiny_manifest)["CT"] == {"liver": 0, "spleen": 1, "kidney_left": 2}
+    asked = {**tiny_manifest, "queries": {"CT": [0, 2], "MR": [3]}}
+    assert set_offered_targets.trained_pairs(asked) == {"CT": {"liver": 0, "kidney_left": 2}, "MR": {"liver": 3}}

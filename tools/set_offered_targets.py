@@ -55,11 +55,14 @@ RAW = PostprocessOptions(side_constraint=False, single_piece=False)
 
 def trained_pairs(manifest: dict) -> dict[str, dict[str, int]]:
     """{modality: {target: task index}} of every pair the package was trained on (the first task
-    that serves it), whether offered or not."""
+    that serves it), whether offered or not; with the manifest's ``queries``, only the tasks of the
+    modality's query (the engine asks nothing else)."""
+    queries = manifest.get("queries", {})
     pairs: dict[str, dict[str, int]] = {}
     for task in sorted(manifest["tasks"], key=lambda t: t["index"]):
         for modality in task["modalities"]:
-            pairs.setdefault(modality, {}).setdefault(task["target"], task["index"])
+            if modality not in queries or task["index"] in queries[modality]:
+                pairs.setdefault(modality, {}).setdefault(task["target"], task["index"])
     return pairs
 
 
