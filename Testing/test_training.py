@@ -395,7 +395,7 @@ def test_the_modality_query_asks_every_task_of_the_modality_and_scores_only_the_
     assert seen == {"CT", "MR"}
 
 
-def test_a_model_trained_on_the_modality_query_is_asked_it_by_the_engine(tmp_path, tiny_data):
+def test_a_model_trained_on_the_modality_query_is_asked_it_by_the_engine(tmp_path, tiny_data, capsys):
     from HermesSegmentLib import models
     from HermesSegmentLib.pipeline import segment_image
 
@@ -405,6 +405,10 @@ def test_a_model_trained_on_the_modality_query_is_asked_it_by_the_engine(tmp_pat
     assert loaded.manifest["queries"] == {"CT": sorted({*tasks[0].values(), *tasks[2].values()}),
                                           "MR": sorted(tasks[1].values())}
     assert loaded.query("CT") == loaded.manifest["queries"]["CT"]
+    from HermesSegmentLib.cli import main as cli_main
+
+    assert cli_main(["models", "info", str(loaded.path)]) == 0
+    assert "all the tasks trained together for its modality (CT 3, MR 2 tasks)" in capsys.readouterr().out
     image = sitk.ReadImage(str(tiny_data / "CTset" / "imagesTr" / "case_000_0000.nii.gz"))
     alone = segment_image(image, modality="CT", targets=["spleen"], model=loaded, device="cpu", precision="float32")
     both = segment_image(image, modality="CT", targets=["liver", "spleen"], model=loaded, device="cpu",

@@ -123,6 +123,10 @@ def run_info(args: argparse.Namespace) -> int:
               f"({metrics['test_data']}); offered at >= {metrics['offer_min_dice']}")
     elif dice:
         print("measured:      Dice (in brackets) on the training data's held-out split, in model space")
+    if manifest.get("queries"):
+        sizes = ", ".join(f"{modality} {len(query)}" for modality, query in manifest["queries"].items())
+        print(f"query:         each run asks all the tasks trained together for its modality ({sizes} tasks) and "
+              "keeps the asked targets")
     print(f"provenance:    {manifest['provenance']['source']}")
     for number, dataset in enumerate(datasets):
         kind = {"real": "real patients", "synthetic": "synthetic"}.get(dataset["origin"], "origin not stated")
