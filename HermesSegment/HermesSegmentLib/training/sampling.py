@@ -89,6 +89,11 @@ class Sampler:
         usable = [i for i, group in enumerate(self.by_dataset) if group]
         weights = np.array([config.datasets[i].weight for i in usable], float)
         self.usable, self.weights = usable, weights / weights.sum()
+        # The datasets a crop of one modality is drawn from (the rest of a batch, with query: modality).
+        self.usable_of: dict[str, tuple[list[int], np.ndarray]] = {}
+        for modality in {config.datasets[i].modality for i in usable}:
+            same = [k for k, i in enumerate(usable) if config.datasets[i].modality == modality]
+            self.usable_of[modality] = [usable[k] for k in same], self.weights[same] / self.weights[same].sum()
         self.rng = np.random.default_rng([config.seed, 1, rank, *stream])
         aug_seed = np.random.SeedSequence([config.seed, 2, rank, *stream]).generate_state(1)[0]
         self.aug_state = np.random.RandomState(aug_seed)
@@ -124,10 +129,7 @@ class Sampler:
     def sample(self, modality: str | None = None) -> tuple[Any, ...]:
         """One crop (from a dataset of ``modality`` when given): (image (1, *W), masks (T, *W),
         queries (T,), valid (T,), modality (1,), dataset (), the Case it was cut from)."""
-        usable, weights = self.usable, self.weights
-        if modality is not None:
-            same = [i for i, d in enumerate(usable) if self.config.datasets[d].modality == modality]
-            usable, weights = [usable[i] for i in same], weights[same] / weights[same].sum()
+        usable, weights = (self.usable, self.weights) if modality is None else self.usable_of[modality]
         dataset = usable[self.rng.choice(len(usable), p=weights)]
         spec = self.config.datasets[dataset]
         group = self.by_dataset[dataset]
