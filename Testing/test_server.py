@@ -527,7 +527,10 @@ def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_
     from serving import REPO
 
     image = tmp_path / "wide.nrrd"
-    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(3.0, 3.0, 4.0)), str(image))
+    # Coarse voxels (the model works at 4 mm) under the fixture's voxel limit make a job of minutes
+    # uncancelled: it is still running when the signal lands on any machine (a job of seconds once
+    # finished first on a faster CI machine, and the test saw exit 0).
+    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(6.0, 6.0, 8.0)), str(image))
     env = dict(os.environ, HERMES_SEGMENT_TOKEN=TOKEN, PYTHONPATH=str(REPO / "HermesSegment"))
     process = subprocess.Popen(
         [sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(image), "--out", str(tmp_path / "out"),
