@@ -261,14 +261,15 @@ def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
 def test_results_expire_and_leave_the_server_folder_empty(tmp_path):
     image = tmp_path / "ct.nrrd"
     sitk.WriteImage(small_ct(), str(image))
-    with running_server(tmp_path / "server", "--keep-results", "1", "--max-jobs-per-client", "1") as server:
+    # Kept 3 s: long enough that the result is surely still there when the client's poll sees it done.
+    with running_server(tmp_path / "server", "--keep-results", "3", "--max-jobs-per-client", "1") as server:
         client = server.client()
         first = client.submit(image, HEART)
         with pytest.raises(HermesError, match="unfinished jobs on this server, its limit per client"):
             client.submit(image, HEART)  # HTTP 429
         done = client.wait(first["id"])
         assert done["files"] == ["case.seg.nrrd", "summary.csv"] and len(server.job_folders()) == 1
-        for _ in range(100):
+        for _ in range(200):
             if not server.job_folders():
                 break
             threading.Event().wait(0.1)
