@@ -255,12 +255,14 @@ def variant_settings(network: torch.nn.Module, device: torch.device, variant: st
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     benchmark_before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = variant == "cudnn.benchmark" or benchmark_before
-    network.to(memory_format=layout)
+    # (torch's type stubs lack Module.to's documented memory_format argument)
+    network.to(memory_format=layout)  # type: ignore[call-overload]
     try:
         yield layout
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
-        network.to(memory_format=torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format)
+        network.to(memory_format=torch.channels_last_3d if device.type == "cpu"  # type: ignore[call-overload]
+                   else torch.contiguous_format)
 
 
 def measure_network(network: torch.nn.Module, device: torch.device, precision: str, batch: int, variant: str,

@@ -334,7 +334,8 @@ def network_sections(label: str, hermes: HermesPredictor, windows: torch.Tensor,
                      peak: Peak) -> dict[str, Any]:
     """Sections 3 and 4 for one network: torch vs OpenVINO per window (``calls`` passes on ``windows``
     per repetition), the arithmetic per window, and ``peak`` measured in every repetition."""
-    window = tuple(windows.shape[2:])
+    depth, height, width = windows.shape[2:]
+    window = (depth, height, width)
     batch = windows.shape[0]
     dtype = compute_dtype(CPU, "auto")
     torch_predictor = hermes.to(CPU)
@@ -343,12 +344,17 @@ def network_sections(label: str, hermes: HermesPredictor, windows: torch.Tensor,
     skipped, convert_s = None, None
     if openvino_backend.is_available():
         started = time.perf_counter()
-        openvino = openvino_backend.OpenVinoPredictor(hermes, window)  # type: ignore[arg-type]
+        openvino = openvino_backend.OpenVinoPredictor(hermes, window)
         convert_s = time.perf_counter() - started
         runs["OpenVINO"] = lambda: [openvino(windows) for _ in range(calls)]
     else:
         skipped = "OpenVINO is not installed (`pip install openvino`)"
-    runs["peak"] = lambda: [peak.measure(d) for d in {dtype or torch.float32, torch.float32}]
+
+    def measure_peak() -> None:
+        for peak_dtype in {dtype or torch.float32, torch.float32}:
+            peak.measure(peak_dtype)
+
+    runs["peak"] = measure_peak
     timings = Timings()
     print(f"sections 3-4, {label}: {reps} repetitions of {calls} x {batch} windows per backend", flush=True)
     with torch.inference_mode():

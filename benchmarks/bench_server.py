@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,7 +42,16 @@ from results_file import add_newest_first
 from serving import phantom_crops, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = {"modality": "CT", "targets": "all"}
+
+
+class Request(TypedDict):
+    """What both ways are asked: ``segment_image``'s keywords and the server request's fields."""
+
+    modality: str
+    targets: str
+
+
+OPTIONS: Request = {"modality": "CT", "targets": "all"}
 
 
 def whole_phantoms(folder: Path, count: int) -> list[Path]:

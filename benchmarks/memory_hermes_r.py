@@ -111,8 +111,8 @@ def main() -> int:
     args = parser.parse_args()
     import SimpleITK as sitk
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
         keys = geometry_package(tmp / "geometry.safetensors")
         sitk.WriteImage(ct_phantom()[0], str(tmp / "ct.nrrd"))
         engine_gb = peak_rss_of_command([sys.executable, "-m", "HermesSegmentLib.cli", "segment",
