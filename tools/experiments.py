@@ -41,6 +41,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,7 +185,7 @@ def sides(args: argparse.Namespace) -> dict:
 
     loaded = models.load(args.model)
     config = load_config(args.config, data_root=args.data_root)
-    rows = []
+    rows: list[dict[str, Any]] = []  # the JSON summary's rows
     for spec in config.datasets:
         paired = [t for t in spec.targets if vocabulary.target(t).side and t in loaded.targets_for(spec.modality)]
         if not paired:
@@ -202,12 +203,23 @@ def sides(args: argparse.Namespace) -> dict:
                              "without": round(runs["without"][i], 4), "with": round(runs["with"][i], 4)})
             print(f"{spec.name} {case.case}: " + ", ".join(f"{r['target']} {r['without']:.3f} -> {r['with']:.3f}"
                                                           for r in rows[-len(paired):]), flush=True)
-    means = {}
+    means: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         means.setdefault(f"{row['dataset']}/{row['target']}", []).append((row["without"], row["with"]))
     return {"model": str(args.model), "rows": rows,
             "mean": {k: {"without": round(float(np.mean([a for a, _ in v])), 4),
                          "with": round(float(np.mean([b for _, b in v])), 4)} for k, v in means.items()}}
+
+
+def parse_spacing_zyx(text: str) -> tuple[float, float, float]:
+    """``"z,y,x"`` (mm, three positive numbers) as a tuple; argparse shows the error in one line."""
+    try:
+        z, y, x = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not z,y,x: give three numbers in mm, e.g. 2.5,3,3") from None
+    if min(z, y, x) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: spacings are positive numbers of mm, e.g. 2.5,3,3")
+    return z, y, x
 
 
 def resolution(args: argparse.Namespace) -> dict:
@@ -229,13 +241,12 @@ def resolution(args: argparse.Namespace) -> dict:
     annotated = json.loads((folder / "cases.json").read_text())
     chosen = sorted((c for c, e in annotated.items() if e.get("split") == args.split),
                     key=lambda c: int(c.rsplit("_", 1)[1]) if c.rsplit("_", 1)[1].isdigit() else c)[:args.cases]
-    spacings = [tuple(float(v) for v in s.split(",")) for s in args.spacings]
     scores: dict[str, dict[str, list[float]]] = {}
     for case in chosen:
         label = sitk.ReadImage(str(folder / "labelsTr" / f"{case}.nii.gz"))
         values = sitk.GetArrayFromImage(label)
         reference = reference_geometry(label)
-        for spacing_zyx in spacings:
+        for spacing_zyx in args.spacings:
             size_xyz, origin_xyz = _model_grid(label, np.asarray(spacing_zyx)[::-1])
             for value, name in names.items():
                 if name not in annotated[case]["annotated"]:
@@ -246,11 +257,12 @@ def resolution(args: argparse.Namespace) -> dict:
                 probability = sitk.GetArrayFromImage(sitk.Resample(
                     mask, [int(n) for n in size_xyz], sitk.Transform(), sitk.sitkLinear, tuple(origin_xyz),
                     tuple(np.asarray(spacing_zyx)[::-1]), (1, 0, 0, 0, 1, 0, 0, 0, 1), 0.0, sitk.sitkFloat32))
-                grid = tuple(int(n) for n in probability.shape)
+                nz, ny, nx = (int(n) for n in probability.shape)
+                ox, oy, oz = (float(v) for v in origin_xyz)
                 model = ModelSpaceImage(
-                    array=probability, crop_offset_zyx=(0, 0, 0), grid_size_zyx=grid,
-                    origin_xyz=tuple(float(v) for v in origin_xyz), spacing_zyx=spacing_zyx,
-                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), body_box=tuple((0, n) for n in grid))
+                    array=probability, crop_offset_zyx=(0, 0, 0), grid_size_zyx=(nz, ny, nx), origin_xyz=(ox, oy, oz),
+                    spacing_zyx=spacing_zyx, direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+                    body_box=((0, nz), (0, ny), (0, nx)))
                 back = _full(probabilities_to_mask(probability, model, reference), truth.shape)
                 key = "x".join(f"{v:g}" for v in spacing_zyx)
                 scores.setdefault(key, {}).setdefault(name, []).append(dice(back, truth))
@@ -317,7 +329,8 @@ def main() -> int:
     r.add_argument("--data", required=True, help="an nnU-Net dataset folder with dataset.json and cases.json")
     r.add_argument("--split", default="train-pats")
     r.add_argument("--cases", type=int, default=40)
-    r.add_argument("--spacings", nargs="+", default=["4,4,4", "3,3,3", "2.5,3,3"], help="z,y,x in mm")
+    r.add_argument("--spacings", nargs="+", type=parse_spacing_zyx,
+                   default=[(4.0, 4.0, 4.0), (3.0, 3.0, 3.0), (2.5, 3.0, 3.0)], help="z,y,x in mm")
     r.add_argument("--out", required=True)
     b = sub.add_parser("slab")
     b.add_argument("--model", required=True)
