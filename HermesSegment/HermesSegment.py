@@ -144,9 +144,10 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         """Each entry connects the GUI to the scene's parameter node (and picks a volume if none)."""
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        parameterNode = self.logic.getParameterNode()
+        self.setParameterNode(parameterNode)
+        if not parameterNode.inputVolume:
+            parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
     def setParameterNode(self, parameterNode):
         """Connect the GUI to one parameter node; the tag of the first GUI is 0, so compare with None."""
@@ -307,6 +308,7 @@ class HermesSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.controller.busy:
             return self.controller.cancel()
         p = self._parameterNode
+        assert p is not None, "the button is shown only while the module is entered, which connects a parameter node"
         options = run_options(p, preset=self.ui.presetComboBox.currentText, device=self.ui.deviceComboBox.currentData,
                               backend=self.ui.backendComboBox.currentData,
                               precision=self.ui.precisionComboBox.currentData)
@@ -350,7 +352,8 @@ class HermesSegmentLogic(ScriptedLoadableModuleLogic):
         self.mrml = MRMLLogic()
 
     def getParameterNode(self):
-        return HermesSegmentParameterNode(super().getParameterNode())
+        # parameterNodeWrapper adds __init__(parameterNode) at run time; mypy does not run class decorators
+        return HermesSegmentParameterNode(super().getParameterNode())  # type: ignore[call-arg]
 
     def segment(self, volumeNode, modality, targets, **options):
         """Blocking: segment and return the segmentation node (options: ``MRMLLogic.segment``)."""
