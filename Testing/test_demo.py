@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from HermesSegmentLib import demo
@@ -56,3 +59,21 @@ def test_demo_on_the_real_sample_scores_against_its_clinical_contours(tmp_path, 
     tiny = save(tmp_path / "tiny.safetensors", HermesNetwork(tiny_config).state_dict(), tiny_manifest)
     assert demo.main(["--out", str(out), "--model", str(tiny), "--sample", "real-hn-ct"]) == 2
     assert capsys.readouterr().err.startswith("error: tiny offers none of the structures")
+
+
+def test_the_bundled_real_sample_is_what_make_real_sample_makes_today(tmp_path):
+    """The real-anatomy sample's files (CT, contours, samples.json) are byte for byte the output of
+    tools/make_real_sample.py with today's writers: a stale file (an old terminology context, a
+    writer change) shows up here, not in a user's Slicer."""
+    repo = Path(__file__).resolve().parents[1]
+    dataset = repo.parent / "shared" / "data" / "Dataset901_OpenKBP_HN"
+    if not (dataset / "cases.json").is_file():
+        pytest.skip("../shared/data/Dataset901_OpenKBP_HN is not beside this checkout")
+    sys.path.insert(0, str(repo / "tools"))
+    import make_real_sample
+
+    assert make_real_sample.main([str(dataset), "--out", str(tmp_path)]) == 0
+    bundled = repo / "HermesSegment" / "Resources" / "SampleData"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in bundled.iterdir())
+    for made in tmp_path.iterdir():
+        assert made.read_bytes() == (bundled / made.name).read_bytes(), f"{made.name}: run tools/make_real_sample.py"

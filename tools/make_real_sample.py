@@ -1,8 +1,9 @@
 """Bundle one real OpenKBP *validation* patient as the real-anatomy sample (make demo, Slicer Sample Data).
 
-    python tools/make_real_sample.py ../shared/data/Dataset901_OpenKBP_HN [--case pt_201]
+    python tools/make_real_sample.py ../shared/data/Dataset901_OpenKBP_HN [--case pt_201] [--out DIR]
 
-Writes ``HermesSegment/Resources/SampleData/``:
+Writes ``HermesSegment/Resources/SampleData/`` (or ``--out``), byte for byte the same on every run
+(``Testing/test_demo.py`` checks that the bundled files are what this tool makes today):
   - ``OpenKBP_<case>_CT.nii.gz``: the CT exactly as distributed in the dataset (int16 HU, LPS),
   - ``OpenKBP_<case>_contours.seg.nrrd``: its clinical organ-at-risk contours, one segment per
     structure that was contoured, with the vocabulary's names, colours and terminology (opens in
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path, help="the OpenKBP dataset folder (dataset.json, cases.json)")
     parser.add_argument("--case", default="pt_201")
+    parser.add_argument("--out", type=Path, default=OUT, help="the folder to write (default: the bundled samples)")
     args = parser.parse_args(argv)
+    out = args.out
 
     import SimpleITK as sitk
 
@@ -52,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if cases[args.case]["split"] != "validation-pats":
         raise SystemExit(f"{args.case} is a {cases[args.case]['split']} case; pick a validation patient")
     labels = {v: k for k, v in json.loads((args.dataset / "dataset.json").read_text())["labels"].items() if v}
-    OUT.mkdir(parents=True, exist_ok=True)
-    ct = OUT / f"OpenKBP_{args.case}_CT.nii.gz"
+    out.mkdir(parents=True, exist_ok=True)
+    ct = out / f"OpenKBP_{args.case}_CT.nii.gz"
     shutil.copyfile(args.dataset / "imagesTr" / f"{args.case}_0000.nii.gz", ct)
     label_image = sitk.ReadImage(str(args.dataset / "labelsTr" / f"{args.case}.nii.gz"))
     values = sitk.GetArrayFromImage(label_image)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         target = vocabulary.target(name)
         masks.append(TargetMask(key=target.key, name=target.name, color=target.color,
                                 terminology=target.terminology_entry(), offset_zyx=(0, 0, 0), array=values == value))
-    contours = OUT / f"OpenKBP_{args.case}_contours.seg.nrrd"
+    contours = out / f"OpenKBP_{args.case}_contours.seg.nrrd"
     write_seg_nrrd(contours, masks, label_image)
     description = {
         "samples": [{
@@ -79,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             "license": "MIT (OpenKBP); TCIA data usage policy for the underlying CT",
         }],
     }
-    (OUT / "samples.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    for path in (ct, contours, OUT / "samples.json"):
+    (out / "samples.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    for path in (ct, contours, out / "samples.json"):
         print(f"{path} ({path.stat().st_size / 1e3:.0f} kB)")
     print("contours:", ", ".join(f"{m.key} {int(np.count_nonzero(m.array))} voxels" for m in masks))
     return 0
