@@ -27,7 +27,7 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "HermesSegment.ui"
 SLICER_IMPORTS = {"slicer", "qt", "ctk", "vtk"}
 
 
-def _ui_tree() -> ET.ElementTree:
+def _ui_tree() -> ET.ElementTree[ET.Element]:
     return ET.parse(UI_FILE)
 
 
@@ -50,7 +50,9 @@ def _packaged_files() -> set[str]:
 def _cmake_list(text: str, variable: str) -> list[str]:
     match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
     assert match, f"{variable} is not set"
-    name = re.search(r"set\(MODULE_NAME\s+(\S+)\)", text).group(1)
+    module_name = re.search(r"set\(MODULE_NAME\s+(\S+)\)", text)
+    assert module_name, "MODULE_NAME is not set"
+    name = module_name.group(1)
     return [entry.replace("${MODULE_NAME}", name) for entry in match.group(1).split()]
 
 
@@ -73,12 +75,16 @@ def test_ui_custom_widgets_are_slicer_or_ctk_classes():
     tree = _ui_tree()
     custom = {c.findtext("class"): c for c in tree.iter("customwidget")}
     for name, element in custom.items():
+        assert name is not None, "a customwidget has no class"
         assert re.match(r"(qMRML|qSlicer|ctk)\w+$", name), f"{name} is not a Slicer/CTK widget"
         assert element.findtext("header") == f"{name}.h"
     for widget in tree.iter("widget"):
         cls = widget.get("class")
+        assert cls is not None, f"widget {widget.get('name')} has no class"
         assert cls.startswith("Q") or cls in custom, f"{cls} ({widget.get('name')}) is neither Qt nor declared"
-    assert tree.getroot().find("widget").get("class") == "qMRMLWidget"
+    top = tree.getroot().find("widget")
+    assert top is not None, "the .ui has no top-level widget"
+    assert top.get("class") == "qMRMLWidget"
 
 
 def test_ui_sections_and_key_widgets():
@@ -90,9 +96,9 @@ def test_ui_sections_and_key_widgets():
     assert props["nodeTypes"].findtext("stringlist/string") == "vtkMRMLSegmentationNode"
     assert props["noneEnabled"].findtext("bool") == "true"
     assert props["noneDisplay"].findtext("string") == "Create new segmentation"
-    assert widgets["inputVolumeSelector"].find("property[@name='nodeTypes']").findtext("stringlist/string") == (
-        "vtkMRMLScalarVolumeNode"
-    )
+    input_types = widgets["inputVolumeSelector"].find("property[@name='nodeTypes']")
+    assert input_types is not None, "inputVolumeSelector has no nodeTypes"
+    assert input_types.findtext("stringlist/string") == "vtkMRMLScalarVolumeNode"
 
 
 def test_ui_parameter_bindings_match_parameter_node():
@@ -105,7 +111,7 @@ def test_ui_parameter_bindings_match_parameter_node():
     node_class = next(
         n for n in _module_tree().body if isinstance(n, ast.ClassDef) and n.name == "HermesSegmentParameterNode"
     )
-    fields = {n.target.id for n in node_class.body if isinstance(n, ast.AnnAssign)}
+    fields = {n.target.id for n in node_class.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
     assert bound == fields
 
 
@@ -167,7 +173,9 @@ def test_extensions_index_json_matches_cmake():
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
     assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in cmake
     assert f'set(EXTENSION_DEPENDS "{" ".join(entry["build_dependencies"])}")' in cmake
-    assert entry["scm_url"].removesuffix(".git") == re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', cmake).group(1)
+    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', cmake)
+    assert homepage, "EXTENSION_HOMEPAGE is not set"
+    assert entry["scm_url"].removesuffix(".git") == homepage.group(1)
     assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled",
                           "scm_revision", "scm_type", "scm_url", "tier"}  # the schema forbids other keys
 
@@ -175,6 +183,7 @@ def test_extensions_index_json_matches_cmake():
 def test_contributors_in_the_index_form():
     """"Firstname Lastname (Organisation)", comma separated, the same in CMake and in the module."""
     cmake = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    assert cmake, "EXTENSION_CONTRIBUTORS is not set"
     people = [p.strip() for p in cmake.group(1).split(",")]
     assert all(re.fullmatch(r"[^(),]+ [^(),]+ \([^()]+\)", p) for p in people), people
     assert f"contributors = {people!r}".replace("'", '"') in MODULE_FILE.read_text(encoding="utf-8")
@@ -193,5 +202,9 @@ def test_requirements_leave_torch_to_the_pytorch_extension():
         line.split("#")[0].strip()
         for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
     ]
-    names = {re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower() for line in lines if line}
+    names = set()
+    for line in filter(None, lines):
+        name = re.match(r"[A-Za-z0-9_.-]+", line)
+        assert name, f"requirements.txt line {line!r} does not start with a package name"
+        names.add(name.group(0).lower())
     assert names and "torch" not in names
