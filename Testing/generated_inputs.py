@@ -72,15 +72,15 @@ def write_dicom_slice(path: Path, stored: np.ndarray, header: SeriesHeader, *, i
     """One single-frame DICOM image (CT Image Storage, or MR/PET with the matching SOP class) of the
     series ``header`` describes."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
                  "PT": "1.2.840.10008.5.1.4.1.1.128"}[header.modality]
     study_uid, series_uid = header.study_uid, header.series_uid
     instance_uid = f"{series_uid}.{instance}"
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -117,7 +117,8 @@ def write_dicom_series(folder: Path, value_at: Callable[[np.ndarray], np.ndarray
     folder.mkdir(parents=True, exist_ok=True)
     header = SeriesHeader(series_uid=f"{UID_ROOT}.2.{series}", study_uid=f"{UID_ROOT}.1", modality=modality,
                           description=description, series_number=series, intercept=intercept)
-    orientations = orientation if np.ndim(orientation) == 2 else [orientation] * len(positions)
+    # one orientation for every slice, or one per slice
+    orientations = np.broadcast_to(np.reshape(orientation, (-1, 6)), (len(positions), 6)).tolist()
     order = np.random.default_rng(series).permutation(len(positions))
     for k, position in enumerate(positions):
         points = pixel_positions(position, orientations[k], pixel_spacing, *matrix)

@@ -74,7 +74,9 @@ def running_server(work_dir: Path, *options: str) -> Iterator[RunningServer]:
         while not announced.wait(0.2):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start:\n" + "\n".join(output))
-        url = re.search(r"server on (http://\S+)", next(line for line in output if "server on http" in line)).group(1)
+        url_match = re.search(r"server on (http://\S+)", next(line for line in output if "server on http" in line))
+        assert url_match, "the server announced no URL"
+        url = url_match.group(1)
         server = RunningServer(url, work_dir, process, output)
         while True:  # the port is bound before the app accepts requests
             with contextlib.suppress(requests.ConnectionError):

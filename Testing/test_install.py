@@ -18,7 +18,9 @@ def test_requirements_file_is_read_without_torch():
 
 
 def test_missing_torch_and_old_torch_are_reported(monkeypatch):
-    versions = {install._name(r).replace("-", "_"): "99" for r in install.read_requirements()}  # all satisfied
+    versions: dict[str, str | None] = {  # all satisfied
+        install._name(r).replace("-", "_"): "99" for r in install.read_requirements()
+    }
     versions.update({"torch": None, "jsonschema": "4.20"})
     monkeypatch.setattr(install, "installed_version", lambda name: versions.get(name.lower().replace("-", "_")))
     missing = install.find_missing()

@@ -95,7 +95,7 @@ def test_sphere_comes_back_in_the_same_physical_place(name):
     centroid = pts[mask].mean(axis=0)
     assert np.linalg.norm(centroid - CENTRE) < 0.5  # mm
     # The crop is the tight bounding box of the mask.
-    assert crop.array.any(axis=(1, 2))[[0, -1]].all()
+    assert np.asarray(crop.array.any(axis=(1, 2)))[[0, -1]].all()
     # from_model_space agrees with probabilities_to_mask (same linear resampling).
     dense = to_input_grid.from_model_space(prob, model, reference, interpolation="linear")
     assert dense.shape == shape
@@ -230,6 +230,7 @@ def test_midline_is_the_centre_of_the_body_across_the_patient(stored):
     values[:, 2:14, (x_mm >= 20) & (x_mm < 50)] = 40  # tissue from 20 to 50 mm towards the patient's left
     model = model_space.to_model_space(slab(values), spacing_zyx=MODEL_SPACING, normalization=CT_NORM, modality="CT",
                                    crop_to_body=False)
+    assert model.midline_x is not None, "no midline found"
     midline_mm = model.origin_xyz[0] + model.midline_x * model.spacing_zyx[2]
     assert abs(midline_mm - 34.5) <= 3.0  # the body is found on 3 mm blocks
     values[:, 18:19, :] = 40  # a thin table across the whole field of view, apart from the trunk

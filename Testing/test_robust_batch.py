@@ -158,6 +158,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_distinct_status(tmp_path, tiny_p
     # then leaves it ignored, as a background job should (the run went on to exit 0).
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert child.stdout is not None  # stdout=PIPE
     for line in child.stdout:
         if '"inference"' in line and '"window' in line:
             break

@@ -131,7 +131,9 @@ def _raiser(error):
 
 def _numpy_memory_error(shape, dtype) -> MemoryError:
     """The MemoryError numpy raises ("Unable to allocate 600. MiB for an array with shape ...")."""
-    return np._core._exceptions._ArrayMemoryError(shape, np.dtype(dtype))
+    # a private class, absent from numpy's stubs
+    array_memory_error = np._core._exceptions._ArrayMemoryError  # type: ignore[attr-defined]
+    return array_memory_error(shape, np.dtype(dtype))
 
 
 def _memory_cases():

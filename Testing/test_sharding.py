@@ -57,8 +57,8 @@ def test_two_ranks_split_the_cases_and_give_the_single_process_outputs(tmp_path)
     run = torchrun_segment(cases, tmp_path / "sharded")
     assert run.returncode == 0, run.stderr[-3000:]
 
-    done = [re.match(r"rank (\d)/2: (crop\d): \d+ targets", m).groups() for m in messages(run)
-            if re.match(r"rank \d/2: crop\d: \d+ targets", m)]
+    case_lines = [re.match(r"rank (\d)/2: (crop\d): \d+ targets", m) for m in messages(run)]
+    done = [line.groups() for line in case_lines if line]
     assert sorted(case for _, case in done) == names, "every case exactly once"
     assert {rank for rank, _ in done} == {"0", "1"}, "both ranks worked"
     single_files = sorted(p.name for p in (tmp_path / "single").iterdir())
