@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,16 +59,18 @@ def test_smoke_run_measures_every_part(tmp_path):
 
 
 def test_cli_stages_from_progress_lines():
-    events = [(3.0, {"message": "model on CPU: 2 case(s)"}),
-              (3.5, {"case": "a", "stage": "preprocess", "fraction": 0.0, "message": "resampling"}),
-              (4.5, {"case": "a", "stage": "preprocess", "fraction": 1.0, "message": "model space"}),
-              (4.6, {"case": "a", "stage": "inference", "fraction": 0.0, "message": "12 windows"}),
-              (9.0, {"case": "a", "stage": "inference", "fraction": 1.0, "message": "window 12/12"}),
-              (9.5, {"case": "a", "stage": "postprocess", "fraction": 0.0, "message": "liver"}),
-              (11.0, {"case": "a", "stage": "postprocess", "fraction": 1.0, "message": "done"}),
-              (12.0, {"message": "a: 1 targets in 8.9 s -> out/a.seg.nrrd"}),
-              (12.2, {"case": "b", "stage": "preprocess", "fraction": 0.0, "message": "resampling"}),
-              (13.0, {"case": "b", "stage": "preprocess", "fraction": 1.0, "message": "model space"})]
+    events: list[tuple[float, dict[str, Any]]] = [
+        (3.0, {"message": "model on CPU: 2 case(s)"}),
+        (3.5, {"case": "a", "stage": "preprocess", "fraction": 0.0, "message": "resampling"}),
+        (4.5, {"case": "a", "stage": "preprocess", "fraction": 1.0, "message": "model space"}),
+        (4.6, {"case": "a", "stage": "inference", "fraction": 0.0, "message": "12 windows"}),
+        (9.0, {"case": "a", "stage": "inference", "fraction": 1.0, "message": "window 12/12"}),
+        (9.5, {"case": "a", "stage": "postprocess", "fraction": 0.0, "message": "liver"}),
+        (11.0, {"case": "a", "stage": "postprocess", "fraction": 1.0, "message": "done"}),
+        (12.0, {"message": "a: 1 targets in 8.9 s -> out/a.seg.nrrd"}),
+        (12.2, {"case": "b", "stage": "preprocess", "fraction": 0.0, "message": "resampling"}),
+        (13.0, {"case": "b", "stage": "preprocess", "fraction": 1.0, "message": "model space"}),
+    ]
     stages = bench_gpu.cli_stages(events, ["a", "b"])
     assert stages["startup"] == 3.0
     a = stages["cases"]["a"]

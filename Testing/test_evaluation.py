@@ -189,8 +189,8 @@ def test_seg_nrrd_prediction_folder_against_nnunet_label_maps(tmp_path):
     # --targets: a tumour missing from a prediction is an empty prediction, honestly inf
     assert cli.main(["evaluate", str(pred_dir), str(gt_dir), "--labels", str(dataset), "--out", str(out),
                      "--targets", "Liver Tumor"]) == 0
-    rows = {r["case"]: r for r in read_csv(out)}
-    assert rows["case_0001"]["hd95_mm"] == "inf" and float(rows["case_0001"]["dice"]) == 0.0
+    by_case = {r["case"]: r for r in read_csv(out)}
+    assert by_case["case_0001"]["hd95_mm"] == "inf" and float(by_case["case_0001"]["dice"]) == 0.0
 
 
 def test_sidecar_label_map_prediction_against_seg_nrrd_truth(tmp_path, capsys):

@@ -136,8 +136,10 @@ def test_question_only_for_long_runs():
 
     assert estimate.question(estimate.Estimate(estimate.WindowCount(10, 10), 1.0)) is None
     text = estimate.question(estimate.Estimate(estimate.WindowCount(112, 112), 8.7))
+    assert text is not None, "a long run asks"
     assert "about 16 minutes (112 windows of 8.7 s each" in text and "GPU" in text
     text = estimate.question(estimate.Estimate(estimate.WindowCount(36, 112), 8.7))
+    assert text is not None, "a run that may be long asks"
     assert "about 5-16 minutes (36 to 112 windows of 8.7 s each" in text and "smaller the asked targets" in text
     assert estimate.question(estimate.Estimate(estimate.WindowCount(4, 20), 7.0)) is not None, "the most decides"
     assert estimate.is_slow({"architecture": {"base_channels": 32}}, "cpu")

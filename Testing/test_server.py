@@ -284,7 +284,8 @@ def test_the_queue_serves_clients_in_turn():
     for job in jobs:
         queue.push(job)
     assert [job.id for job in queue.order()] == ["0", "3", "1", "2"]
-    assert [queue.pop().id for _ in range(4)] == ["0", "3", "1", "2"] and queue.pop() is None
+    popped = [queue.pop() for _ in range(4)]
+    assert [job.id if job else None for job in popped] == ["0", "3", "1", "2"] and queue.pop() is None
 
 
 # ---------------------------------------------------------------------------------------------- client lanes
@@ -539,7 +540,7 @@ def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_
         [sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(image), "--out", str(tmp_path / "out"),
          "--modality", "CT", "--overlap", "0.9", "--no-body-crop", "--server", server.url, "--progress-json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None  # both PIPE
     for line in process.stdout:  # wait until the server runs windows
         if '"stage": "inference"' in line:
             break
