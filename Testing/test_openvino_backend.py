@@ -19,10 +19,10 @@ def test_float32_logits_match_torch_for_any_batch_tasks_and_window(tiny_config, 
     network = HermesNetwork(tiny_config).eval()
     compiled = openvino_backend.compile_network(network, window_zyx=(32, 32, 32), num_tasks=3, precision="float32",
                                                 cache_key="tiny", cache_root=tmp_path)
-    for shape, tasks, slot in (((2, 1, 32, 32, 32), [[0, 1, -1], [2, 0, 1]], [[0], [2]]),
-                               ((1, 1, 16, 48, 32), [[3, 1, 0, 2, -1]], [[1]])):
+    for shape, task_rows, slot_rows in (((2, 1, 32, 32, 32), [[0, 1, -1], [2, 0, 1]], [[0], [2]]),
+                                        ((1, 1, 16, 48, 32), [[3, 1, 0, 2, -1]], [[1]])):
         image = torch.randn(shape)
-        tasks, slot = torch.tensor(tasks), torch.tensor(slot)
+        tasks, slot = torch.tensor(task_rows), torch.tensor(slot_rows)
         with torch.inference_mode():
             expected = network(image, tasks, slot)[0]
         logits = compiled(image, tasks, slot)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -335,7 +336,7 @@ def test_self_test_skips_inference_without_dependencies(gui, monkeypatch):
 
     monkeypatch.setattr(install, "find_missing", lambda *a: install.Missing("is not installed", []))
     panel = slicer_app.ModulePanel(MODULE_FILE)
-    messages = []
+    messages: list[str] = []
     test = panel.python_module.HermesSegmentTest()
     monkeypatch.setattr(test, "delayDisplay", messages.append)
     test.runTest()
@@ -406,7 +407,7 @@ def test_hermes_r_shows_where_the_weights_are_and_imports_a_pth_in_the_backgroun
 
 
 #: Hermes-R's layout (72 task-prior rows, 6 modality slots, five prior sites) at a tiny width.
-TINY_HERMES_R = dict(base_channels=8, blocks_per_stage=(1, 1, 1, 1), fusion_depths=(1, 1, 1, 1, 1),
+TINY_HERMES_R: dict[str, Any] = dict(base_channels=8, blocks_per_stage=(1, 1, 1, 1), fusion_depths=(1, 1, 1, 1, 1),
                      num_task_priors=72, num_modality_slots=6, modality_tokens=2, head_dim=16)
 
 
