@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from HermesSegmentLib.network import HERMES_R, HermesConfig, HermesNetwork
+from HermesSegmentLib.network.prior_fusion import PriorFusionBlock
 
 REFERENCE = Path(__file__).parent / "reference" / "hermes_r_state_dict.tsv"
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hermes_r_state_dict.tsv"
@@ -17,7 +18,8 @@ SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" 
 
 def reference_rows() -> list[tuple[str, str, str]]:
     lines = REFERENCE.read_text().splitlines()
-    return [tuple(line.split("\t")) for line in lines if line and not line.startswith("#")]
+    rows = [line.split("\t") for line in lines if line and not line.startswith("#")]
+    return [(key, shape, dtype) for key, shape, dtype in rows]
 
 
 def test_reference_copies_match_shared_reference():
@@ -82,6 +84,7 @@ def test_fusion_site_matches_explicit_reference_arithmetic(tiny_config):
     x = features.flatten(2).transpose(1, 2)
     p = torch.stack([torch.cat([site.task_prior[t], site.modality_prior[m[0]]]) for t, m in zip(tasks, modalities)])
     for block in site.attn_layers:
+        assert isinstance(block, PriorFusionBlock)  # a ModuleList yields plain Modules
         agg, ffn = block.prior_aggregate_block, block.prior_ffn
         p = p + _reference_cross_attention(agg.fn,
                                            F.layer_norm(p, p.shape[-1:], agg.norm1.weight, agg.norm1.bias, 1e-5),
