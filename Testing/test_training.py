@@ -152,6 +152,13 @@ def test_target_masks_let_a_value_belong_to_several_targets(tmp_path, tiny_data)
     np.testing.assert_array_equal(masks, [[0, 1, 1], [0, 0, 1]])
 
 
+def _fit(trainer: Trainer, time_limit: float | None = None) -> Path:
+    """``trainer.fit(time_limit)``, which must run to its end and export a package."""
+    package = trainer.fit(time_limit)
+    assert package is not None, "fit() stopped before exporting a package"
+    return package
+
+
 def _write_cases_file(folder: Path, entries: dict) -> None:
     (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "round": 1, "square": 2}}))
     (folder / "cases.json").write_text(json.dumps(entries))
@@ -178,6 +185,7 @@ def test_unannotated_targets_of_a_case_are_never_trained_nor_scored(tmp_path, ti
                                "splits": ["train"]}], "val_fraction": 0.0, "batch_size": 8, "query": query}
     trainer = _trainer(tmp_path, tiny_data, **overrides)
     trainer.prepare_data()
+    assert trainer.sampler is not None and trainer.train_cases is not None  # prepare_data made them
     assert {c.files.case: c.annotated for c in trainer.train_cases} == {"case_000": ("liver", "spleen"),
                                                                           "case_001": ("liver",)}
     spleen = trainer.plan.per_dataset[0]["spleen"]
@@ -339,10 +347,11 @@ def test_the_recall_term_pushes_an_unseen_small_target_up_where_dice_and_bce_bar
     masks = torch.zeros((1, 1, 32, 32, 32))
     masks[0, 0, 10:13, 10:13, 10:13] = 1
     valid = torch.ones((1, 1), dtype=torch.bool)
-    push = {}
+    push: dict[float, float] = {}
     for weight in (0.0, 0.1):
         logits.grad = None
         partial_label_loss(logits, masks, valid, weight).backward()
+        assert logits.grad is not None
         push[weight] = -float(logits.grad[masks > 0].sum())
     assert push[0.1] > 100 * push[0.0] and push[0.1] > 0.09
     # found targets: the term is small (it fades as the target's voxels reach p = 1)
@@ -353,6 +362,7 @@ def test_the_recall_term_pushes_an_unseen_small_target_up_where_dice_and_bce_bar
 def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):
     trainer = _trainer(tmp_path, tiny_data, batch_size=8, query="annotated_subset")
     trainer.prepare_data()
+    assert trainer.sampler is not None and trainer.train_cases is not None  # prepare_data made them
     batch = trainer.sampler.batch()
     assert batch.queries.shape == (8, 2) and batch.masks.shape == (8, 2, 32, 32, 32)
     assert torch.equal(batch.valid, batch.queries >= 0)
@@ -376,6 +386,7 @@ def test_the_modality_query_asks_every_task_of_the_modality_and_scores_only_the_
     trainer = _trainer(tmp_path, tiny_data, datasets=_with_second_ct_dataset(tiny_data), query="modality",
                        batch_size=6)
     trainer.prepare_data()
+    assert trainer.sampler is not None and trainer.train_cases is not None  # prepare_data made them
     tasks = trainer.plan.per_dataset
     ct_query = sorted({*tasks[0].values(), *tasks[2].values()})
     assert len(ct_query) == 3  # liver, spleen, aorta
@@ -400,7 +411,7 @@ def test_a_model_trained_on_the_modality_query_is_asked_it_by_the_engine(tmp_pat
     from HermesSegmentLib.pipeline import segment_image
 
     trainer = _trainer(tmp_path, tiny_data, datasets=_with_second_ct_dataset(tiny_data), query="modality", steps=2)
-    loaded = models.load(trainer.fit())
+    loaded = models.load(_fit(trainer))
     tasks = trainer.plan.per_dataset
     assert loaded.manifest["queries"] == {"CT": sorted({*tasks[0].values(), *tasks[2].values()}),
                                           "MR": sorted(tasks[1].values())}
@@ -426,6 +437,7 @@ def test_a_model_trained_on_the_modality_query_is_asked_it_by_the_engine(tmp_pat
 def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tiny_data):
     trainer = _trainer(tmp_path, tiny_data)
     trainer.prepare_data()
+    assert trainer.sampler is not None and trainer.train_cases is not None  # prepare_data made them
     sampler, case = trainer.sampler, trainer.train_cases[0]
     shape = np.array(case.image.shape)
     air = float(np.min(case.image))
@@ -448,6 +460,7 @@ def test_crops_reach_past_the_body_and_keep_their_foreground_voxel(tmp_path, tin
 def test_slab_crops_look_like_a_partial_scan_and_keep_their_foreground_voxel(tmp_path, tiny_data):
     trainer = _trainer(tmp_path, tiny_data, slab_fraction=1.0)
     trainer.prepare_data()
+    assert trainer.sampler is not None and trainer.train_cases is not None  # prepare_data made them
     sampler = trainer.sampler
     rng = np.random.default_rng(0)
     axes = []
@@ -508,6 +521,7 @@ def test_query_consistency_compares_shared_tasks_and_is_blind_to_query_order(tin
 def test_query_consistency_draws_overlapping_second_queries_and_trains(tmp_path, tiny_data):
     trainer = _trainer(tmp_path, tiny_data, batch_size=6, query="annotated_subset", query_consistency=1.0)
     trainer.prepare_data()
+    assert trainer.sampler is not None and trainer.train_cases is not None  # prepare_data made them
     batch = trainer.sampler.batch()
     second, match = trainer.sampler.alternative_queries(batch.queries, batch.dataset)
     for first, other, slots, dataset in zip(batch.queries.tolist(), second.tolist(), match.tolist(),
@@ -560,7 +574,7 @@ def test_a_time_limit_fixes_the_number_of_steps_after_measuring_the_pace(tmp_pat
 
     monkeypatch.setattr(trainer, "train_step", one_second_step)
     reserve = trainer_module._EXPORT_RESERVE
-    path = trainer.fit(time_limit=reserve + 45)  # 45 s of training at 1 s per step
+    path = _fit(trainer, time_limit=reserve + 45)  # 45 s of training at 1 s per step
     assert trainer.step == trainer.config.steps == 45
     assert trainer.scheduler.get_last_lr()[0] == 0.0  # the schedule decayed over the new count
     from HermesSegmentLib import models
@@ -585,7 +599,7 @@ def test_fit_exports_a_package_with_measured_dice(tmp_path, tiny_data):
     from HermesSegmentLib import models
 
     trainer = _trainer(tmp_path, tiny_data, steps=2, offer_min_dice=0.99)
-    path = trainer.fit()
+    path = _fit(trainer)
     model = models.load(path)
     manifest = model.manifest
     assert [t["target"] for t in manifest["tasks"]] == ["liver", "spleen", "kidney_left"]
@@ -612,10 +626,11 @@ def test_the_configs_normalisation_is_trained_on_and_recorded_and_fine_tuning_in
     fixed = {"method": "clip_zscore", "clip": [-300.0, 300.0]}
     trainer = _trainer(tmp_path / "a", tiny_data, steps=1, normalization={"CT": fixed})
     assert trainer.config.normalization_for("CT") == fixed
-    manifest = models.read_manifest(trainer.fit())
+    manifest = models.read_manifest(_fit(trainer))
     entries = {m["key"]: m["normalization"] for m in manifest["modalities"]}
     assert entries["CT"] == fixed and entries["MR"]["method"] == "percentile_clip_zscore"
     # the cases were preprocessed with that normalisation, not the default one
+    assert trainer.train_cases is not None
     case = next(c for c in trainer.train_cases if c.files.dataset == "CTset")
     spec = trainer.config.datasets[case.dataset_index]
     with_fixed, _ = datasets.preprocess_case(case.files, spec, trainer.config.spacing, fixed)
@@ -688,7 +703,7 @@ def test_fine_tuning_exports_old_and_new_tasks_and_withdraws_what_measures_too_l
     trainer = _trainer(tmp_path, tiny_data, steps=1, offer_min_dice=1.0, datasets=[
         {"name": "CTset", "path": "CTset", "modality": "CT", "labels": {1: "liver", 2: "stomach"}}])
     trainer = Trainer(trainer.config, init=tiny_package, show_progress=False)
-    manifest = models.load(trainer.fit()).manifest
+    manifest = models.load(_fit(trainer)).manifest
     assert [t["index"] for t in manifest["tasks"]] == [0, 1, 2, 3, 6]
     assert manifest["tasks"][-1]["target"] == "stomach"
     # liver was re-measured on CT (below a perfect 1.0 after one step): withdrawn; spleen and kidney_left were
