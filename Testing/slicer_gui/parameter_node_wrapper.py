@@ -128,10 +128,16 @@ class _Connector:
         self.set(getattr(self.wrapper, self.field.name))
 
 
-def _fields(cls) -> dict:
+def _parameter_property(field: _Field) -> property:
+    """The attribute of a wrapped class that reads ``field`` from its parameter node and writes it there."""
+    return property(lambda self: field.read(self.parameterNode),
+                    lambda self, value: field.write(self.parameterNode, value))
+
+
+def _fields(cls) -> dict[str, _Field]:
     """The class's annotated parameters, each turned into a property read from and written to the
     parameter node."""
-    fields = {}
+    fields: dict[str, _Field] = {}
     for name, annotation in typing.get_type_hints(cls, include_extras=True).items():
         default = getattr(cls, name, None)
         base, extras = _split(annotation)
@@ -141,13 +147,14 @@ def _fields(cls) -> dict:
         elif default is None and not _is_node_type(base):
             default = base()
         fields[name] = _Field(name, annotation, default)
-        setattr(cls, name, property(lambda self, f=fields[name]: f.read(self.parameterNode),
-                                    lambda self, value, f=fields[name]: f.write(self.parameterNode, value)))
+        setattr(cls, name, _parameter_property(fields[name]))
     return fields
 
 
 class _WrapperMembers:
     """The members ``parameterNodeWrapper`` gives the class it decorates."""
+
+    allParameters: dict[str, _Field]  # set on the decorated class by parameterNodeWrapper
 
     def __init__(self, parameterNode):
         self.parameterNode = parameterNode

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import types
 import xml.etree.ElementTree as ET
+from typing import TypeVar
 
 from PySide6 import QtCore, QtGui, QtUiTools, QtWidgets
 
 _ORIGINAL_GETATTRIBUTE: dict = {}
+_QObjectClass = TypeVar("_QObjectClass", bound=type[QtCore.QObject])
 
 
 def _getattribute(obj, name):
@@ -102,14 +104,15 @@ def _qobject_classes(*modules):
                 yield value
 
 
-def pythonqt_class(cls: type) -> type:
+def pythonqt_class(cls: _QObjectClass) -> _QObjectClass:
     """Give a QObject class (PySide's or a stand-in) PythonQt's attribute semantics."""
     if "__getattribute__" in cls.__dict__ and cls not in _ORIGINAL_GETATTRIBUTE:
         _ORIGINAL_GETATTRIBUTE[cls] = cls.__dict__["__getattribute__"]
-    cls.__getattribute__ = _pythonqt_getattribute
-    cls.__setattr__ = _pythonqt_setattr
-    cls.connect = _pythonqt_connect
-    cls.disconnect = _pythonqt_disconnect
+    # Replacing PySide's methods by PythonQt's, whose signatures differ, is the point of this module.
+    cls.__getattribute__ = _pythonqt_getattribute  # type: ignore[method-assign]
+    cls.__setattr__ = _pythonqt_setattr  # type: ignore[method-assign]
+    cls.connect = _pythonqt_connect  # type: ignore[method-assign]
+    cls.disconnect = _pythonqt_disconnect  # type: ignore[method-assign]
     return cls
 
 
@@ -145,18 +148,20 @@ def _make_ui_connections(root, xml):
     by_name = {w.objectName: w for w in root.findChildren(QtCore.QObject)}
     by_name[root.objectName] = root
     for connection in tree.iter("connection"):
-        sender, receiver = by_name[connection.findtext("sender")], by_name[connection.findtext("receiver")]
-        slot = connection.findtext("slot").split("(", 1)[0]
-        _signal(sender, connection.findtext("signal")).connect(getattr(receiver, slot))
+        sender, signal, receiver, slot = (connection.findtext(tag) for tag in ("sender", "signal", "receiver", "slot"))
+        if not (sender and signal and receiver and slot):
+            raise ValueError(f"a <connection> of the .ui lacks its sender, signal, receiver or slot: "
+                             f"{ET.tostring(connection, encoding='unicode')}")
+        _signal(by_name[sender], signal).connect(getattr(by_name[receiver], slot.split("(", 1)[0]))
 
 
 def build_qt_module() -> types.ModuleType:
     """The ``qt`` module as Slicer's Python sees it (PySide6 underneath)."""
     for cls in _qobject_classes(QtCore, QtGui, QtWidgets, QtUiTools):
         pythonqt_class(cls)
-    QtWidgets.QFileDialog.getOpenFileName = staticmethod(_getOpenFileName)
+    QtWidgets.QFileDialog.getOpenFileName = staticmethod(_getOpenFileName)  # type: ignore[method-assign,assignment]
     qt = types.ModuleType("qt", __doc__)
     for module in (QtCore, QtGui, QtWidgets, QtUiTools):
         qt.__dict__.update({name: getattr(module, name) for name in dir(module) if not name.startswith("_")})
-    qt.QUiLoader = QUiLoader
+    qt.__dict__["QUiLoader"] = QUiLoader  # ours over QtUiTools'
     return qt

@@ -45,5 +45,6 @@ class SampleDataLogic:
 
 def module() -> types.ModuleType:
     stand_in = types.ModuleType("SampleData", __doc__)
-    stand_in.SampleDataLogic, stand_in.SampleDataSource = SampleDataLogic, SampleDataSource
+    for cls in (SampleDataLogic, SampleDataSource):
+        setattr(stand_in, cls.__name__, cls)
     return stand_in

@@ -27,8 +27,8 @@ qt = pythonqt.build_qt_module()
 sys.modules["qt"] = qt
 qt.QUiLoader.custom_widgets = tuple(stand_ins.CUSTOM_WIDGETS)
 ctk = types.ModuleType("ctk")
-ctk.ctkCollapsibleButton, ctk.ctkSearchBox, ctk.ctkMessageBox = (
-    stand_ins.ctkCollapsibleButton, stand_ins.ctkSearchBox, stand_ins.ctkMessageBox)
+for _cls in (stand_ins.ctkCollapsibleButton, stand_ins.ctkSearchBox, stand_ins.ctkMessageBox):
+    setattr(ctk, _cls.__name__, _cls)
 sys.modules["ctk"] = ctk
 
 
@@ -44,6 +44,7 @@ class qSlicerApplication(QtWidgets.QApplication):
         self._temporaryPath = temporary_path
         self._testing = False
         self._moduleManager = qSlicerModuleManager()
+        self._mainWindow: QtWidgets.QMainWindow | None = None  # see install()
 
     temporaryPath = QtCore.Property(str, lambda self: self._temporaryPath)
 
@@ -65,6 +66,12 @@ class qSlicerModuleManager(QtCore.QObject):
     moduleAboutToBeUnloaded = QtCore.Signal(str)
 
 
+class qSlicerScriptedLoadableModuleWidget(stand_ins.qMRMLWidget):
+    """The panel a scripted module's widget fills: a qMRMLWidget that knows whether the module is entered."""
+
+    isEntered = False
+
+
 class ModulePanel:
     """What Slicer does with a scripted module: module object, widget in its panel, enter and exit.
 
@@ -78,13 +85,15 @@ class ModulePanel:
         name = module_file.stem
         sys.path.insert(0, str(module_file.parent))
         spec = importlib.util.spec_from_file_location(name, module_file)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{module_file} cannot be imported as a Python module")
         self.python_module = importlib.util.module_from_spec(spec)
         sys.modules[name] = self.python_module
         spec.loader.exec_module(self.python_module)
         self.module_parent = types.SimpleNamespace(path=str(module_file))
         setattr(slicer.modules, name.lower(), types.SimpleNamespace(path=str(module_file)))
         self.module = getattr(self.python_module, name)(self.module_parent)
-        self.parent = stand_ins.qMRMLWidget()
+        self.parent = qSlicerScriptedLoadableModuleWidget()
         self.parent.setLayout(qt.QVBoxLayout())
         self.parent.setMRMLScene(slicer.mrmlScene)
         self.parent.isEntered = False
@@ -111,13 +120,15 @@ def install(home: Path) -> qSlicerApplication:
     """Make ``import qt, ctk, slicer`` look like Slicer's Python; returns ``slicer.app``."""
     app = qt.QApplication.instance() or qSlicerApplication(str(home / "temp"))
     app._temporaryPath = str(home / "temp")
-    app.disconnect("startupCompleted()")  # modules of earlier tests connected to the application's startup
+    # PythonQt's string-signature disconnect, which pythonqt_class adds and PySide's stubs do not know
+    app.disconnect("startupCompleted()")  # type: ignore[call-overload]  # modules of earlier tests connected to the application's startup
     qt.QSettings.setDefaultFormat(qt.QSettings.IniFormat)
     qt.QSettings.setPath(qt.QSettings.IniFormat, qt.QSettings.UserScope, str(home / "settings"))
     slicer.app = app
     if not any(w.objectName == "qSlicerMainWindow" for w in app.topLevelWidgets()):
-        app._mainWindow = qt.QMainWindow()  # slicer.util.mainWindow() finds it by name; message boxes need it
-        app._mainWindow.objectName = "qSlicerMainWindow"
+        main_window = qt.QMainWindow()  # slicer.util.mainWindow() finds it by name; message boxes need it
+        main_window.objectName = "qSlicerMainWindow"
+        app._mainWindow = main_window
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic()  # the real logic (slicer-core)

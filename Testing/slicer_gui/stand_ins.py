@@ -44,7 +44,7 @@ class ctkCollapsibleButton(QtWidgets.QGroupBox):
         if collapsed == self._collapsed:
             return
         self._collapsed = bool(collapsed)
-        for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
+        for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindChildOption.FindDirectChildrenOnly):
             child.setVisible(not self._collapsed)
         self.contentsCollapsed.emit(self._collapsed)
 
@@ -118,7 +118,8 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
         self._noneDisplay = text
         self._refresh()
 
-    nodeTypes = Property("QStringList", _getNodeTypes, _setNodeTypes)
+    # a C++ type name, which PySide accepts and its stubs do not: the .ui sets a <stringlist>
+    nodeTypes = Property("QStringList", _getNodeTypes, _setNodeTypes)  # type: ignore[arg-type]
     noneEnabled = Property(bool, _getNoneEnabled, _setNoneEnabled)
     noneDisplay = Property(str, _getNoneDisplay, _setNoneDisplay)
     addEnabled = Property(bool, lambda s: s._flags["addEnabled"], lambda s, v: s._flags.__setitem__("addEnabled", v))
@@ -191,7 +192,8 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
             self._onIndexChanged(index)
 
     def setCurrentNodeID(self, nodeID):
-        self.setCurrentNode(self._scene.GetNodeByID(nodeID) if nodeID else None)
+        # no scene: no node listed, so none found, as in Slicer
+        self.setCurrentNode(self._scene.GetNodeByID(nodeID) if nodeID and self._scene is not None else None)
 
     def currentNode(self):
         return self._current
