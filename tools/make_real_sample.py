@@ -2,7 +2,7 @@
 
     python tools/make_real_sample.py ../shared/data/Dataset901_OpenKBP_HN [--case pt_201] [--out DIR]
 
-Writes ``HermesSegment/Resources/SampleData/`` (or ``--out``), byte for byte the same on every run
+Writes ``HermesSegment/Resources/SampleData/`` (or ``--out``), the same on every run
 (``Testing/test_demo.py`` checks that the bundled files are what this tool makes today):
   - ``OpenKBP_<case>_CT.nii.gz``: the CT exactly as distributed in the dataset (int16 HU, LPS),
   - ``OpenKBP_<case>_contours.seg.nrrd``: its clinical organ-at-risk contours, one segment per
