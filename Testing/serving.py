@@ -108,6 +108,14 @@ def small_ct(shape_xyz=(40, 40, 30), spacing=(3.5, 3.5, 4.0), seed=0) -> sitk.Im
     return image
 
 
+def long_job_ct(shape_xyz=(72, 72, 40)) -> sitk.Image:
+    """A CT whose job (all targets, overlap 0.9, no body crop) runs minutes of windows on any machine
+    yet stays under the test server's voxel limit: coarse 6 x 6 x 8 mm voxels, which the 4 mm model
+    resamples to many more. A job of seconds once finished on a fast CI machine before the test could
+    cancel it."""
+    return small_ct(shape_xyz=shape_xyz, spacing=(6.0, 6.0, 8.0))
+
+
 def phantom_crops(folder: Path, count: int) -> list[Path]:
     """``count`` small CT crops (about 150 mm, one model window each) of a synthetic torso phantom,
     centred on different organs, so that the demo model finds several targets in each."""

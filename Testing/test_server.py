@@ -19,7 +19,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from serving import AUTH, TOKEN, phantom_crops, running_server, small_ct
+from serving import AUTH, TOKEN, long_job_ct, phantom_crops, running_server, small_ct
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -229,9 +229,7 @@ def test_a_zipped_dicom_series_is_segmented_like_the_series_read_locally(server,
 def test_cancel_stops_a_running_job_and_the_next_job_runs(server, tmp_path):
     client = server.client()
     image = tmp_path / "wide.nrrd"
-    # Coarse voxels (the model works at 4 mm) at overlap 0.9: minutes of windows, so the job is still
-    # running when the cancel arrives on any machine.
-    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(6.0, 6.0, 8.0)), str(image))
+    sitk.WriteImage(long_job_ct(), str(image))
     job = client.submit(image, job_request("CT", "all", SegmentOptions(overlap=0.9, crop_to_body=False)))
 
     class CancelAtFirstWindow:
@@ -304,8 +302,7 @@ def test_clients_behind_one_address_or_proxy_get_lanes_and_limits_of_their_own(t
     get their own lane of the fair queue and their own job limit; a forged ID counts as no ID."""
     image, wide = tmp_path / "ct.nrrd", tmp_path / "wide.nrrd"
     sitk.WriteImage(small_ct(), str(image))
-    # Coarse voxels (the model works at 4 mm): thousands of windows at overlap 0.9 on any machine.
-    sitk.WriteImage(small_ct(shape_xyz=(160, 160, 60), spacing=(6.0, 6.0, 6.0)), str(wide))
+    sitk.WriteImage(long_job_ct(shape_xyz=(160, 160, 60)), str(wide))
     with running_server(tmp_path / "server", "--max-jobs-per-client", "2") as server:
         assert _logged(server, "X-Forwarded-For when the request comes from 127.0.0.1,::1"), server.log()
         jobs: list[str] = []
@@ -531,10 +528,7 @@ def test_stopping_segment_with_server_cancels_the_job_on_the_server(server, tmp_
     from serving import REPO
 
     image = tmp_path / "wide.nrrd"
-    # Coarse voxels (the model works at 4 mm) under the fixture's voxel limit make a job of minutes
-    # uncancelled: it is still running when the signal lands on any machine (a job of seconds once
-    # finished first on a faster CI machine, and the test saw exit 0).
-    sitk.WriteImage(small_ct(shape_xyz=(72, 72, 40), spacing=(6.0, 6.0, 8.0)), str(image))
+    sitk.WriteImage(long_job_ct(), str(image))
     env = dict(os.environ, HERMES_SEGMENT_TOKEN=TOKEN, PYTHONPATH=str(REPO / "HermesSegment"))
     process = subprocess.Popen(
         [sys.executable, "-m", "HermesSegmentLib.cli", "segment", str(image), "--out", str(tmp_path / "out"),
