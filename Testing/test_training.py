@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -695,6 +696,40 @@ def test_adding_a_target_keeps_old_tasks_unchanged(tmp_path, tiny_data, tiny_pac
     modality = torch.tensor([[0]])
     with torch.no_grad():
         torch.testing.assert_close(new(image, queries, modality)[0], old(image, queries, modality)[0], rtol=0, atol=0)
+
+
+def test_fine_tuning_into_a_deeper_network_starts_from_the_packages_outputs_and_trains_the_new_blocks(
+        tmp_path, tiny_data, tiny_package):
+    from HermesSegmentLib import models
+
+    old = models.load(tiny_package).network
+    deeper = {**TINY_MODEL, "blocks_per_stage": [2, 1, 2, 3], "fusion_depths": [1, 2, 1, 1, 2]}
+    trainer = Trainer(_trainer(tmp_path, tiny_data, steps=1, model=deeper).config, init=tiny_package,
+                      show_progress=False)
+    assert trainer.network_config.blocks_per_stage == (2, 1, 2, 3)
+    assert trainer.network_config.fusion_depths == (1, 2, 1, 1, 2)
+    new = trainer.ema
+    added = sorted(set(new.state_dict()) - set(old.state_dict()))
+    assert "down4.conv.3.conv2.conv.weight" in added and "prior_fuse_6.attn_layers.1.feat_ffn.fn.fc2.weight" in added
+    image = torch.randn(1, 1, 32, 32, 32)
+    queries, modality = torch.tensor([[0, 1, 2, -1]]), torch.tensor([[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(new(image, queries, modality)[0], old(image, queries, modality)[0],
+                                   rtol=1e-5, atol=1e-5)
+    manifest = models.load(_fit(trainer)).manifest
+    assert manifest["architecture"]["blocks_per_stage"] == [2, 1, 2, 3]
+    # the new blocks learn: their zero branches moved in one step
+    assert trainer.network.state_dict()["down4.conv.3.conv2.conv.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"base_channels": 16}, "the config's model has base_channels 16 but the --init package has 8"),
+    ({"blocks_per_stage": [1, 1, 0, 1]}, "blocks_per_stage [1, 1, 0, 1] but the --init package has [1, 1, 1, 1]"),
+])
+def test_fine_tuning_refuses_a_model_it_cannot_grow_into(tmp_path, tiny_data, tiny_package, model, message):
+    config = _trainer(tmp_path, tiny_data, model={**TINY_MODEL, **model}).config
+    with pytest.raises(HermesError, match=re.escape(message)):
+        Trainer(config, init=tiny_package, show_progress=False)
 
 
 def test_fine_tuning_exports_old_and_new_tasks_and_withdraws_what_measures_too_low(tmp_path, tiny_data, tiny_package):

@@ -89,6 +89,8 @@ class TrainingConfig:
     network: HermesConfig
     output: Path
     cache_dir: Path
+    # The keys the YAML's ``model`` spelled out: with ``--init`` they may only deepen the package's network.
+    model_keys: frozenset[str] = frozenset()
     name: str = "my-hermes-model"
     title: str = "Hermes model trained with hermes-segment train"
     version: str = "1.0"
@@ -210,7 +212,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | 
     scalars = {k: raw[k] for k in raw if k not in structured}
     normalization = _parse_normalization(raw.get("normalization"), name)
     config = TrainingConfig(
-        datasets=datasets, network=network, output=out.resolve(), cache_dir=cache_dir.resolve(), data_root=root,
+        datasets=datasets, network=network, model_keys=frozenset(model), output=out.resolve(),
+        cache_dir=cache_dir.resolve(), data_root=root,
         normalization=normalization,
         window=_triple(raw.get("window", (96, 96, 96)), "window", name, int),
         spacing=_triple(raw.get("spacing", (1.5, 1.5, 1.5)), "spacing", name, float),

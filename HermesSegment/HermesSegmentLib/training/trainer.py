@@ -34,7 +34,7 @@ from ..network import HermesConfig, HermesNetwork
 from . import checkpoint, distributed
 from .config import TrainingConfig
 from .datasets import Case, load_cases, target_masks
-from .incremental import TaskPlan, extend_task_priors, modality_queries, plan_tasks
+from .incremental import TaskPlan, deepen, extend_task_priors, fine_tuned_architecture, modality_queries, plan_tasks
 from .losses import modality_loss, partial_label_loss, query_consistency_loss
 from .medcontext import consistency_loss, mask_patches
 from .sampling import Batch, Sampler, batch_stream
@@ -84,7 +84,9 @@ class Trainer:
                 normalization={**inherited, **config.normalization})
         self.config = config
         self.plan = plan_tasks(config, self.base_manifest)
-        arch = HermesConfig.from_manifest(self.base_manifest["architecture"]) if self.base_manifest else config.network
+        arch = (fine_tuned_architecture(HermesConfig.from_manifest(self.base_manifest["architecture"]),
+                                        config.network, config.model_keys)
+                if self.base_manifest else config.network)
         self.network_config = dataclasses.replace(arch, num_task_priors=self.plan.num_task_priors)
 
         torch.manual_seed(config.seed)
@@ -118,11 +120,12 @@ class Trainer:
         return models.read_manifest(models.resolve(init)) if init else None
 
     def _init_weights(self, init: str | Path, network: HermesNetwork) -> dict[str, torch.Tensor]:
-        """The package's weights, task priors grown for the config's new targets."""
+        """The package's weights, task priors grown for the config's new targets, new blocks as identities."""
         assert self.base_manifest is not None  # read from ``init``
         loaded = models.load(init)
         old_rows = self.base_manifest["architecture"]["num_task_priors"]
-        return extend_task_priors(loaded.network.state_dict(), network.state_dict(), old_rows)
+        fresh = network.state_dict()
+        return deepen(extend_task_priors(loaded.network.state_dict(), fresh, old_rows), fresh)
 
     def _normalizations(self) -> dict[str, Any]:
         """{modality: normalisation} of the model being trained (the base model's when fine-tuning)."""
