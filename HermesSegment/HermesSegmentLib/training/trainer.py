@@ -34,7 +34,8 @@ from ..network import HermesConfig, HermesNetwork
 from . import checkpoint, distributed
 from .config import TrainingConfig
 from .datasets import Case, load_cases, target_masks
-from .incremental import TaskPlan, deepen, extend_task_priors, fine_tuned_architecture, modality_queries, plan_tasks
+from .growth import deepen, fine_tuned_architecture, widen
+from .incremental import TaskPlan, extend_task_priors, modality_queries, plan_tasks
 from .losses import modality_loss, partial_label_loss, query_consistency_loss
 from .medcontext import consistency_loss, mask_patches
 from .sampling import Batch, Sampler, batch_stream
@@ -120,12 +121,16 @@ class Trainer:
         return models.read_manifest(models.resolve(init)) if init else None
 
     def _init_weights(self, init: str | Path, network: HermesNetwork) -> dict[str, torch.Tensor]:
-        """The package's weights, task priors grown for the config's new targets, new blocks as identities."""
+        """The package's weights, widened and deepened as the config asks (:mod:`.growth`), task priors grown
+        for the config's new targets."""
         assert self.base_manifest is not None  # read from ``init``
         loaded = models.load(init)
         old_rows = self.base_manifest["architecture"]["num_task_priors"]
-        fresh = network.state_dict()
-        return deepen(extend_task_priors(loaded.network.state_dict(), fresh, old_rows), fresh)
+        fresh, weights = network.state_dict(), loaded.network.state_dict()
+        factor = self.network_config.base_channels // loaded.network.config.base_channels
+        if factor > 1:
+            weights = widen(weights, fresh, loaded.network.config, factor, seed=self.config.seed)
+        return deepen(extend_task_priors(weights, fresh, old_rows), fresh)
 
     def _normalizations(self) -> dict[str, Any]:
         """{modality: normalisation} of the model being trained (the base model's when fine-tuning)."""
