@@ -22,13 +22,15 @@
 #      training). OUT_DIR receives hermes-demo.safetensors (EMA weights, manifest with the
 #      held-out Dice of the training patients), train_log.csv, validation.json and train.log.
 #      The 35 MB checkpoint is not kept (the machine is given back anyway).
+#   CONFIG=FILE (environment) trains another config on the same data, e.g. one whose `model` grows
+#   the init package's network (deeper, or a multiple of its width: README, "Training").
 #
 # Example with the device tool (the lead's machine; gpu-stage/ carried):
 #   tools/train_gpu_stage.sh prepare ../shared/data/Dataset901_OpenKBP_HN
 #   run: tools/train_gpu_stage.sh train gpu-stage "$OUT" 420     (timeout_s 560, carry ["gpu-stage"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONFIG=HermesSegment/Resources/Models/demo_training.yaml
+CONFIG="${CONFIG:-HermesSegment/Resources/Models/demo_training.yaml}"
 action="${1:-}"
 shift || true
 
