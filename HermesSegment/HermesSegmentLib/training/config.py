@@ -89,7 +89,7 @@ class TrainingConfig:
     network: HermesConfig
     output: Path
     cache_dir: Path
-    # The keys the YAML's ``model`` spelled out: with ``--init`` they may only deepen the package's network.
+    # The keys the YAML's ``model`` spelled out: with ``--init`` they may only grow the package's network.
     model_keys: frozenset[str] = frozenset()
     name: str = "my-hermes-model"
     title: str = "Hermes model trained with hermes-segment train"

@@ -55,7 +55,7 @@ def fine_tuned_architecture(base: HermesConfig, requested: HermesConfig, given: 
         shown = [list(v) if isinstance(v, tuple) else v for v in (wanted, have)]
         raise HermesError(
             f"the config's model has {key} {shown[0]} but the --init package has {shown[1]}; when fine-tuning "
-            f"only {' and '.join(DEEPENABLE)} may grow (each at least the package's) and base_channels by a "
+            f"only {' and '.join(DEEPENABLE)} may grow (each at least the package's) and {WIDENABLE[0]} by a "
             f"whole factor: change '{key}' in the config's model, or train from scratch without --init")
     return dataclasses.replace(base, **grown)
 
@@ -90,14 +90,13 @@ def widen(state: Mapping[str, torch.Tensor], fresh: Mapping[str, torch.Tensor], 
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, old in state.items():
-        new_shape = fresh[name].shape if name in fresh else old.shape
         value = old.float()
-        for dim, (n_old, n_new) in enumerate(zip(old.shape, new_shape)):
+        for dim, (n_old, n_new) in enumerate(zip(old.shape, fresh[name].shape)):
             if n_new == n_old or (dim == 0 and name.endswith("task_prior")):  # rows: grown by extend_task_priors
                 continue
             if n_new != factor * n_old:
                 raise ValueError(f"{name}: dimension {dim} goes from {n_old} to {n_new}, not x{factor}")
-            index = _copied_index(_channel_blocks(name, dim, n_old, base), factor)
+            index = _copied_index(_channel_blocks(name, dim, old.shape, base), factor)
             value = value.index_select(dim, index)
             if dim == 1 and name.endswith(".weight") and old.dim() >= 2:
                 value = _split_among_copies(value, index, generator, noise, factor)
@@ -107,24 +106,19 @@ def widen(state: Mapping[str, torch.Tensor], fresh: Mapping[str, torch.Tensor], 
     return out
 
 
-def _channel_blocks(name: str, dim: int, size: int, base: HermesConfig) -> list[int]:
-    """The old sizes of the channel blocks concatenated along ``dim`` of tensor ``name``."""
+def _channel_blocks(name: str, dim: int, shape: torch.Size, base: HermesConfig) -> list[int]:
+    """The old sizes of the channel blocks concatenated along ``dim`` of tensor ``name`` (old ``shape``)."""
+    size = shape[dim]
     if name.endswith(".to_kv.weight") and dim == 0:
         return [size // 2, size // 2]
     if name.startswith("up") and ".conv.0." in name and name.endswith(("conv1.conv.weight", "shortcut.conv.weight")) \
             and dim == 1:
-        skip = _out_channels_of_up_stage(name, base)
-        return [skip, size - skip]
+        # a decoder stage's first block reads cat([skip, upsampled]); the skip is as wide as its output
+        return [shape[0], size - shape[0]]
     if (name.startswith(("out.norm.", "mod_out.norm.")) and dim == 0) or \
             (name in ("out.classifier_pred.0.fc1.weight", "mod_out.classifier.fc1.weight") and dim == 1):
         return list(base.site_channels)
     return [size]
-
-
-def _out_channels_of_up_stage(name: str, base: HermesConfig) -> int:
-    """up1..up4 decode to the channels of levels 4..1 (their skip connection's width)."""
-    stage = int(name[2])
-    return base.stage_channels[4 - stage]
 
 
 def _copied_index(blocks: list[int], factor: int) -> torch.Tensor:
