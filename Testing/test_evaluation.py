@@ -223,6 +223,37 @@ def test_per_target_files_are_one_case(tmp_path):
     assert np.array_equal(masks.mask("liver_tumor"), b)
 
 
+def test_unusual_reference_volumes_are_named(tmp_path, capsys):
+    """Six cases whose spleen references are boxes of 120 voxels, except one of 960 (8x: another structure
+    under the organ's name) and one of 24 (1/5: contoured on a few slices); the 2x one is not flagged.
+    The note names both; the flagged rows stay in the means and the CSV."""
+    ref = reference()
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir(), gt_dir.mkdir()
+    usual = box((2, 2, 2), (7, 8, 6))  # 5 x 6 x 4 = 120 voxels
+    truths = {"c0": usual, "c1": usual, "c2": usual, "c3": box((2, 2, 2), (12, 8, 8)),  # 10 x 6 x 6 = 360: 3x
+              "c4": box((2, 2, 2), (14, 22, 7)),  # 12 x 20 x 5 = 1200: 10x
+              "c5": box((2, 2, 2), (3, 6, 8))}  # 1 x 4 x 6 = 24: 1/5
+    for case, truth in truths.items():
+        write_labelmap(gt_dir / f"{case}.nii.gz", truth, ref)
+        write_labelmap(pred_dir / f"{case}.nii.gz", usual, ref)
+    dataset = tmp_path / "dataset.json"
+    dataset.write_text(json.dumps({"labels": {"background": 0, "spleen": 1}}))
+    out = tmp_path / "metrics.csv"
+
+    assert cli.main(["evaluate", str(pred_dir), str(gt_dir), "--labels", str(dataset), "--out", str(out)]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if "reference contour" in line]
+    assert len(note) == 1 and "2 reference contour(s)" in note[0]
+    assert "c4 spleen" in note[0] and "c5 spleen" in note[0] and "c3" not in note[0]
+    assert note[0].index("c4 spleen") < note[0].index("c5 spleen")  # largest deviation first
+    assert len(read_csv(out)) == 6
+
+    flagged = evaluation.unusual_references(read_csv(out))
+    assert [(f["case"], round(f["ratio"], 3)) for f in flagged] == [("c4", 10.0), ("c5", 0.2)]
+    assert flagged[0]["median_ml"] == pytest.approx(120 * 2.0 / 1000)  # median of 24,120,120,120,360,1200 voxels
+    assert evaluation.unusual_references(read_csv(out)[:4]) == []  # fewer than five cases: no median to trust
+
+
 # ---------------------------------------------------------------------------------------------
 # User mistakes: one line, exit status 2
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import models
 from HermesSegmentLib.errors import HermesError
-from HermesSegmentLib.evaluation import dice
+from HermesSegmentLib.evaluation import dice, unusual_references
 from HermesSegmentLib.models import LoadedModel, save
 from HermesSegmentLib.postprocess import PostprocessOptions
 from HermesSegmentLib.training.config import load_config
@@ -76,7 +76,8 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
             progress=print, raw: bool = True) -> dict:
     """Mean Dice per (modality, target) on every test case of ``test_data`` (``split``: the cases of
     that split in datasets with a cases.json), with the default post-processing (``test_dice``)
-    and without (``test_dice_raw``); ``per_case`` keeps every score."""
+    and without (``test_dice_raw``); ``per_case`` keeps every score; ``unusual_references`` names
+    the reference contours far from their target's median volume (counted in the means all the same)."""
     import SimpleITK as sitk
 
     from HermesSegmentLib.pipeline import segment_image
@@ -88,6 +89,7 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     scores: dict[str, dict[str, dict[str, list[float]]]] = {metric: {} for metric, _ in runs}
     cases: dict[str, int] = {}
     per_case: dict[str, dict[str, dict[str, float]]] = {}
+    volumes: list[dict] = []  # per (case, target) of a dataset: the reference's volume
     for spec in config.datasets:
         if (spec.path / CASES_FILE).is_file():
             if split is None:
@@ -103,6 +105,9 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
                 continue
             image = sitk.ReadImage(str(case.image))
             truth = target_masks(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), spec, asked).astype(bool)
+            voxel_ml = float(np.prod(image.GetSpacing())) / 1000
+            volumes += [{"case": f"{spec.name}/{case.case}", "target": f"{spec.name}/{t}",
+                         "truth_ml": float(truth[i].sum()) * voxel_ml} for i, t in enumerate(asked)]
             for metric, options in runs:
                 result = segment_image(image, modality=spec.modality, targets=asked, model=everything, device="cpu",
                                        precision="float32", postprocess=options)
@@ -116,13 +121,17 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
                                                              per_case[f"{spec.name}/{case.case}"]["test_dice"].items()))
     means = {metric: {m: {t: round(float(np.mean(v)), 4) for t, v in ts.items()} for m, ts in by_modality.items()}
              for metric, by_modality in scores.items()}
-    return {**means, "test_cases": cases, "per_case": per_case}
+    unusual = [{**u, "target": u["target"].split("/", 1)[1]} for u in unusual_references(volumes)]
+    for u in unusual:
+        progress(f"check the reference: {u['case']} {u['target']} {u['truth_ml']:.1f} ml, {u['ratio']:.2g}x "
+                 f"the median {u['median_ml']:.1f} ml")
+    return {**means, "test_cases": cases, "per_case": per_case, "unusual_references": unusual}
 
 
 def merge_reports(reports: list[dict]) -> dict:
     """One measurement from several :func:`measure` reports of disjoint test sets (a (modality,
     target) pair measured in two of them is a :class:`HermesError`: which one should decide?)."""
-    merged: dict = {"test_dice": {}, "test_cases": {}, "per_case": {}}
+    merged: dict = {"test_dice": {}, "test_cases": {}, "per_case": {}, "unusual_references": []}
     for report in reports:
         for metric in ("test_dice", "test_dice_raw"):
             for modality, scores in report.get(metric, {}).items():
@@ -133,6 +142,7 @@ def merge_reports(reports: list[dict]) -> dict:
                     into[target] = value
         merged["test_cases"].update(report.get("test_cases", {}))
         merged["per_case"].update(report.get("per_case", {}))
+        merged["unusual_references"] += report.get("unusual_references", [])
     return merged
 
 

@@ -7,7 +7,9 @@ PRED and GT are each a file or a folder; folders are paired by case name (file n
 .seg.nrrd/.nii.gz/.nii/.nrrd/.mha and without an nnU-Net channel suffix _0000). Each side is a
 .seg.nrrd, a label map with its HermesSegment JSON sidecar, or a label map whose values
 ``--labels`` names (an nnU-Net dataset.json). Writes one CSV row per (case, target) and prints
-the per-target means. Conventions for empty masks and overlapping targets:
+the per-target means; reference contours at least 4x larger or smaller than their target's median
+volume (another structure under the organ's name, an organ contoured on a few slices) are named in a
+note. Conventions for empty masks and overlapping targets:
 :mod:`HermesSegmentLib.evaluation`.
 """
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = evaluation.write_metrics_csv(args.out, rows)
     _print_table(evaluation.summarize(rows))
+    _flag_unusual_references(evaluation.unusual_references(rows))
     print(f"wrote {out} ({len(rows)} rows, {len(pairs)} case(s))")
     return 0
 
@@ -112,6 +115,19 @@ def _explain_targets(requested: list | None, annotated: dict, unpredicted: dict,
         what = "counted as empty predictions" if requested else "not evaluated (pass --targets to count them)"
         print(f"note: {key} is annotated but not predicted in {len(missing)} case(s), {what}: "
               f"{_listing(missing)}", file=sys.stderr)
+
+
+def _flag_unusual_references(flagged: list) -> None:
+    """A note on stderr naming the reference contours far from their target's median volume."""
+    from ..evaluation.metrics import UNUSUAL_VOLUME_FACTOR
+
+    if not flagged:
+        return
+    described = [f"{f['case']} {f['target']} {f['truth_ml']:.1f} ml ({f['ratio']:.2g}x the median "
+                 f"{f['median_ml']:.1f} ml)" for f in flagged]
+    print(f"note: {len(flagged)} reference contour(s) are at least {UNUSUAL_VOLUME_FACTOR:g}x larger or smaller "
+          f"than their target's median volume; check that each is the organ, contoured whole (they are "
+          f"counted in the means): {_listing(described)}", file=sys.stderr)
 
 
 def _listing(names: list, limit: int = 5) -> str:

@@ -130,6 +130,42 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> List[dict]:
     return out
 
 
+#: A reference contour this many times larger or smaller than the median of its target over the
+#: evaluated cases is flagged by :func:`unusual_references`. In OpenKBP's training patients the
+#: largest contour of each organ is at most 3.6x its median (larynx; parotids 3.2x) and the two
+#: "spinal cords" of 478 and 543 ml among its validation patients are 19-22x (docs/experiments.md, 6j).
+UNUSUAL_VOLUME_FACTOR = 4.0
+#: ... and only where at least this many cases of the target have a non-empty reference.
+UNUSUAL_VOLUME_MIN_CASES = 5
+
+
+def unusual_references(rows: Sequence[Mapping[str, Any]], factor: float = UNUSUAL_VOLUME_FACTOR,
+                       min_cases: int = UNUSUAL_VOLUME_MIN_CASES) -> List[dict]:
+    """Reference contours whose volume is far from their target's median: likely another structure
+    under the organ's name, or the organ contoured on a few slices only.
+
+    ``rows``: metric rows (:func:`evaluate_masks` or the CSV; ``case``, ``target``, ``truth_ml``).
+    Returns one dict per flagged row, largest deviation first: ``case``, ``target``, ``truth_ml``,
+    ``median_ml`` (of the target's non-empty references) and ``ratio`` (truth / median). A flag is a
+    reason to look at the contour, not a verdict: the rows stay in every mean.
+    """
+    volumes: Dict[str, List[float]] = {}
+    for row in rows:
+        if float(row["truth_ml"]) > 0:
+            volumes.setdefault(str(row["target"]), []).append(float(row["truth_ml"]))
+    flagged = []
+    for row in rows:
+        group = volumes.get(str(row["target"]), [])
+        if len(group) < min_cases or float(row["truth_ml"]) <= 0:
+            continue
+        median = float(np.median(group))
+        ratio = float(row["truth_ml"]) / median
+        if ratio >= factor or ratio <= 1 / factor:
+            flagged.append({"case": row["case"], "target": str(row["target"]), "truth_ml": float(row["truth_ml"]),
+                            "median_ml": median, "ratio": ratio})
+    return sorted(flagged, key=lambda f: -abs(math.log(f["ratio"])))
+
+
 def write_metrics_csv(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``rows`` (keys :data:`METRIC_COLUMNS`) as CSV, atomically; return the path.
 
