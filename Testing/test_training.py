@@ -107,6 +107,7 @@ def test_config_errors_are_one_line(tmp_path, tiny_data):
     assert "label value 0" in error_for(datasets=[{**good[0], "labels": {0: "liver"}}])
     assert "multiples of 16" in error_for(window=[30, 32, 32])
     assert "unknown key 'stepz'" in error_for(stepz=3)
+    assert "'weights_dtype' must be one of float32, float16, bfloat16" in error_for(weights_dtype="float8")
 
 
 def test_ingestion_of_generated_phantoms_is_cached(tmp_path, monkeypatch):
@@ -264,9 +265,10 @@ def test_train_command_runs_from_a_prepared_folder_where_simpleitk_cannot_be_imp
     import os
     import subprocess
 
+    from HermesSegmentLib import models
     from HermesSegmentLib.cli import main
 
-    config_path = _config_file(tmp_path, tiny_data, steps=2)
+    config_path = _config_file(tmp_path, tiny_data, steps=2, weights_dtype="float16")
     packed = tmp_path / "packed"
     assert main(["train", str(config_path), "--prepare", str(packed)]) == 0
     shim = tmp_path / "no_simpleitk"
@@ -283,6 +285,7 @@ def test_train_command_runs_from_a_prepared_folder_where_simpleitk_cannot_be_imp
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "tiny-trained.safetensors").is_file() and (out / "validation.json").is_file()
+    assert models.weights_dtype(out / "tiny-trained.safetensors") == "float16"  # the config's weights_dtype
 
 
 _WORKERS_CHECK = """

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 from HermesSegmentLib import models
 from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.evaluation import dice, unusual_references
-from HermesSegmentLib.models import LoadedModel, save
+from HermesSegmentLib.models import LoadedModel, save, weights_dtype
 from HermesSegmentLib.postprocess import PostprocessOptions
 from HermesSegmentLib.training.config import load_config
 from HermesSegmentLib.training.datasets import CASES_FILE, find_cases, target_masks
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = offer(loaded.manifest, measured, args.min_dice, label, slabs, args.min_slab_dice)
     if args.version:
         manifest["version"] = args.version
-    out = save(args.out or args.package, load_file(str(args.package)), manifest)
+    out = save(args.out or args.package, load_file(str(args.package)), manifest, dtype=weights_dtype(args.package))
     if args.report:
         args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
     print_scores(measured, args.min_dice)

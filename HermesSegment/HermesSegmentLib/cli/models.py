@@ -9,6 +9,8 @@ from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..models.package import WEIGHT_DTYPES
+
     parser = subparsers.add_parser("models", help="list, inspect, verify, download and import model packages")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -43,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     upstream.add_argument("checkpoint", type=Path, help="upstream training checkpoint (.pth)")
     upstream.add_argument("--out", type=Path, help="output .safetensors (default: the user model folder, hermes-r)")
+    upstream.add_argument("--weights-dtype", choices=tuple(WEIGHT_DTYPES), default="float32",
+                          help="how the package stores the weights (default float32; float16 halves the file, "
+                               "computation is unchanged: float32 or the run's --precision)")
     upstream.set_defaults(func=run_import_upstream)
 
 
@@ -89,7 +94,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..models import read_manifest, resolve
+    from ..models import read_manifest, resolve, weights_dtype
 
     path = resolve(args.model)
     manifest = read_manifest(path)
@@ -104,6 +109,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"architecture:  {arch['name']}, base {arch['base_channels']} channels, "
           f"{arch['num_task_priors']} task-prior rows, {arch['num_modality_slots']} modality slots")
     window, spacing = manifest["input"]["window_size_zyx"], manifest["input"]["spacing_zyx_mm"]
+    print(f"weights:       {weights_dtype(path)}")
     print(f"input:         window {'x'.join(map(str, window))} voxels at {'x'.join(map(str, spacing))} mm (z,y,x), LPS")
     metrics = manifest["provenance"].get("metrics") or {}
     dice = metrics.get("test_dice") or metrics.get("validation_dice") or {}
@@ -184,6 +190,6 @@ def run_import_upstream(args: argparse.Namespace) -> int:
     from ..models import import_upstream, user_models_dir
 
     out = args.out or user_models_dir() / "hermes-r.safetensors"
-    path = import_upstream(args.checkpoint, out)
+    path = import_upstream(args.checkpoint, out, dtype=args.weights_dtype)
     print(f"wrote {path}; check it with `hermes-segment models info {path}`")
     return 0

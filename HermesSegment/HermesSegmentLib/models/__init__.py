@@ -11,7 +11,7 @@ from pathlib import Path
 from ..pipeline.options import DEFAULT_MODEL
 from .catalog import ModelListing, add, download, list_models, remove, resolve, user_models_dir
 from .manifest import MANIFEST_KEY, hermes_r_manifest, validate_manifest
-from .package import LoadedModel, read_manifest, save, sha256_file, verify
+from .package import WEIGHT_DTYPES, LoadedModel, read_manifest, save, sha256_file, verify, weights_dtype
 from .package import load as _load_file
 from .upstream import import_upstream
 
@@ -22,7 +22,7 @@ def load(model: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
 
 
 __all__ = [
-    "DEFAULT_MODEL", "LoadedModel", "MANIFEST_KEY", "ModelListing", "add", "download", "hermes_r_manifest",
-    "import_upstream", "list_models", "load", "read_manifest", "remove", "resolve", "save", "sha256_file",
-    "user_models_dir", "validate_manifest", "verify",
+    "DEFAULT_MODEL", "WEIGHT_DTYPES", "LoadedModel", "MANIFEST_KEY", "ModelListing", "add", "download",
+    "hermes_r_manifest", "import_upstream", "list_models", "load", "read_manifest", "remove", "resolve", "save",
+    "sha256_file", "user_models_dir", "validate_manifest", "verify", "weights_dtype",
 ]

@@ -17,6 +17,11 @@ from ..errors import HermesError
 from .manifest import MANIFEST_KEY, validate_manifest
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: How a package may store its weights (safetensors dtype codes in brackets). Loading always computes in
+#: float32 (or the run's autocast precision): half-precision storage halves the file, not the accuracy
+#: of the arithmetic. float16 keeps 11 significant bits (weights beyond +-65504 cannot be stored);
+#: bfloat16 keeps float32's range with 8 significant bits.
+WEIGHT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 @dataclass
@@ -193,14 +198,40 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(network=network.to(device).eval(), manifest=manifest, path=path)
 
 
-def save(path: str | Path, state_dict: Mapping[str, Any], manifest: Mapping[str, Any]) -> Path:
-    """Write a package atomically (temporary file, then rename) after validating it."""
+def weights_dtype(path: str | Path) -> str:
+    """How the package at ``path`` stores its weights: a key of :data:`WEIGHT_DTYPES` (read from the header)."""
+    header, _ = read_header(path)
+    codes = {entry["dtype"] for entry in header.values() if isinstance(entry, dict) and "dtype" in entry}
+    names = [name for name, code in WEIGHT_DTYPES.items() if code in codes]
+    if len(names) != 1 or len(codes) != 1:
+        raise HermesError(f"{Path(path).name} stores its weights as {', '.join(sorted(codes)) or 'nothing'}; "
+                          f"a package stores them all as one of {', '.join(WEIGHT_DTYPES)}")
+    return names[0]
+
+
+def save(path: str | Path, state_dict: Mapping[str, Any], manifest: Mapping[str, Any], *,
+         dtype: str = "float32") -> Path:
+    """Write a package atomically (temporary file, then rename) after validating it.
+
+    ``dtype``: how the weights are stored, a key of :data:`WEIGHT_DTYPES` (float16 halves the file).
+    Raises HermesError for an unknown ``dtype``, and for float16 when a weight lies beyond its range
+    (the message suggests bfloat16).
+    """
     import torch
     from safetensors.torch import save_file
 
     path = Path(path)
+    if dtype not in WEIGHT_DTYPES:
+        raise HermesError(f"weights can be stored as {', '.join(WEIGHT_DTYPES)}, not {dtype!r}")
     validate_manifest(manifest, path.name)
+    stored = getattr(torch, dtype)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
+    if stored == torch.float16:
+        too_large = [k for k, v in tensors.items() if v.numel() and float(v.abs().max()) > torch.finfo(stored).max]
+        if too_large:
+            raise HermesError(f"{too_large[0]} has weights beyond float16's range (+-65504); store the package as "
+                              "bfloat16 or float32")
+    tensors = {k: v.to(stored) for k, v in tensors.items()}
     check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, manifest, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_paths([path]) as (temp,):

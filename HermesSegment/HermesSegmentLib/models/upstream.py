@@ -88,10 +88,12 @@ def _strip_wrapper_prefix(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def import_upstream(checkpoint: str | Path, out: str | Path) -> Path:
-    """Convert upstream's Hermes-R checkpoint into a package with the full Hermes-R manifest."""
+def import_upstream(checkpoint: str | Path, out: str | Path, *, dtype: str = "float32") -> Path:
+    """Convert upstream's Hermes-R checkpoint into a package with the full Hermes-R manifest.
+
+    ``dtype``: how the package stores the weights (``models.WEIGHT_DTYPES``; float16 halves the file)."""
     checkpoint = Path(checkpoint)
     state, source_key = read_upstream_checkpoint(checkpoint)
     manifest = hermes_r_manifest(checkpoint_sha256=sha256_file(checkpoint), weights=source_key)
     check_tensors({k: tuple(v.shape) for k, v in state.items()}, manifest, checkpoint.name)
-    return save(out, state, manifest)
+    return save(out, state, manifest, dtype=dtype)

@@ -20,6 +20,7 @@ A complete example (paths relative to the YAML file, or to ``data_root`` when gi
     steps: 20000
     batch_size: 2
     lr: 0.0003
+    weights_dtype: float16            # optional: the package stores half-precision weights (half the file)
 
 Every mistake is reported as a one-line :class:`HermesError` naming the key and what to do.
 """
@@ -38,6 +39,7 @@ import yaml
 from .. import vocabulary
 from ..errors import HermesError
 from ..models.manifest import default_normalization
+from ..models.package import WEIGHT_DTYPES
 from ..network import HermesConfig
 
 # Keys a config may hold at the top level (anything else is a typo we should report).
@@ -47,7 +49,7 @@ _TOP_KEYS = {
     "ema_decay", "seed", "val_fraction", "val_overlap", "checkpoint_every", "log_every", "foreground_fraction",
     "max_queries", "augment", "medcontext", "medcontext_weight", "medcontext_mask_ratio",
     "medcontext_patch", "offer_min_dice", "cache_dir", "query_consistency", "workers", "slab_fraction",
-    "normalization", "recall_weight", "query",
+    "normalization", "recall_weight", "query", "weights_dtype",
 }
 # What each crop asks the network (``query``): see TrainingConfig.query.
 QUERIES = ("annotated_subset", "modality")
@@ -133,6 +135,7 @@ class TrainingConfig:
     # "clip_scale", ...}}); a modality not listed gets its fine-tuned package's, else the default.
     normalization: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     data_root: Path = Path(".")  # the folder dataset paths are relative to
+    weights_dtype: str = "float32"  # how the exported package stores its weights (models.WEIGHT_DTYPES)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -330,8 +333,7 @@ def _check_values(c: TrainingConfig, name: str) -> None:
     if not isinstance(c.query_consistency, (int, float)) or c.query_consistency < 0:
         raise HermesError(f"{name}: 'query_consistency' must be a number >= 0 (0 turns it off), got "
                           f"{c.query_consistency!r}")
-    if c.query not in QUERIES:
-        raise HermesError(f"{name}: 'query' must be one of {', '.join(QUERIES)}, got {c.query!r}")
+    _check_choices(c, name)
     if c.query == "modality" and c.query_consistency:
         raise HermesError(f"{name}: 'query_consistency' needs queries that vary ('query: annotated_subset'); "
                           "with 'query: modality' set it to 0")
@@ -339,6 +341,13 @@ def _check_values(c: TrainingConfig, name: str) -> None:
         raise HermesError(f"{name}: 'workers' must be a whole number >= 0, got {c.workers!r}")
     if c.offer_min_dice is not None and not 0 <= c.offer_min_dice <= 1:
         raise HermesError(f"{name}: 'offer_min_dice' must be between 0 and 1")
+
+
+def _check_choices(c: TrainingConfig, name: str) -> None:
+    """The keys whose value is one of a few names."""
+    for key, value, choices in (("query", c.query, QUERIES), ("weights_dtype", c.weights_dtype, tuple(WEIGHT_DTYPES))):
+        if value not in choices:
+            raise HermesError(f"{name}: '{key}' must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_ranges(c: TrainingConfig, name: str) -> None:

@@ -364,7 +364,7 @@ class Trainer:
         manifest = build_manifest(self.config, self.plan, self.network_config, self.base_manifest, metrics,
                                   command=self.command, steps=self.step, train_cases=per_dataset)
         path = self.config.output / f"{self.config.name}.safetensors"
-        models.save(path, self.ema.state_dict(), manifest)
+        models.save(path, self.ema.state_dict(), manifest, dtype=self.config.weights_dtype)
         return path
 
     # ------------------------------------------------------------------ progress helpers
