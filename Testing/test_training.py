@@ -585,6 +585,40 @@ def test_a_time_limit_fixes_the_number_of_steps_after_measuring_the_pace(tmp_pat
     assert models.read_manifest(path)["provenance"]["steps"] == 45
 
 
+def test_a_time_limit_is_kept_when_the_pace_changes_after_it_was_measured(tmp_path, tiny_data, monkeypatch):
+    """The pace is measured again every tenth of the run. 1 s per step while it is first measured,
+    then 2 s (another process started): the run plans 100 steps, then fewer, and ends near its
+    100 s (the first plan alone: 160 s). 2 s per step, then 0.5 s: it plans 150, then more, but
+    never more than the config's 200 steps. The schedule decays to zero over the final count."""
+    from HermesSegmentLib.training import trainer as trainer_module
+
+    reserve = trainer_module._EXPORT_RESERVE
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module.time, "time", lambda: clock[0])
+    cases = {"slower": (lambda step: 1.0 if step < 40 else 2.0, 500, 100.0),
+             "faster": (lambda step: 2.0 if step < 40 else 0.5, 200, 300.0)}
+    for name, (seconds, config_steps, budget) in cases.items():
+        clock[0] = 1000.0
+        trainer = _trainer(tmp_path / name, tiny_data, steps=config_steps, checkpoint_every=1000, log_every=1000)
+
+        def timed_step(trainer=trainer, seconds=seconds):
+            # Only the clock, the step count and the schedule matter here: no batch, no gradients.
+            clock[0] += seconds(trainer.step)
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+            trainer.step += 1
+            return dict.fromkeys(trainer_module._LOG_COLUMNS[2:-1], 0.0)
+
+        monkeypatch.setattr(trainer, "train_step", timed_step)
+        _fit(trainer, time_limit=reserve + budget)
+        assert trainer.step == trainer.config.steps
+        assert trainer.scheduler.get_last_lr()[0] == 0.0
+        if name == "slower":
+            assert 60 < trainer.step < 80 and clock[0] - 1000.0 <= budget + 5
+        else:
+            assert trainer.step == config_steps and clock[0] - 1000.0 <= budget
+
+
 def test_stop_after_pauses_with_a_checkpoint_and_resume_finishes_the_same_schedule(tmp_path, tiny_data):
     paused = _trainer(tmp_path, tiny_data, steps=4)
     assert paused.fit(stop_after=2) is None

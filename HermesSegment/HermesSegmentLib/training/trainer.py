@@ -108,6 +108,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.config.warmup_steps, self.config.steps))
         self.step = 0
+        # A time-limited run fits its steps to the limit, at most these (see _fit_to_time_limit).
+        self._requested_steps = config.steps
+        self._refit_every = _CALIBRATION_STEPS
         self.train_cases: list[Case] | None = None
         self.sampler: Sampler | None = None
         self.batches: Iterator[Batch] | None = None  # from worker processes, when config.workers > 0
@@ -246,8 +249,9 @@ class Trainer:
 
         ``time_limit`` (seconds, from now): after ``_CALIBRATION_STEPS`` steps the run measures its
         pace and lowers ``steps`` so that training ends about ``_EXPORT_RESERVE`` seconds before the
-        limit, leaving that for validation and export; the learning-rate schedule follows the new
-        count (printed, and needed as ``--steps`` to resume such a run). ``stop_after``: pause at
+        limit, leaving that for validation and export, and measures it again every tenth of the run
+        (never above the config's ``steps``); the learning-rate schedule follows the new count
+        (printed, and needed as ``--steps`` to resume such a run). ``stop_after``: pause at
         that step (checkpoint written, nothing exported; returns None): ``--resume`` continues the
         same schedule, possibly with a changed config (the demo model's stage B did)."""
         if self.context.is_main:
@@ -301,23 +305,33 @@ class Trainer:
     def _fit_to_time_limit(self, limit: float, started: float, first_step: int, pace_from: tuple[int, float] | None,
                            bar) -> tuple[int, float] | None:
         """Measure the pace once warm (the first steps compile kernels and fill the workers' queues),
-        then fix ``steps`` to fit the time limit; returns the pace's starting point."""
+        then fix ``steps`` to fit the time limit; measure it again every tenth of the run and fit
+        again, since the first steps' pace can be far from the rest's (a CPU stage planned 6635 steps
+        from its first 20 and then ran 40 % slower: another process had started). Returns where the
+        pace is measured from."""
         now = time.time()
         done = self.step - first_step
         if done == _CALIBRATION_STEPS // 3:
             return self.step, now
-        if done == _CALIBRATION_STEPS and pace_from is not None:
-            seconds_per_step = (now - pace_from[1]) / (self.step - pace_from[0])
-            fit = self.step + int(max(0.0, limit - _EXPORT_RESERVE - (now - started)) / seconds_per_step)
-            steps = distributed.broadcast_int(min(self.config.steps, max(fit, self.step + 1)), self.context)
-            self.config = dataclasses.replace(self.config, steps=steps)
-            if bar is not None:
-                bar.total = steps
-            if self.context.is_main:
-                (bar.write if bar is not None else print)(
-                    f"time limit {limit:.0f} s: {seconds_per_step:.3f} s per step, training to step {steps} "
-                    f"(resume with --steps {steps})")
-        return pace_from
+        if pace_from is None or done < _CALIBRATION_STEPS:
+            return pace_from
+        since = self.step - pace_from[0]
+        first = done == _CALIBRATION_STEPS
+        if not first and since < self._refit_every:
+            return pace_from
+        seconds_per_step = (now - pace_from[1]) / since
+        fit = self.step + int(max(0.0, limit - _EXPORT_RESERVE - (now - started)) / seconds_per_step)
+        steps = distributed.broadcast_int(min(self._requested_steps, max(fit, self.step + 1)), self.context)
+        if first:
+            self._refit_every = max(_CALIBRATION_STEPS, (steps - self.step) // 10)
+        if (first or steps != self.config.steps) and self.context.is_main:
+            (bar.write if bar is not None else print)(
+                f"time limit {limit:.0f} s: {seconds_per_step:.3f} s per step, training to step {steps} "
+                f"(resume with --steps {steps})")
+        self.config = dataclasses.replace(self.config, steps=steps)
+        if bar is not None:
+            bar.total = steps
+        return self.step, now
 
     # ------------------------------------------------------------------ validation
     def validate(self, network: torch.nn.Module | None = None) -> dict[str, Any]:
