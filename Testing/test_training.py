@@ -108,6 +108,7 @@ def test_config_errors_are_one_line(tmp_path, tiny_data):
     assert "multiples of 16" in error_for(window=[30, 32, 32])
     assert "unknown key 'stepz'" in error_for(stepz=3)
     assert "'weights_dtype' must be one of float32, float16, bfloat16" in error_for(weights_dtype="float8")
+    assert "'recall_until' must be between 0.0 and 1.0" in error_for(recall_until=1.5)
 
 
 def test_ingestion_of_generated_phantoms_is_cached(tmp_path, monkeypatch):
@@ -361,6 +362,23 @@ def test_the_recall_term_pushes_an_unseen_small_target_up_where_dice_and_bce_bar
     # found targets: the term is small (it fades as the target's voxels reach p = 1)
     found = torch.where(masks > 0, torch.tensor(8.0), torch.tensor(-8.0))
     assert float(partial_label_loss(found, masks, valid, 0.1) - partial_label_loss(found, masks, valid)) < 1e-3
+
+
+def test_the_recall_term_is_on_for_the_first_recall_until_of_the_steps_only(tmp_path, tiny_data, monkeypatch):
+    """recall_until 0.5 of 4 steps: the loss gets recall_weight at steps 0-1 and 0 at steps 2-3."""
+    from HermesSegmentLib.training import trainer as trainer_module
+
+    used: list[float] = []
+
+    def recording_loss(logits, masks, valid, recall_weight=0.0):
+        used.append(recall_weight)
+        return partial_label_loss(logits, masks, valid, recall_weight)
+
+    monkeypatch.setattr(trainer_module, "partial_label_loss", recording_loss)
+    trainer = _trainer(tmp_path, tiny_data, steps=4, recall_weight=0.3, recall_until=0.5)
+    for _ in range(4):
+        trainer.train_step()
+    assert used == [0.3, 0.3, 0.0, 0.0]
 
 
 def test_queries_are_random_subsets_of_annotated_targets(tmp_path, tiny_data):

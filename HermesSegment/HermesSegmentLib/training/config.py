@@ -49,7 +49,7 @@ _TOP_KEYS = {
     "ema_decay", "seed", "val_fraction", "val_overlap", "checkpoint_every", "log_every", "foreground_fraction",
     "max_queries", "augment", "medcontext", "medcontext_weight", "medcontext_mask_ratio",
     "medcontext_patch", "offer_min_dice", "cache_dir", "query_consistency", "workers", "slab_fraction",
-    "normalization", "recall_weight", "query", "weights_dtype",
+    "normalization", "recall_weight", "recall_until", "query", "weights_dtype",
 }
 # What each crop asks the network (``query``): see TrainingConfig.query.
 QUERIES = ("annotated_subset", "modality")
@@ -131,6 +131,9 @@ class TrainingConfig:
     workers: int = 0  # batch-making worker processes (0: batches are made in the training process)
     slab_fraction: float = 0.0  # crops cut to a random slab, as a partial scan looks to the sliding window
     recall_weight: float = 0.0  # weight of the mean BCE over a target's own voxels (losses.per_task_losses)
+    # The fraction of the run's steps with the recall term on; off after: it finds new organs, and
+    # then leaves their masks too large (docs/experiments.md, section 6j).
+    recall_until: float = 1.0
     # Intensity normalisation per modality, as the manifest writes it (e.g. {"CT": {"method":
     # "clip_scale", ...}}); a modality not listed gets its fine-tuned package's, else the default.
     normalization: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -148,6 +151,11 @@ class TrainingConfig:
     def normalization_for(self, modality: str) -> dict[str, Any]:
         """The normalisation training applies to (and the manifest records for) ``modality``."""
         return dict(self.normalization.get(modality) or default_normalization(modality))
+
+    def recall_weight_at(self, step: int) -> float:
+        """The recall term's weight at ``step`` (0-based) of a ``steps``-step run: ``recall_weight``
+        for the first ``recall_until`` of the steps, 0 after."""
+        return self.recall_weight if step < self.recall_until * self.steps else 0.0
 
     @property
     def queries_per_sample(self) -> int:
@@ -360,7 +368,8 @@ def _check_ranges(c: TrainingConfig, name: str) -> None:
     fractions = {"val_fraction": (c.val_fraction, 0.0, 0.9), "ema_decay": (c.ema_decay, 0.0, 1.0),
                  "foreground_fraction": (c.foreground_fraction, 0.0, 1.0), "val_overlap": (c.val_overlap, 0.0, 0.95),
                  "medcontext_mask_ratio": (c.medcontext_mask_ratio, 0.0, 0.95),
-                 "slab_fraction": (c.slab_fraction, 0.0, 1.0), "recall_weight": (c.recall_weight, 0.0, 10.0)}
+                 "slab_fraction": (c.slab_fraction, 0.0, 1.0), "recall_weight": (c.recall_weight, 0.0, 10.0),
+                 "recall_until": (c.recall_until, 0.0, 1.0)}
     for key, (value, lo, hi) in fractions.items():
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise HermesError(f"{name}: '{key}' must be between {lo} and {hi}, got {value!r}")

@@ -182,7 +182,7 @@ class Trainer:
             logits, other_logits = logits.chunk(2)
             modality_logits, modality = modality_logits[:len(logits)], modality[:len(logits)]
             query_term = query_consistency_loss(logits, other_logits, match.to(self.device))
-        segmentation = partial_label_loss(logits, masks, valid, self.config.recall_weight)
+        segmentation = partial_label_loss(logits, masks, valid, self.config.recall_weight_at(self.step))
         mod = modality_loss(modality_logits, modality)
         if teacher_logits is not None:
             consistency = consistency_loss(logits, teacher_logits, valid)
