@@ -2,7 +2,8 @@
 
 Slicer's wrapper is pure Python but ships only inside Slicer, so this is an independent
 implementation of the part of its documented API the module uses, with the behaviours a widget must
-cope with in the released versions (see /work/notes/slicer_api.md for the evidence):
+cope with in the released versions (read in Slicer's own source at v5.6.2, v5.8.1, v5.10.0 and main:
+``Base/Python/slicer/parameterNodeWrapper/wrapper.py`` and ``guiConnectors.py``):
 
 - ``@parameterNodeWrapper`` on a class of annotated fields: ``bool``, ``int``, ``float``, ``str`` and
   MRML node classes; ``Annotated[float, WithinRange(lo, hi), Decimals(n)]``; defaults by ``=``;
