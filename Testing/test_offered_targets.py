@@ -40,8 +40,11 @@ def test_every_trained_pair_is_measured_offered_or_not(mr_test_data):
         assert set(measured[metric]) == {"MR-T1"}
         assert set(measured[metric]["MR-T1"]) == {"liver", "spleen", "kidney_left", "kidney_right"}
         assert all(0.0 <= d <= 1.0 for d in measured[metric]["MR-T1"].values())
-    # A real model on a real (small) phantom: the liver is found.
+    # A real model on a real (small) phantom: the liver is found, at about its size.
     assert measured["test_dice"]["MR-T1"]["liver"] > 0.5
+    assert 0.5 < measured["volume_ratio"]["MR-T1"]["liver"] < 2.0
+    (case,) = measured["per_case"].values()
+    assert case["volume_ratio"]["liver"] == pytest.approx(measured["volume_ratio"]["MR-T1"]["liver"], abs=1e-3)
 
 
 def test_a_split_of_a_partially_annotated_dataset_is_the_test_set(mr_test_data, tmp_path):
@@ -106,7 +109,7 @@ def test_the_slab_check_measures_only_the_pairs_at_the_bar():
 
 def test_the_offer_can_come_from_earlier_reports_of_disjoint_test_sets(tmp_path, capsys):
     phantom_report = {"test_dice": {"MR-T1": {"liver": 0.9, "spleen": 0.5}}, "test_cases": {"PhantomMR_T1": 3},
-                      "per_case": {"PhantomMR_T1/a": {}}}
+                      "per_case": {"PhantomMR_T1/a": {}}, "volume_ratio": {"MR-T1": {"liver": 1.1}}}
     real_report = {"test_dice": {"CT": {"liver": 0.86}}, "test_cases": {"RealCT": 2}, "per_case": {"RealCT/b": {}}}
     reports = []
     for name, report in (("phantoms.json", phantom_report), ("real.json", real_report)):
@@ -117,6 +120,7 @@ def test_the_offer_can_come_from_earlier_reports_of_disjoint_test_sets(tmp_path,
     loaded = models.load(out)
     assert loaded.targets_for("MR-T1") == ["liver"] and loaded.targets_for("CT") == ["liver"]
     assert loaded.manifest["provenance"]["metrics"]["test_cases"] == {"PhantomMR_T1": 3, "RealCT": 2}
+    assert set_offered_targets.merge_reports([phantom_report, real_report])["volume_ratio"] == {"MR-T1": {"liver": 1.1}}
     with pytest.raises(HermesError, match="MR-T1 liver is measured in two reports"):
         set_offered_targets.merge_reports([phantom_report, phantom_report])
     with pytest.raises(SystemExit):

@@ -76,17 +76,18 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
             progress=print, raw: bool = True) -> dict:
     """Mean Dice per (modality, target) on every test case of ``test_data`` (``split``: the cases of
     that split in datasets with a cases.json), with the default post-processing (``test_dice``)
-    and without (``test_dice_raw``); ``per_case`` keeps every score; ``unusual_references`` names
+    and without (``test_dice_raw``); ``volume_ratio``: the median over the cases of the
+    post-processed mask's volume / the reference's (above 1: the masks are too large; an empty
+    reference is left out); ``per_case`` keeps every score and ratio; ``unusual_references`` names
     the reference contours far from their target's median volume (counted in the means all the same)."""
     import SimpleITK as sitk
-
-    from HermesSegmentLib.pipeline import segment_image
 
     pairs = trained_pairs(loaded.manifest)
     everything = offering_every_trained_pair(loaded)
     config = load_config(config_path, data_root=test_data)
     runs = [("test_dice", PostprocessOptions())] + ([("test_dice_raw", RAW)] if raw else [])
     scores: dict[str, dict[str, dict[str, list[float]]]] = {metric: {} for metric, _ in runs}
+    ratios: dict[str, dict[str, list[float]]] = {}
     cases: dict[str, int] = {}
     per_case: dict[str, dict[str, dict[str, float]]] = {}
     volumes: list[dict] = []  # per (case, target) of a dataset: the reference's volume
@@ -108,14 +109,13 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
             voxel_ml = float(np.prod(image.GetSpacing())) / 1000
             volumes += [{"case": f"{spec.name}/{case.case}", "target": f"{spec.name}/{t}",
                          "truth_ml": float(truth[i].sum()) * voxel_ml} for i, t in enumerate(asked)]
-            for metric, options in runs:
-                result = segment_image(image, modality=spec.modality, targets=asked, model=everything, device="cpu",
-                                       precision="float32", postprocess=options)
-                for i, mask in enumerate(result.masks):
-                    score = dice(mask.full(truth.shape[1:]), truth[i])
-                    scores[metric].setdefault(spec.modality, {}).setdefault(asked[i], []).append(score)
-                    case_scores = per_case.setdefault(f"{spec.name}/{case.case}", {}).setdefault(metric, {})
-                    case_scores[asked[i]] = round(score, 4)
+            found = score_case(everything, image, truth, spec.modality, asked, runs)
+            case_scores = per_case.setdefault(f"{spec.name}/{case.case}", {})
+            for metric, by_target in found.items():
+                case_scores[metric] = {t: round(v, 4 if metric != "volume_ratio" else 3) for t, v in by_target.items()}
+                into = ratios if metric == "volume_ratio" else scores[metric]
+                for target, value in by_target.items():
+                    into.setdefault(spec.modality, {}).setdefault(target, []).append(value)
             cases[spec.name] = cases.get(spec.name, 0) + 1
             progress(f"{spec.name} {case.case}: " + ", ".join(f"{t} {d:.3f}" for t, d in
                                                              per_case[f"{spec.name}/{case.case}"]["test_dice"].items()))
@@ -125,7 +125,27 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     for u in unusual:
         progress(f"check the reference: {u['case']} {u['target']} {u['truth_ml']:.1f} ml, {u['ratio']:.2g}x "
                  f"the median {u['median_ml']:.1f} ml")
+    means["volume_ratio"] = {m: {t: round(float(np.median(v)), 3) for t, v in ts.items()} for m, ts in ratios.items()}
     return {**means, "test_cases": cases, "per_case": per_case, "unusual_references": unusual}
+
+
+def score_case(model: LoadedModel, image, truth: np.ndarray, modality: str, targets: list[str],
+               runs: list[tuple[str, PostprocessOptions]]) -> dict[str, dict[str, float]]:
+    """One case through ``segment_image`` once per (metric, post-processing) of ``runs``: {metric:
+    {target: Dice}}, plus "volume_ratio": {target: mask volume / reference volume} of the first run
+    (targets whose reference is empty left out). truth: bool (targets, z, y, x) on the image's grid."""
+    from HermesSegmentLib.pipeline import segment_image
+
+    found: dict[str, dict[str, float]] = {"volume_ratio": {}}
+    for metric, options in runs:
+        result = segment_image(image, modality=modality, targets=targets, model=model, device="cpu",
+                               precision="float32", postprocess=options)
+        found[metric] = {t: dice(mask.full(truth.shape[1:]), truth[i]) for i, (t, mask) in
+                         enumerate(zip(targets, result.masks))}
+        if metric == runs[0][0]:
+            found["volume_ratio"] = {t: mask.voxels / float(truth[i].sum()) for i, (t, mask) in
+                                     enumerate(zip(targets, result.masks)) if truth[i].any()}
+    return found
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -133,7 +153,7 @@ def merge_reports(reports: list[dict]) -> dict:
     target) pair measured in two of them is a :class:`HermesError`: which one should decide?)."""
     merged: dict = {"test_dice": {}, "test_cases": {}, "per_case": {}, "unusual_references": []}
     for report in reports:
-        for metric in ("test_dice", "test_dice_raw"):
+        for metric in ("test_dice", "test_dice_raw", "volume_ratio"):
             for modality, scores in report.get(metric, {}).items():
                 into = merged.setdefault(metric, {}).setdefault(modality, {})
                 for target, value in scores.items():
