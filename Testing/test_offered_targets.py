@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from HermesSegmentLib import models, phantoms
@@ -66,6 +67,18 @@ def test_a_split_of_a_partially_annotated_dataset_is_the_test_set(mr_test_data, 
         set_offered_targets.measure(models.load(DEMO), config, data, progress=lambda message: None)
     with pytest.raises(HermesError, match="no case of split"):
         set_offered_targets.measure(models.load(DEMO), config, data, "train", progress=lambda message: None)
+
+    # --dataset: one dataset of a config whose other datasets are not in the test folder
+    raw = yaml.safe_load(config.read_text())
+    raw["datasets"].append({**raw["datasets"][0], "name": "Elsewhere", "path": "Dataset999_NotHere"})
+    config.write_text(yaml.safe_dump(raw))
+    only = set_offered_targets.measure(models.load(DEMO), config, data, "validation", progress=lambda message: None,
+                                       only=("PhantomMR_T1",))
+    assert only["test_dice"] == measured["test_dice"]
+    with pytest.raises(HermesError, match="folder not found"):
+        set_offered_targets.measure(models.load(DEMO), config, data, "validation", only=("Elsewhere",))
+    with pytest.raises(HermesError, match="no dataset 'Typo'.*PhantomMR_T1, Elsewhere"):
+        set_offered_targets.measure(models.load(DEMO), config, data, "validation", only=("Typo",))
 
 
 def test_the_bar_decides_what_is_offered(mr_test_data, tmp_path, capsys):

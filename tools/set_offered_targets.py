@@ -4,6 +4,8 @@ Dice in its manifest, and offer the (modality, target) pairs that reach a bar.
     python tools/set_offered_targets.py PACKAGE.safetensors --config CONFIG.yaml --test-data DIR \
         --min-dice 0.85 [--slab-cases 2] [--version V] [--out OUT.safetensors] [--report REPORT.json]
     python tools/set_offered_targets.py PACKAGE.safetensors --measured PHANTOMS.json REAL.json ...
+    python tools/set_offered_targets.py PACKAGE.safetensors --config CONFIG.yaml --test-data DIR \
+        --dataset NAME --split SPLIT --measure-only --report REAL.json      # one dataset of the config
 
 ``DIR`` holds the config's datasets under the same folder names (nnU-Net layout), for instance
 phantoms generated with another seed than the training data
@@ -47,7 +49,7 @@ from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.evaluation import dice, unusual_references
 from HermesSegmentLib.models import LoadedModel, save, weights_dtype
 from HermesSegmentLib.postprocess import PostprocessOptions
-from HermesSegmentLib.training.config import load_config
+from HermesSegmentLib.training.config import DatasetSpec, load_config
 from HermesSegmentLib.training.datasets import CASES_FILE, find_cases, target_masks
 
 RAW = PostprocessOptions(side_constraint=False, single_piece=False)
@@ -73,25 +75,27 @@ def offering_every_trained_pair(loaded: LoadedModel) -> LoadedModel:
 
 
 def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str | None = None,
-            progress=print, raw: bool = True) -> dict:
+            progress=print, raw: bool = True, only: tuple[str, ...] = ()) -> dict:
     """Mean Dice per (modality, target) on every test case of ``test_data`` (``split``: the cases of
     that split in datasets with a cases.json), with the default post-processing (``test_dice``)
     and without (``test_dice_raw``); ``volume_ratio``: the median over the cases of the
     post-processed mask's volume / the reference's (above 1: the masks are too large; an empty
     reference is left out); ``per_case`` keeps every score and ratio; ``unusual_references`` names
-    the reference contours far from their target's median volume (counted in the means all the same)."""
+    the reference contours far from their target's median volume (counted in the means all the same).
+    ``only``: measure these datasets of the config (by name) and no other; ``test_data`` need
+    not hold the rest."""
     import SimpleITK as sitk
 
     pairs = trained_pairs(loaded.manifest)
     everything = offering_every_trained_pair(loaded)
-    config = load_config(config_path, data_root=test_data)
+    specs = test_datasets(config_path, test_data, only)
     runs = [("test_dice", PostprocessOptions())] + ([("test_dice_raw", RAW)] if raw else [])
     scores: dict[str, dict[str, dict[str, list[float]]]] = {metric: {} for metric, _ in runs}
     ratios: dict[str, dict[str, list[float]]] = {}
     cases: dict[str, int] = {}
     per_case: dict[str, dict[str, dict[str, float]]] = {}
     volumes: list[dict] = []  # per (case, target) of a dataset: the reference's volume
-    for spec in config.datasets:
+    for spec in specs:
         if (spec.path / CASES_FILE).is_file():
             if split is None:
                 raise HermesError(f"dataset '{spec.name}' has a {CASES_FILE}: "
@@ -127,6 +131,23 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
                  f"the median {u['median_ml']:.1f} ml")
     means["volume_ratio"] = {m: {t: round(float(np.median(v)), 3) for t, v in ts.items()} for m, ts in ratios.items()}
     return {**means, "test_cases": cases, "per_case": per_case, "unusual_references": unusual}
+
+
+def test_datasets(config_path: Path, test_data: Path, only: tuple[str, ...] = ()) -> tuple[DatasetSpec, ...]:
+    """The config's datasets under ``test_data``; with ``only``, those named (an unknown name or a
+    missing folder is a :class:`HermesError`)."""
+    config = load_config(config_path, data_root=test_data, check_paths=not only)
+    if not only:
+        return config.datasets
+    names = [spec.name for spec in config.datasets]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise HermesError(f"{config_path.name} has no dataset '{unknown[0]}'; its datasets: {', '.join(names)}")
+    specs = tuple(spec for spec in config.datasets if spec.name in only)
+    missing = [spec for spec in specs if not spec.path.is_dir()]
+    if missing:
+        raise HermesError(f"dataset '{missing[0].name}': folder not found: {missing[0].path}")
+    return specs
 
 
 def score_case(model: LoadedModel, image, truth: np.ndarray, modality: str, targets: list[str],
@@ -233,6 +254,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, help="also write the measured Dice as JSON")
     parser.add_argument("--data-label", help="how the manifest names the test data (default: DIR's path)")
     parser.add_argument("--split", help="in datasets with a cases.json, the split whose cases are the test set")
+    parser.add_argument("--dataset", action="append", default=[], metavar="NAME",
+                        help="measure only this dataset of the config (repeatable); --test-data need not hold the rest")
     parser.add_argument("--no-raw", action="store_true",
                         help="skip the second run without post-processing (half the time; no test_dice_raw)")
     parser.add_argument("--slab-cases", type=int, default=0,
@@ -255,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.measured:
         measured = merge_reports([json.loads(path.read_text(encoding="utf-8")) for path in args.measured])
     else:
-        measured = measure(loaded, args.config, args.test_data, args.split, raw=not args.no_raw)
+        measured = measure(loaded, args.config, args.test_data, args.split, raw=not args.no_raw,
+                           only=tuple(args.dataset))
     if args.measure_only:
         if args.report:
             args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
