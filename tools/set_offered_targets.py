@@ -88,7 +88,7 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
 
     pairs = trained_pairs(loaded.manifest)
     everything = offering_every_trained_pair(loaded)
-    specs = test_datasets(config_path, test_data, only)
+    specs = datasets_to_measure(config_path, test_data, only)
     runs = [("test_dice", PostprocessOptions())] + ([("test_dice_raw", RAW)] if raw else [])
     scores: dict[str, dict[str, dict[str, list[float]]]] = {metric: {} for metric, _ in runs}
     ratios: dict[str, dict[str, list[float]]] = {}
@@ -133,7 +133,7 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
     return {**means, "test_cases": cases, "per_case": per_case, "unusual_references": unusual}
 
 
-def test_datasets(config_path: Path, test_data: Path, only: tuple[str, ...] = ()) -> tuple[DatasetSpec, ...]:
+def datasets_to_measure(config_path: Path, test_data: Path, only: tuple[str, ...] = ()) -> tuple[DatasetSpec, ...]:
     """The config's datasets under ``test_data``; with ``only``, those named (an unknown name or a
     missing folder is a :class:`HermesError`)."""
     config = load_config(config_path, data_root=test_data, check_paths=not only)
