@@ -24,7 +24,6 @@ HN="$(realpath "${3:-../shared/data/Dataset901_OpenKBP_HN}")"
 PY="${PYTHON:-.venv/bin/python}"
 CONFIG=HermesSegment/Resources/Models/demo_training.yaml
 export OMP_NUM_THREADS=1  # the two measurements run side by side, one core each
-mkdir -p "$OUT/data"
 [ -d "$OUT/data/standard" ] || "$PY" -m HermesSegmentLib.cli phantoms --out "$OUT/data/standard" \
   --cases-per-dataset 16 --seed 1000
 [ -d "$OUT/data/metaball" ] || "$PY" -m HermesSegmentLib.cli phantoms --out "$OUT/data/metaball" \

@@ -113,13 +113,13 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
             voxel_ml = float(np.prod(image.GetSpacing())) / 1000
             volumes += [{"case": f"{spec.name}/{case.case}", "target": f"{spec.name}/{t}",
                          "truth_ml": float(truth[i].sum()) * voxel_ml} for i, t in enumerate(asked)]
-            found = score_case(everything, image, truth, spec.modality, asked, runs)
+            dice_by_metric, volume_ratios = score_case(everything, image, truth, spec.modality, asked, runs)
             case_scores = per_case.setdefault(f"{spec.name}/{case.case}", {})
-            for metric, by_target in found.items():
-                case_scores[metric] = {t: round(v, 4 if metric != "volume_ratio" else 3) for t, v in by_target.items()}
-                into = ratios if metric == "volume_ratio" else scores[metric]
-                for target, value in by_target.items():
-                    into.setdefault(spec.modality, {}).setdefault(target, []).append(value)
+            for metric, by_target in dice_by_metric.items():
+                case_scores[metric] = {t: round(v, 4) for t, v in by_target.items()}
+                _collect(scores[metric].setdefault(spec.modality, {}), by_target)
+            case_scores["volume_ratio"] = {t: round(v, 3) for t, v in volume_ratios.items()}
+            _collect(ratios.setdefault(spec.modality, {}), volume_ratios)
             cases[spec.name] = cases.get(spec.name, 0) + 1
             progress(f"{spec.name} {case.case}: " + ", ".join(f"{t} {d:.3f}" for t, d in
                                                              per_case[f"{spec.name}/{case.case}"]["test_dice"].items()))
@@ -131,6 +131,12 @@ def measure(loaded: LoadedModel, config_path: Path, test_data: Path, split: str 
                  f"the median {u['median_ml']:.1f} ml")
     means["volume_ratio"] = {m: {t: round(float(np.median(v)), 3) for t, v in ts.items()} for m, ts in ratios.items()}
     return {**means, "test_cases": cases, "per_case": per_case, "unusual_references": unusual}
+
+
+def _collect(into: dict[str, list[float]], values: dict[str, float]) -> None:
+    """Append each target's value of one case to its list."""
+    for target, value in values.items():
+        into.setdefault(target, []).append(value)
 
 
 def datasets_to_measure(config_path: Path, test_data: Path, only: tuple[str, ...] = ()) -> tuple[DatasetSpec, ...]:
@@ -151,22 +157,23 @@ def datasets_to_measure(config_path: Path, test_data: Path, only: tuple[str, ...
 
 
 def score_case(model: LoadedModel, image, truth: np.ndarray, modality: str, targets: list[str],
-               runs: list[tuple[str, PostprocessOptions]]) -> dict[str, dict[str, float]]:
-    """One case through ``segment_image`` once per (metric, post-processing) of ``runs``: {metric:
-    {target: Dice}}, plus "volume_ratio": {target: mask volume / reference volume} of the first run
-    (targets whose reference is empty left out). truth: bool (targets, z, y, x) on the image's grid."""
+               runs: list[tuple[str, PostprocessOptions]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """One case through ``segment_image`` once per (metric, post-processing) of ``runs``: ({metric:
+    {target: Dice}}, {target: mask volume / reference volume} of the first run, targets whose
+    reference is empty left out). truth: bool (targets, z, y, x) on the image's grid."""
     from HermesSegmentLib.pipeline import segment_image
 
-    found: dict[str, dict[str, float]] = {"volume_ratio": {}}
+    dice_by_metric: dict[str, dict[str, float]] = {}
+    volume_ratios: dict[str, float] = {}
     for metric, options in runs:
         result = segment_image(image, modality=modality, targets=targets, model=model, device="cpu",
                                precision="float32", postprocess=options)
-        found[metric] = {t: dice(mask.full(truth.shape[1:]), truth[i]) for i, (t, mask) in
-                         enumerate(zip(targets, result.masks))}
-        if metric == runs[0][0]:
-            found["volume_ratio"] = {t: mask.voxels / float(truth[i].sum()) for i, (t, mask) in
-                                     enumerate(zip(targets, result.masks)) if truth[i].any()}
-    return found
+        dice_by_metric[metric] = {t: dice(mask.full(truth.shape[1:]), truth[i]) for i, (t, mask) in
+                                  enumerate(zip(targets, result.masks))}
+        if not volume_ratios:
+            volume_ratios = {t: mask.voxels / float(truth[i].sum()) for i, (t, mask) in
+                             enumerate(zip(targets, result.masks)) if truth[i].any()}
+    return dice_by_metric, volume_ratios
 
 
 def merge_reports(reports: list[dict]) -> dict:
