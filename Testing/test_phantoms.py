@@ -216,6 +216,19 @@ def test_domain_randomisation_varies_anatomy_and_appearance_far_more_and_stays_d
         phantoms.generate_case(3, "CT", randomization=1.5)
 
 
+def test_randomised_abdominal_fields_of_view_sometimes_hold_the_pelvis():
+    """A CT model that never saw a pelvis takes pelvic structures for a kidney (the whole-torso
+    phantom of `make demo`): randomised abdominal cases may reach the bladder, standard ones never."""
+    def with_bladder(randomization):
+        return sum("urinary_bladder" in phantoms.generate_case(seed, "CT", region="abdomen", orientation="LPS",
+                                                                 max_voxels=20_000, supersample=False,
+                                                                 randomization=randomization)[2]["volumes_ml"]
+                   for seed in range(10))
+
+    assert with_bladder(0.0) == 0
+    assert 2 <= with_bladder(1.0) <= 8
+
+
 def test_metaball_family_is_deterministic_per_seed_and_holds_the_ct_targets(tmp_path: Path):
     """The second, independent family (evaluation only): same seed, same bytes; every target there."""
     from HermesSegmentLib.phantoms import metaball

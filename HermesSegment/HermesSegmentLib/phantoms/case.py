@@ -37,10 +37,10 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
             (partial volume); False renders at the stored resolution (faster).
         randomization: 0 (the standard phantoms) to 1: domain randomisation in the spirit of
             SynthSeg (Billot et al. 2023) -- patient size, pose and organ size, position and
-            shape vary 2.5x as much, the field of view may cut the region, and every tissue's
-            intensity, the contrast, noise, blur and bias field vary far more (see
-            :func:`appearance.tissue_lut`, :func:`appearance.apply_modality`). Training on it
-            keeps a model from learning one generator's look.
+            shape vary 2.5x as much, the field of view may cut the region or reach up to 180 mm
+            beyond it, and every tissue's intensity, the contrast, noise, blur and bias field vary
+            far more (see :func:`appearance.tissue_lut`, :func:`appearance.apply_modality`).
+            Training on it keeps a model from learning one generator's look.
 
     Returns:
         (image, labelmap, truth_info): image is int16 HU for CT, float32 for MR (a.u., ~0-2000)
@@ -69,7 +69,10 @@ def generate_case(seed: int, modality: str, *, region: str = "torso",
         raise HermesError(f"spacing must be three positive numbers (x, y, z mm), got {spacing!r}")
     fov_xy = float(np.clip(2 * 165.0 * scale[0] * geo_rng.uniform(1.08, 1.3), 300.0, 480.0))
     z0, z1 = REGIONS[region]
-    margin = (10.0 - 70.0 * randomization, 40.0)  # negative: the field of view cuts into the region
+    # Negative: the field of view cuts into the region. Randomised, it may also reach far beyond it
+    # (an abdominal CT that holds the pelvis, as most clinical ones do): without that, a CT model
+    # never sees a pelvis and takes pelvic structures for a kidney (README, "What the demo model is").
+    margin = (10.0 - 70.0 * randomization, 40.0 + 140.0 * randomization)
     zlo = z0 * scale[2] + t[2] - geo_rng.uniform(*margin)
     zhi = z1 * scale[2] + t[2] + geo_rng.uniform(*margin)
     extent = np.array([fov_xy, fov_xy, zhi - zlo])
