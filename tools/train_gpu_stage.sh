@@ -9,7 +9,8 @@
 #      HN_FOLDER: the OpenKBP head-and-neck dataset in nnU-Net layout with dataset.json and
 #      cases.json (../shared/data/Dataset901_OpenKBP_HN). PACKED_DIR (default gpu-stage/, ignored
 #      by git) receives data/ (the demo config's training cases in model space: domain-randomised
-#      phantoms generated with seed 0 and OpenKBP's train-pats only -- its validation patients are
+#      phantoms generated with seed 0 at randomisation 0.5 (RANDOMIZATION=1 in the environment
+#      for the stronger one; docs/experiments.md, 6k) and OpenKBP's train-pats only -- its validation patients are
 #      never packed), wheels/ (MONAI and jsonschema with their dependencies, for Python 3.12) and,
 #      when INIT_PACKAGE is given, init.safetensors (the package to continue from; default: the
 #      bundled model). About 40 MB with 10 phantoms per dataset, 49 MB with a package.
@@ -45,7 +46,7 @@ if [ "$action" = prepare ]; then
   trap 'rm -rf "$scratch"' EXIT
   mkdir -p "$PACKED"
   "$PY" -m HermesSegmentLib.cli phantoms --out "$scratch/raw" --cases-per-dataset "$PER_DATASET" --seed 0 \
-    --randomization 1
+    --randomization "${RANDOMIZATION:-0.5}"
   ln -s "$HN" "$scratch/raw/Dataset901_OpenKBP_HN"
   rm -rf "$PACKED/data"
   "$PY" -m HermesSegmentLib.cli train "$CONFIG" --data-root "$scratch/raw" --out "$scratch/run" --prepare "$PACKED/data"
