@@ -9,9 +9,9 @@
 #      HN_FOLDER: the OpenKBP head-and-neck dataset in nnU-Net layout with dataset.json and
 #      cases.json (../shared/data/Dataset901_OpenKBP_HN). PACKED_DIR (default gpu-stage/, ignored
 #      by git) receives data/ (the demo config's training cases in model space: domain-randomised
-#      phantoms generated with seed 0 at randomisation 0.5 (RANDOMIZATION=1 in the environment
-#      for the stronger one; docs/experiments.md, 6k) and OpenKBP's train-pats only -- its validation patients are
-#      never packed), wheels/ (MONAI and jsonschema with their dependencies, for Python 3.12) and,
+#      phantoms generated with seed 0 at randomisation 0.5 -- RANDOMIZATION=1 in the environment
+#      for the stronger one, docs/experiments.md 6k -- and OpenKBP's train-pats only: its
+#      validation patients are never packed), wheels/ (MONAI and jsonschema with their dependencies, for Python 3.12) and,
 #      when INIT_PACKAGE is given, init.safetensors (the package to continue from; default: the
 #      bundled model). About 40 MB with 10 phantoms per dataset, 49 MB with a package.
 #   2. on the GPU machine, from the repository root:
