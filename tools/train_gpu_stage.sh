@@ -13,7 +13,8 @@
 #      for the stronger one, docs/experiments.md 6k -- and OpenKBP's train-pats only: its
 #      validation patients are never packed), wheels/ (MONAI and jsonschema with their
 #      dependencies, for Python 3.12) and, when INIT_PACKAGE is given, init.safetensors (the
-#      package to continue from; default: the bundled model). About 40 MB with 10 phantoms per dataset, 49 MB with a package.
+#      package to continue from; default: the bundled model). About 40 MB with 10 phantoms per
+#      dataset, 49 MB with a package.
 #   2. on the GPU machine, from the repository root:
 #        tools/train_gpu_stage.sh train [PACKED_DIR] OUT_DIR SECONDS [INIT_PACKAGE] [EXTRA TRAIN FLAGS...]
 #      installs the wheels into a scratch folder, then trains the demo config on cuda (bf16 autocast)
