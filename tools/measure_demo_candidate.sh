@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement that decides whether a demo-model candidate is bundled, in one command (CPU, this
-# repository's .venv; about 30 minutes on two cores for the 8-channel network):
+# repository's .venv; about 35 minutes on two cores for the 8-channel network):
 #
 #   tools/measure_demo_candidate.sh PACKAGE OUT_DIR [HN_FOLDER]
 #
