@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HermesSegment"))
 
 from HermesSegmentLib import models
+from HermesSegmentLib.atomic import write_text
 from HermesSegmentLib.errors import HermesError
 from HermesSegmentLib.evaluation import dice, unusual_references
 from HermesSegmentLib.models import LoadedModel, save, weights_dtype
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                            only=tuple(args.dataset))
     if args.measure_only:
         if args.report:
-            args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
+            write_text(args.report, json.dumps(measured, indent=2) + "\n")  # whole or absent: the script resumes on it
         print_scores(measured)
         return 0
     slabs = measure_slabs(loaded, measured, args.min_dice, args.slab_cases) if args.slab_cases else None
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest["version"] = args.version
     out = save(args.out or args.package, load_file(str(args.package)), manifest, dtype=weights_dtype(args.package))
     if args.report:
-        args.report.write_text(json.dumps(measured, indent=2) + "\n", encoding="utf-8")
+        write_text(args.report, json.dumps(measured, indent=2) + "\n")  # whole or absent: the script resumes on it
     print_scores(measured, args.min_dice)
     for modality, minima in (slabs or {}).items():
         failed = [f"{t} {v:.3f}" for t, v in minima.items() if v < args.min_slab_dice]
