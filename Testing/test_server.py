@@ -28,7 +28,7 @@ from HermesSegmentLib.errors import CancelledError, HermesError
 from HermesSegmentLib.mask import TargetMask
 from HermesSegmentLib.pipeline import SegmentOptions, segment_image
 from HermesSegmentLib.server.client import job_request
-from HermesSegmentLib.server.jobs import FairQueue, Job
+from HermesSegmentLib.server.jobs import STAGE_SPANS, FairQueue, Job
 from HermesSegmentLib.server.protocol import CLIENT_ID_HEADER, CLIENT_ID_PATTERN
 from HermesSegmentLib.writers import read_seg_nrrd
 
@@ -563,7 +563,9 @@ def test_console_api_with_server_imports_the_local_segments(server, crops):
     remote = MRMLLogic().segment(volume, "CT", "all", precision="float32", server=server.url, token=TOKEN,
                                  progress=lambda stage, fraction, message: stages.append(stage))
     owned_local, owned_remote = MRMLLogic.owned_segments(local), MRMLLogic.owned_segments(remote)
-    assert list(owned_local) == list(owned_remote) and "inference" in stages
+    # The client polls every 0.5 s: a small crop may pass through a stage between two polls, so only
+    # that the server's stages reached the callback is asserted, not which ones.
+    assert list(owned_local) == list(owned_remote) and stages and set(stages) <= {"queued", *STAGE_SPANS}
     for key in owned_local:
         assert segment_voxels(local, owned_local[key]) == segment_voxels(remote, owned_remote[key]), key
     assert sum(segment_voxels(remote, segment)[2] for segment in owned_remote.values()) > 1000
