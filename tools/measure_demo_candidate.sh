@@ -48,6 +48,7 @@ measure hn --config "$CONFIG" --test-data "$OUT/data/hn" --dataset OpenKBP_HN --
 wait "$phantoms"
 measure metaball --config "$OUT/data/metaball/metaball_config.yaml" --test-data "$OUT/data/metaball" &
 metaball=$!
+rm -f "$OUT/offered.safetensors"  # the demos below must not run an earlier offer
 "$PY" tools/set_offered_targets.py "$PACKAGE" --measured "$OUT/phantoms.json" "$OUT/hn.json" --slab-cases 2 \
   --out "$OUT/offered.safetensors" > "$OUT/offer.log" 2>&1 || true  # no pair at the bar is an answer too
 cat "$OUT/offer.log"

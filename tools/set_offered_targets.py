@@ -278,6 +278,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _write_report(path: Path | None, measured: dict) -> None:
+    # Whole or absent: tools/measure_demo_candidate.sh resumes on the reports it finds.
+    if path:
+        write_text(path, json.dumps(measured, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     from safetensors.torch import load_file
@@ -289,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure(loaded, args.config, args.test_data, args.split, raw=not args.no_raw,
                            only=tuple(args.dataset))
     if args.measure_only:
-        if args.report:
-            write_text(args.report, json.dumps(measured, indent=2) + "\n")  # whole or absent: the script resumes on it
+        _write_report(args.report, measured)
         print_scores(measured)
         return 0
     slabs = measure_slabs(loaded, measured, args.min_dice, args.slab_cases) if args.slab_cases else None
@@ -301,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         manifest["version"] = args.version
     out = save(args.out or args.package, load_file(str(args.package)), manifest, dtype=weights_dtype(args.package))
-    if args.report:
-        write_text(args.report, json.dumps(measured, indent=2) + "\n")  # whole or absent: the script resumes on it
+    _write_report(args.report, measured)
     print_scores(measured, args.min_dice)
     for modality, minima in (slabs or {}).items():
         failed = [f"{t} {v:.3f}" for t, v in minima.items() if v < args.min_slab_dice]
