@@ -311,3 +311,24 @@ def test_every_public_evaluation_name_resolves_on_first_use():
                for name in evaluation.__all__)
     with pytest.raises(AttributeError):
         evaluation.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("out, expected", [
+    ("gt.nii.gz", "must end in .csv"),  # the ground truth itself: never written over
+    ("labels.json", "must end in .csv"),
+    ("folder", "is a folder"),
+    ("missing/m.csv", "does not exist"),
+])
+def test_out_that_is_an_input_or_a_folder_fails_before_the_work_and_touches_nothing(tmp_path, capsys, out, expected):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"labels": {"liver": 1}}))
+    (tmp_path / "folder").mkdir()
+    write_labelmap(tmp_path / "pred.nii.gz", box((2, 2, 2), (6, 6, 6)), reference())
+    write_labelmap(tmp_path / "gt.nii.gz", box((2, 2, 2), (6, 6, 6)), reference())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    status = cli.main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "--labels", str(labels),
+                       "--out", str(tmp_path / out)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("error:") and expected in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert list((tmp_path / "folder").iterdir()) == []

@@ -112,6 +112,21 @@ def test_manifest_schema_rejects_a_broken_manifest(tiny_manifest):
         models.validate_manifest(bad_window)
 
 
+
+@pytest.mark.parametrize("normalization", [{"method": "clip_zscore", "clip": [500.0, -991.0]},
+                                           {"method": "percentile_clip_zscore", "percentiles": [98.0, 2.0]}])
+def test_a_reversed_normalisation_range_or_a_modality_listed_twice_is_refused(tiny_manifest, normalization):
+    reversed_range = copy.deepcopy(tiny_manifest)
+    reversed_range["modalities"][0]["normalization"] = normalization
+    with pytest.raises(HermesError, match="must go from low to high") as error:
+        models.validate_manifest(reversed_range)
+    assert "\n" not in str(error.value)
+    twice = copy.deepcopy(tiny_manifest)
+    twice["modalities"].append(copy.deepcopy(twice["modalities"][0]))
+    with pytest.raises(HermesError, match="listed twice"):
+        models.validate_manifest(twice)
+
+
 def test_newer_format_version_says_update(tiny_manifest):
     newer = dict(tiny_manifest, format_version=7)
     with pytest.raises(HermesError, match="update HermesSegment"):

@@ -92,6 +92,45 @@ def test_request_mistakes_are_one_line_errors(tiny_package, kwargs, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def _with_nan() -> sitk.Image:
+    image = sitk.Cast(ct_like(), sitk.sitkFloat32)
+    image[3, 4, 5] = float("nan")
+    return image
+
+
+def _spaced(spacing) -> sitk.Image:
+    image = ct_like()
+    image.SetSpacing(spacing)
+    return image
+
+
+@pytest.mark.parametrize("make_image, options, message", [
+    (lambda: ct_like()[:, :, 0], {}, "2D image"),
+    (lambda: sitk.JoinSeries([ct_like(), ct_like()]), {}, "4D image"),
+    (lambda: sitk.Compose([ct_like()] * 3), {}, "RGB/vector"),
+    (_with_nan, {}, "NaN values"),
+    (lambda: sitk.GetArrayFromImage(ct_like()), {}, "not a SimpleITK image"),
+    (lambda: "ct.nii.gz", {}, "not a SimpleITK image"),
+    # a header in micrometres, or broken: before, hours of resampling or "unexpected ValueError"
+    (lambda: _spaced((3000.0, 3.0, 4.0)), {}, "no scan is"),
+    (lambda: _spaced((1e-30, 3.0, 4.0)), {}, "no scan is"),
+    (ct_like, {"min_island_ml": -3.0}, "--min-island-ml"),
+    (ct_like, {"blending": "max"}, "unknown --blending"),
+    (ct_like, {"backend": "tensorrt"}, "unknown --backend"),
+])
+def test_images_and_options_the_model_cannot_use_are_one_line_errors_in_the_console_api(
+        tiny_package, make_image, options, message):
+    from HermesSegmentLib.pipeline import SegmentOptions
+    from HermesSegmentLib.postprocess import PostprocessOptions
+
+    island = options.pop("min_island_ml", None)
+    segment_options = SegmentOptions(model=tiny_package, device="cpu",
+                                     postprocess=PostprocessOptions(min_island_ml=island), **options)
+    with pytest.raises(HermesError) as error:
+        segment_image(make_image(), modality="CT", targets="all", options=segment_options)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
 def test_cancel_raises_before_anything_is_returned(tiny_package):
     token = CancelToken()
     token.cancel()

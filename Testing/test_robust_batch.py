@@ -61,6 +61,19 @@ def test_outputs_written_next_to_the_inputs_are_not_taken_for_new_cases(scans, t
     assert "skipped" in err
 
 
+def test_what_is_left_out_of_a_folder_is_said_on_the_warning_channel(scans, tiny_package, capsys):
+    from generated_inputs import write_dicom_series
+
+    pytest.importorskip("pydicom")
+    write_dicom_series(scans, lambda p: p[..., 2] - 1000.0, positions=[(-94.0, -94.0, 5.0 * k) for k in range(4)])
+    assert segment([scans], scans, tiny_package) == 0
+    capsys.readouterr()
+    assert segment([scans], scans, tiny_package, "--progress-json") == 0
+    warnings = [json.loads(line)["warning"] for line in capsys.readouterr().out.splitlines() if '"warning"' in line]
+    assert any("left out" in w and "ct.seg.nrrd" in w for w in warnings), warnings  # our output, as JSON
+    assert any("DICOM" in w and "IM01_" in w for w in warnings), warnings  # the series beside the image files
+
+
 def test_a_folder_of_outputs_is_not_segmented_again(scans, tmp_path, tiny_package, capsys):
     out = tmp_path / "out"
     assert segment([scans], out, tiny_package, "--format", "nifti", "--overlap-policy", "per_target",
@@ -111,6 +124,19 @@ def test_a_rerun_knows_which_input_made_which_output(tmp_path, tiny_package, cap
     after = snapshot(out)
     assert after["ct.seg.nrrd"] == before["ct.seg.nrrd"]
     assert after["ct_2.seg.nrrd"] != before["ct_2.seg.nrrd"]
+
+
+def test_a_rerun_asking_for_other_targets_is_not_skipped(scans, tmp_path, tiny_package, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(scans), "--modality", "CT", "--targets", "liver", "--model", str(tiny_package),
+                     "--out", str(out), "--device", "cpu", "--precision", "float32"]) == 0
+    capsys.readouterr()
+    assert segment([scans], out, tiny_package) == 0  # liver and spleen now: the one output file exists already
+    err = capsys.readouterr().err
+    assert "skipped" not in err, err
+    assert sitk.ReadImage(str(out / "ct.seg.nrrd")).GetMetaData("Segment1_Name")  # two segments now
+    assert segment([scans], out, tiny_package) == 0
+    assert "skipped" in capsys.readouterr().err
 
 
 def test_the_summary_has_one_row_per_case_and_target(scans, tmp_path, tiny_package):
@@ -184,6 +210,17 @@ def test_out_that_is_a_file_fails_before_the_work(scans, tmp_path, tiny_package,
         err = capsys.readouterr().err
         assert status == 2 and "--out" in err and len(err.strip().splitlines()) == 1, err
         assert "Traceback" not in err
+
+
+def test_another_table_called_summary_csv_fails_before_the_work(scans, tmp_path, tiny_package, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("patient,age\n1,42\n")  # the user's own table
+    status = segment([scans], out, tiny_package)
+    err = capsys.readouterr().err
+    assert status == 2 and "summary.csv" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # no case was segmented, nothing kept
+    assert (out / "summary.csv").read_text() == "patient,age\n1,42\n"
 
 
 def test_a_read_only_out_fails_before_the_work(scans, tmp_path, tiny_package):

@@ -83,6 +83,17 @@ def test_gantry_tilt_is_resampled_to_the_dicom_positions(tmp_path, caplog, tilt)
     assert "tilt" in caplog.text and "resampled" in caplog.text
 
 
+def test_a_tilt_about_the_other_axis_is_resampled_too(tmp_path, caplog):
+    t = np.deg2rad(15.0)
+    orientation = (float(np.cos(t)), 0.0, float(-np.sin(t)), 0.0, 1.0, 0.0)  # planes tilted about the y axis
+    positions = [(-94.0, -94.0, 5.0 * k) for k in range(16)]
+    write_dicom_series(tmp_path / "ct", ramp, positions=positions, orientation=orientation)
+    with caplog.at_level(logging.WARNING, logger="HermesSegmentLib"):
+        image = read_image(tmp_path / "ct")
+    assert_values_at_dicom_positions(image, positions, orientation, (4.0, 4.0), 40, 48)
+    assert "tilt" in caplog.text and "resampled" in caplog.text
+
+
 def test_slices_shifted_sideways_are_resampled(tmp_path, caplog):
     positions = [(-94.0 + 0.8 * k, -94.0, 4.0 * k) for k in range(16)]  # axial planes, stacked obliquely
     write_dicom_series(tmp_path / "ct", ramp, positions=positions)
@@ -123,6 +134,19 @@ def test_slices_of_different_orientations_are_refused(tmp_path):
     with pytest.raises(HermesError) as error:
         read_image(tmp_path / "ct")
     one_line(error, "orientation")
+
+
+def test_slices_of_different_pixel_spacings_are_refused(tmp_path):
+    import pydicom
+
+    write_dicom_series(tmp_path / "ct", ramp, positions=[(-94.0, -94.0, 5.0 * k) for k in range(12)])
+    victim = sorted((tmp_path / "ct").iterdir())[3]
+    dataset = pydicom.dcmread(victim)
+    dataset.PixelSpacing = ["3.0", "3.0"]  # GDCM would stack it with the others' 4 mm
+    dataset.save_as(victim)
+    with pytest.raises(HermesError) as error:
+        read_image(tmp_path / "ct")
+    one_line(error, "pixel spacing")
 
 
 def test_two_slices_at_one_position_are_refused(tmp_path):
@@ -167,6 +191,41 @@ def test_a_nifti_damaged_inside_its_compressed_stream_is_an_error(tmp_path):
     with pytest.raises(HermesError) as error:
         read_image(path)
     one_line(error, "truncated or damaged")
+
+
+@pytest.mark.parametrize("kind", ["nrrd", "mha", "nhdr-gz"])
+def test_a_compressed_nrrd_or_metaimage_damaged_inside_its_stream_is_an_error(tmp_path, kind):
+    if kind == "nhdr-gz":  # a detached header and its gzip data file
+        sitk.WriteImage(as_image(body_ct()), str(tmp_path / "ct.nhdr"), useCompression=True)
+        path, data = tmp_path / "ct.nhdr", next(tmp_path.glob("ct.raw*"))
+    else:
+        path, data = _write(kind, tmp_path)
+    damaged = bytearray(data.read_bytes())
+    for at in range(len(damaged) // 2, len(damaged) // 2 + 64):
+        damaged[at] ^= 0x5A
+    data.write_bytes(bytes(damaged))
+    with pytest.raises(HermesError) as error:
+        read_image(path)
+    one_line(error, "truncated or damaged", path.name)
+
+
+@pytest.mark.parametrize("kind", ["nhdr", "mhd"])
+def test_a_header_whose_data_file_is_missing_names_it(tmp_path, kind):
+    path, data = _write(kind, tmp_path)
+    data.unlink()
+    with pytest.raises(HermesError) as error:
+        read_image(path)
+    one_line(error, "ct.raw", "missing")
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.02])
+def test_a_dicom_file_cut_before_its_marker_is_an_error_not_a_missing_slice(tmp_path, keep):
+    write_dicom_series(tmp_path / "ct", ramp, positions=[(-94.0, -94.0, 2.5 * k) for k in range(10)])
+    victim = sorted((tmp_path / "ct").iterdir())[4]
+    truncate(victim, keep)  # empty, or shorter than the preamble and its 'DICM'
+    with pytest.raises(HermesError) as error:
+        read_image(tmp_path / "ct")
+    one_line(error, victim.name)
 
 
 def test_a_dicom_series_with_a_damaged_file_is_an_error(tmp_path):

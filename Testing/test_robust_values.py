@@ -42,6 +42,29 @@ def test_raw_scanner_values_are_converted_to_hu_with_a_warning(tiny_package):
     assert reference.warnings == []
 
 
+@pytest.mark.parametrize("make", [
+    lambda hu: (hu.astype(np.int32) + 1024).astype(np.int16),                # signed: air's noise dips below 0
+    lambda hu: (hu.astype(np.int32) + 1024).astype(np.float32),              # the same, as floats
+    lambda hu: np.where(np.arange(48) < 4, -2000, hu.astype(np.int32) + 1024).astype(np.int16),  # padded, -2000
+])
+def test_other_stored_scanner_values_are_converted_too(make):
+    from HermesSegmentLib.preprocess import to_hounsfield
+
+    hu = body_ct(seed=7)
+    converted = sitk.GetArrayFromImage(to_hounsfield(as_image(make(hu))))
+    inside = make(hu) > -2000
+    np.testing.assert_array_equal(converted[inside], hu[inside])
+
+
+def test_a_standardised_ct_is_refused():
+    from HermesSegmentLib.preprocess import to_hounsfield
+
+    hu = body_ct().astype(np.float32)
+    with pytest.raises(HermesError) as error:
+        to_hounsfield(as_image((hu - hu.mean()) / hu.std()))
+    one_line(error, "normalised", "Hounsfield")
+
+
 @pytest.mark.parametrize("array,words", [
     (np.clip((body_ct() + 160) * 255 / 400, 0, 255).astype(np.uint8), ("8-bit", "Hounsfield")),
     (np.clip(body_ct() // 16, -128, 127).astype(np.int8), ("8-bit", "Hounsfield")),

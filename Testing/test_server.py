@@ -429,6 +429,23 @@ def test_serve_refuses_a_forwarded_allow_ips_that_is_not_an_address(tmp_path, mo
         ServerSettings(work_dir=tmp_path, forwarded_allow_ips=value)
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--port", "-1"], "--port must be 0..65535"),
+    (["--port", "70000"], "--port must be 0..65535"),
+    (["--work-dir", "{file}"], "is a file; give a folder"),
+])
+def test_serve_refuses_a_port_or_work_dir_it_cannot_use_before_anything_is_written(tmp_path, capsys, extra, expected):
+    from HermesSegmentLib.cli import main as cli_main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    work = tmp_path / "work"
+    assert cli_main(["serve", "--work-dir", str(work), *[value.format(file=a_file) for value in extra]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and expected in err and "\n" not in err
+    assert not work.exists() and a_file.read_text() == "mine"
+
+
 def test_a_zip_is_unpacked_under_numbered_names_and_within_its_limit(tmp_path):
     from HermesSegmentLib.server.uploads import UploadTooLarge, unpack_dicom_zip
 

@@ -109,6 +109,8 @@ def test_config_errors_are_one_line(tmp_path, tiny_data):
     assert "unknown key 'stepz'" in error_for(stepz=3)
     assert "'weights_dtype' must be one of float32, float16, bfloat16" in error_for(weights_dtype="float8")
     assert "'recall_until' must be between 0.0 and 1.0" in error_for(recall_until=1.5)
+    reversed_clip = {"CT": {"method": "clip_zscore", "clip": [100, -100]}}
+    assert "'clip' must be [low, high]" in error_for(normalization=reversed_clip)
 
 
 def test_ingestion_of_generated_phantoms_is_cached(tmp_path, monkeypatch):
@@ -723,6 +725,29 @@ def test_cli_overrides_steps_learning_rate_and_query_consistency(tmp_path, tiny_
     log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
     column = log[0].split(",").index("query_consistency")
     assert any(float(row.split(",")[column]) > 0 for row in log[1:])
+
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--out", "{file}"], "is a file"),
+    (["--prepare", "{file}"], "is a file"),
+    (["--prepare", "{data}"], "would write into the dataset folder"),  # the packed files among the images
+    (["--time-limit", "-5"], "--time-limit must be a positive"),
+    (["--stop-after", "0"], "--stop-after must be a step number"),
+])
+def test_cli_refuses_outputs_it_cannot_or_must_not_write_before_the_work(tmp_path, tiny_data, capsys, extra, expected):
+    from HermesSegmentLib.cli import main
+
+    config = _config_file(tmp_path, tiny_data)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    listing = sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*"))
+    extra = [value.format(file=a_file, data=tiny_data) for value in extra]
+    assert main(["train", str(config), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and expected in err and "\n" not in err
+    assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == listing  # the data untouched
+    assert a_file.read_text() == "mine" and not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- incremental

@@ -6,9 +6,10 @@ cases are done, and outputs that never replace an input or a file we did not wri
   marked (a manual segmentation, a BIDS sidecar).
 - **A case is done when its record says so.** ``CASE.hermes-segment.json`` is written last, after all
   of the case's files are in place, and names the input it was made from (path, size, modification
-  time; for a DICOM folder, a digest of its files). A case is done only when its record names this
-  very input and its files exist; an interrupted case has no record and is done again. Names are
-  kept across runs: an input whose record is found under ``ct_2`` gets ``ct_2`` again.
+  time; for a DICOM folder, a digest of its files) and the request (model, targets, format, ...). A
+  case is done only when its record names this very input and this request and its files exist; an
+  interrupted case has no record and is done again. Names are kept across runs: an input whose
+  record is found under ``ct_2`` gets ``ct_2`` again.
 - **A case's files appear together.** They are written into a hidden staging folder in the output
   folder and moved into place when all are complete (:func:`case_files`).
 """
@@ -25,7 +26,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .atomic import write_text
 from .errors import HermesError
@@ -58,7 +59,8 @@ def find_cases(inputs: Sequence[str]) -> list[Path]:
     """Files, globs, folders of images, or folders that hold a DICOM series (one case each).
 
     Files this tool wrote are left out, with a warning; when nothing else is left the batch is a
-    mistake (:class:`HermesError`).
+    mistake (:class:`HermesError`). A folder that holds image files and DICOM files gives its image
+    files, with a warning that its DICOM files are left out.
     """
     cases: list[Path] = []
     ours: list[Path] = []
@@ -73,6 +75,11 @@ def find_cases(inputs: Sequence[str]) -> list[Path]:
                 mine = [p for p in images if is_ours(p)]
                 ours += mine
                 images = [p for p in images if p not in mine]
+                dicom = _a_dicom_file(path) if images else None
+                if dicom is not None:
+                    log.warning("%s holds image files and DICOM files (%s, ...): only the image files are segmented; "
+                                "to segment the DICOM series, move its files into a folder of their own and give that "
+                                "folder", path, dicom.name)
                 cases.extend(images or ([] if mine else [path]))  # no image files: a DICOM series folder
             elif path.is_file() and is_ours(path):
                 ours.append(path)
@@ -85,6 +92,16 @@ def find_cases(inputs: Sequence[str]) -> list[Path]:
         log.warning("left out %d file(s) written by hermes-segment (%s%s)", len(ours), ours[0].name,
                     ", ..." if len(ours) > 1 else "")
     return cases
+
+
+def _a_dicom_file(folder: Path) -> Optional[Path]:
+    """The first DICOM file (the 'DICM' marker) of ``folder``, or None."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and not path.name.lower().endswith(IMAGE_SUFFIXES):
+            with contextlib.suppress(OSError), open(path, "rb") as stream:
+                if stream.read(132)[128:132] == b"DICM":
+                    return path
+    return None
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -151,11 +168,13 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 def plan(paths: Sequence[Path], out: Path, outputs: Callable[[str], list[str]], *,
-         overwrite: bool = False) -> list[Case]:
+         overwrite: bool = False, request: Optional[dict] = None) -> list[Case]:
     """Name every case and tell which are done; refuse, before any work, a batch that would write
     over one of its inputs or over a file this tool did not write.
 
-    ``outputs(name)``: the file names a case called ``name`` writes in ``out``.
+    ``outputs(name)``: the file names a case called ``name`` writes in ``out``. ``request``: what
+    is asked (model, targets, format, ...); a case made for another request is not done (one made
+    for more targets than asked is).
     """
     records = _records(out)
     inputs = set().union(*(_input_files(p) for p in paths if p.exists())) if paths else set()
@@ -184,9 +203,21 @@ def plan(paths: Sequence[Path], out: Path, outputs: Callable[[str], list[str]], 
                 raise HermesError(f"{name}: {file} exists and was not written by hermes-segment; "
                                   "move it away or choose another --out")
         done = (not overwrite and record is not None and record.get("input") == identity
+                and (request is None or _made_for(record.get("request"), request))
                 and all(f.exists() for f in files))
         cases.append(Case(path, name, identity, done))
     return cases
+
+
+def _made_for(recorded: object, asked: dict) -> bool:
+    """True when outputs made for the ``recorded`` request answer the ``asked`` one: the same
+    request, or the same with more targets."""
+    if not isinstance(recorded, dict):
+        return False
+    asked = json.loads(json.dumps(asked))  # as the record holds it (tuples as lists)
+    if {k: v for k, v in recorded.items() if k != "targets"} != {k: v for k, v in asked.items() if k != "targets"}:
+        return False
+    return set(asked.get("targets") or []) <= set(recorded.get("targets") or [])
 
 
 @contextlib.contextmanager

@@ -8,14 +8,15 @@ Geometry. ITK builds a volume from the first slice's ImageOrientationPatient and
 the first two slices, so any other series is silently misplaced: a CT acquired with a gantry tilt
 (image planes tilted, the table moving along z) becomes a sheared grid read as a straight one,
 and a series with unequal gaps (missing slices, thin and thick slices) is stretched. Here every
-slice's ImagePositionPatient (0020,0032) and ImageOrientationPatient (0020,0037) is checked: all
-planes must be parallel (else refused), no two at one position (else refused); if the positions
-do not lie on one line along the planes' normal at one spacing (within ``TOLERANCE_MM``, the
-tolerance of Slicer's DICOMScalarVolumePlugin), the series is resampled onto a regular grid, with
-a warning, as dcm2niix and Slicer's acquisition geometry regularization do: in-plane axes and
-pixel spacing of the slices, the normal as third axis, the median gap as slice spacing, large
-enough to hold every slice. Each output plane is interpolated linearly between the two acquired
-planes around it along the normal, each sampled at the same physical point (bilinear in plane).
+slice's ImagePositionPatient (0020,0032), ImageOrientationPatient (0020,0037) and PixelSpacing
+(0028,0030) is checked: all pixel spacings equal and all planes parallel (else refused), no two at
+one position (else refused); if the positions do not lie on one line along the planes' normal at
+one spacing (within ``TOLERANCE_MM``, the tolerance of Slicer's DICOMScalarVolumePlugin), the
+series is resampled onto a regular grid, with a warning, as dcm2niix and Slicer's acquisition
+geometry regularization do: in-plane axes and pixel spacing of the slices, the normal as third
+axis, the median gap as slice spacing, large enough to hold every slice. Each output plane is
+interpolated linearly between the two acquired planes around it along the normal, each sampled
+at the same physical point (bilinear in plane).
 """
 
 from __future__ import annotations
@@ -113,15 +114,18 @@ def _listing(series: Sequence[Series]) -> str:
 
 
 def damaged_files(folder: Path, found: Sequence[Series]) -> list[Path]:
-    """Image files of ``folder`` that GDCM refused: DICOM files (the 'DICM' marker) that hold pixel
-    data (by pydicom, header only) but belong to no series GDCM could read."""
+    """Image files of ``folder`` that GDCM refused: DICOM files (the 'DICM' marker, or a DICOM file
+    ending: .dcm, .dicom, .ima, or the ending of the series' own files, for a file cut before its
+    marker) that hold pixel data (by pydicom, header only) or cannot be read at all, but belong to
+    no series GDCM could read."""
     grouped = {Path(f).resolve() for s in found for f in s.files}
+    endings = {".dcm", ".dicom", ".ima"} | {Path(f).suffix.lower() for s in found for f in s.files} - {""}
     suspects = []
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith(".") or path.resolve() in grouped:
             continue
         with open(path, "rb") as f:
-            if f.read(132)[128:132] != b"DICM":
+            if f.read(132)[128:132] != b"DICM" and path.suffix.lower() not in endings:
                 continue
         suspects.append(path)
     if not suspects:
@@ -144,8 +148,8 @@ def damaged_files(folder: Path, found: Sequence[Series]) -> list[Path]:
 def read_series(folder: Path, *, series: Optional[str] = None, modality: Optional[str] = None) -> sitk.Image:
     """The chosen series of ``folder`` as a 3D image on a regular grid (see the module docstring).
 
-    Raises :class:`HermesError` for an empty folder, damaged files, planes that are not parallel or
-    slices at one position; warns when it chose among several series or resampled.
+    Raises :class:`HermesError` for an empty folder, damaged files, slices of different pixel spacings,
+    planes that are not parallel or slices at one position; warns when it chose among several series or resampled.
     """
     found = list_series(folder)
     damaged = damaged_files(folder, found)
@@ -174,6 +178,13 @@ def read_series(folder: Path, *, series: Optional[str] = None, modality: Optiona
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if len(chosen.files) < 2:
         return image
+    spacings = [_numbers(reader, k, "0028|0030", 2) for k in range(len(chosen.files))]
+    known = [v for v in spacings if v is not None]
+    if known and max(float(np.abs(v - known[0]).max()) for v in known) > TOLERANCE_MM:
+        sizes = sorted({"x".join(f"{x:g}" for x in v) for v in known})
+        raise HermesError(f"{folder}: the slices have different pixel spacings (0028,0030: {', '.join(sizes)} mm), "
+                          "so they cannot be stacked into one volume; export the series again, or only its slices of "
+                          "one pixel spacing")
     positions = [_numbers(reader, k, "0020|0032", 3) for k in range(len(chosen.files))]
     orientations = [_numbers(reader, k, "0020|0037", 6) for k in range(len(chosen.files))]
     return on_regular_grid(image, positions, orientations, str(folder))

@@ -5,12 +5,16 @@ values with 0, without an error: a ``.nii.gz`` cut in half by an interrupted cop
 half-empty scan. :func:`check_nifti_data` streams the data block once through nibabel's opener
 (gzip, bzip2, zstd handled) and refuses a short or corrupt block and non-finite values. NRRD and
 MetaImage readers do raise on a short block; :func:`read_error` turns any failed read into one line
-that says whether the header, the data or the memory was at fault.
+that says whether the header, the data or the memory was at fault. A compressed NRRD or MetaImage
+data block damaged inside its stream is read without an error either (teem does not check gzip's
+CRC; MetaIO prints "Uncompress failed" and goes on): :func:`check_detached_or_compressed_data`
+checks the stream's own checksum, and names a header's missing data file.
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -66,6 +70,88 @@ def check_nifti_data(path: Path) -> None:
         raise damaged(path, f"{seen} of {expected} data bytes")
 
 
+@dataclass(frozen=True)
+class DataBlock:
+    """Where a NRRD or MetaImage header's voxels are: ``file`` (the header itself when attached)
+    from byte ``offset`` on (``exact``: the voxels start there, no byte or line skip), and whether they
+    are zlib/gzip ``compressed``."""
+
+    file: Path
+    offset: int
+    compressed: bool
+    exact: bool = True
+
+
+def data_block(path: Path) -> Optional[DataBlock]:
+    """The data block of a NRRD (``.nrrd``/``.nhdr``) or MetaImage (``.mha``/``.mhd``) file, from its
+    header; None for other files and for what this does not follow (file lists, file patterns)."""
+    name = path.name.lower()
+    if not name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        return None
+    nrrd = name.endswith((".nrrd", ".nhdr"))
+    fields: dict[str, str] = {}
+    with open(path, "rb") as stream:
+        if nrrd and not stream.read(7).startswith(b"NRRD000"):
+            return None
+        stream.seek(0)
+        while True:
+            line = stream.readline(1 << 16)
+            if not line or (nrrd and not line.strip()):
+                break  # the end of a detached header, or the blank line before attached data
+            text = line.decode("latin-1").strip()
+            key, sep, value = text.partition(":" if nrrd else "=")
+            if not sep or text.startswith("#") or (nrrd and value.startswith("=")):
+                continue
+            fields[key.strip().lower().replace(" ", "")] = value.strip()
+            if not nrrd and key.strip().lower() == "elementdatafile":
+                break  # the last field of a MetaImage header
+        offset = stream.tell()
+    data = fields.get("datafile" if nrrd else "elementdatafile")
+    if nrrd:
+        compressed = fields.get("encoding", "").lower() in ("gz", "gzip")
+    else:
+        compressed = fields.get("compresseddata", "").lower() == "true"
+    exact = not {"byteskip", "lineskip", "headersize"} & set(fields) and fields.get("encoding", "raw") == "raw"
+    if data is None or (not nrrd and data.upper() == "LOCAL"):
+        return DataBlock(path, offset, compressed, exact) if (nrrd or data) else None
+    if data.upper().startswith("LIST") or "%" in data or " " in data:
+        return None  # several data files
+    return DataBlock(path.parent / data, 0, compressed, exact)
+
+
+def check_detached_or_compressed_data(path: Path) -> None:
+    """Raise :class:`HermesError` when a NRRD/MetaImage header's data file is missing, or when its
+    compressed data block is short or fails its checksum."""
+    try:
+        block = data_block(path)
+    except OSError:
+        return
+    if block is None:
+        return
+    if not block.file.is_file():
+        raise HermesError(f"{path}: its data file {block.file.name} is missing (the header names it); copy the data "
+                          "file next to the header, or give a single-file image (.nrrd, .nii.gz, .mha)")
+    if not block.compressed:
+        expected = image_bytes(path) if block.exact else None
+        present = block.file.stat().st_size - block.offset
+        if expected is not None and present < expected:
+            raise damaged(path, f"{max(present, 0)} of {expected} data bytes")
+        return
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip, by the stream's header
+    try:
+        with open(block.file, "rb") as stream:
+            stream.seek(block.offset)
+            while not inflate.eof:
+                chunk = stream.read(_CHUNK_BYTES)
+                if not chunk:
+                    raise damaged(path, "the compressed data ends early")
+                while chunk and not inflate.eof:
+                    inflate.decompress(chunk, _CHUNK_BYTES)
+                    chunk = inflate.unconsumed_tail
+    except zlib.error as error:
+        raise damaged(path, f"compressed data: {error}") from None
+
+
 def image_header(path: Union[Path, str]) -> Optional[sitk.ImageFileReader]:
     """A reader holding the file's header (size, spacing, metadata; no voxels read), or None when
     no ITK reader can read that header (not an image, or a damaged header)."""
@@ -93,6 +179,10 @@ def read_error(path: Path, error: RuntimeError) -> HermesError:
     a damaged data block (the header reads), or not an image this reader knows."""
     if is_memory_error(error):
         return out_of_memory("reading the image", error, image_bytes(path))
+    try:
+        check_detached_or_compressed_data(path)
+    except HermesError as named:
+        return named
     broken_stream = _gzip_error(path) if path.name.lower().endswith(".gz") else None
     if broken_stream:
         return damaged(path, broken_stream)

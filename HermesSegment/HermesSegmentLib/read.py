@@ -56,8 +56,15 @@ def read_image(path: PathLike, *, frame: Optional[int] = None, series: Optional[
 
 
 def _read_file(path: Path) -> sitk.Image:
-    """One image file; a damaged data block, NaN in a NIfTI, or a single DICOM slice is refused."""
-    from .image_files import NIFTI_SUFFIXES, check_nifti_data, is_dicom_file, read_error
+    """One image file; a damaged data block (a compressed one too), a missing data file, NaN in a NIfTI, or a
+    single DICOM slice is refused."""
+    from .image_files import (
+        NIFTI_SUFFIXES,
+        check_detached_or_compressed_data,
+        check_nifti_data,
+        is_dicom_file,
+        read_error,
+    )
 
     try:
         image = sitk.ReadImage(str(path))
@@ -65,6 +72,7 @@ def _read_file(path: Path) -> sitk.Image:
         raise read_error(path, error) from None
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         check_nifti_data(path)
+    check_detached_or_compressed_data(path)
     if (image.GetDimension() == 2 or image.GetSize()[2:] == (1,)) and is_dicom_file(path):
         raise HermesError(f"{path}: one DICOM slice (2D); pass the folder that holds the whole series")
     return image
@@ -96,7 +104,33 @@ def _select_frame(image: sitk.Image, frame: Optional[int], path: Path) -> sitk.I
     return image
 
 
-def _check_scalar_3d(image: sitk.Image, path: Path) -> None:
+def check_image(image: object, name: str = "the image") -> None:
+    """Refuse, as :func:`read_image` does, an image given in memory (the console API) that the model
+    cannot use: not a SimpleITK image, 2D, 4D, RGB/vector, empty, NaN/Inf."""
+    if not isinstance(image, sitk.Image):
+        raise HermesError(f"{name} is a {type(image).__name__}, not a SimpleITK image; read it with "
+                          "HermesSegmentLib.read.read_image(path) (or SimpleITK.ReadImage) and pass that")
+    _check_scalar_3d(image, name)
+    _check_geometry(image, name)
+    _check_finite(image, name)
+
+
+#: Voxel spacings and extents no scan has: a header whose spacing is not in millimetres (micrometres, metres)
+#: or is broken. Resampling such an image to the model grid would allocate without bound, or not at all.
+MIN_SPACING_MM = 1e-3
+MAX_EXTENT_MM = 5000.0
+
+
+def _check_geometry(image: sitk.Image, name: Union[Path, str]) -> None:
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    extent = spacing * np.asarray(image.GetSize(), dtype=float)
+    if not np.all(np.isfinite(spacing)) or spacing.min() < MIN_SPACING_MM or extent.max() > MAX_EXTENT_MM:
+        raise HermesError(f"{name}: voxel spacing {' x '.join(f'{s:g}' for s in spacing)} mm makes the image "
+                          f"{' x '.join(f'{e:.4g}' for e in extent)} mm, which no scan is; fix the spacing in the "
+                          "file's header (it must be in millimetres) and retry")
+
+
+def _check_scalar_3d(image: sitk.Image, path: Union[Path, str]) -> None:
     components = image.GetNumberOfComponentsPerPixel()
     if components > 1:
         raise HermesError(f"{path}: image has {components} components per voxel (RGB/vector); "
@@ -111,7 +145,7 @@ def _check_scalar_3d(image: sitk.Image, path: Path) -> None:
         raise HermesError(f"{path}: {image.GetDimension()}D image; HermesSegment needs a 3D volume")
 
 
-def _check_finite(image: sitk.Image, path: Path) -> None:
+def _check_finite(image: sitk.Image, path: Union[Path, str]) -> None:
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         return  # integer voxels cannot be NaN or Inf
     view = sitk.GetArrayViewFromImage(image)

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.tolerance_mm > 0:
         raise HermesError(f"--tolerance-mm must be positive, got {args.tolerance_mm}")
+    _check_out(args.out)
     labels = evaluation.read_label_table(args.labels) if args.labels else None
     requested = None
     if args.targets:
@@ -75,6 +76,18 @@ def run(args: argparse.Namespace) -> int:
     _flag_unusual_references(evaluation.unusual_references(rows))
     print(f"wrote {out} ({len(rows)} rows, {len(pairs)} case(s))")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Before any work: ``--out`` names a new or earlier metrics table, never a folder or an input (images and
+    JSON label tables never end in .csv)."""
+    if out.is_dir():
+        raise HermesError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'metrics.csv'}")
+    if out.suffix.lower() != ".csv":
+        raise HermesError(f"--out {out} must end in .csv (the metrics table is written there; an input is never "
+                          "written over)")
+    if not out.parent.is_dir():
+        raise HermesError(f"--out {out}: the folder {out.parent} does not exist; create it or choose another --out")
 
 
 def _evaluate_pairs(pairs: list, labels: dict | None, requested: list | None,

@@ -78,6 +78,7 @@ def run_list(args: argparse.Namespace) -> int:
             "title": manifest["title"] if manifest else listing.title,
             "path": str(listing.path) if listing.path else None,
             "how_to_get": None if listing.available else listing.how_to_get,
+            "links": [] if listing.available else [{"title": t, "url": u} for t, u in listing.weights_links],
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -89,6 +90,8 @@ def run_list(args: argparse.Namespace) -> int:
               f"{', '.join(row['modalities']) or '-'}")
         if row["how_to_get"]:
             print(f"{'':<16} to install: {row['how_to_get']}")
+        for link in row["links"]:
+            print(f"{'':<16}   {link['title']}: {link['url']}")
     print(f"user model folder: {user_models_dir()}")
     return 0
 

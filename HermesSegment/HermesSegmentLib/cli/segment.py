@@ -94,13 +94,18 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import options as segment_options
 
     options = segment_options.from_args(args)
-    if options.overlap is not None and not 0 <= options.overlap < 1:
-        raise HermesError(f"--overlap must be in [0, 1), got {options.overlap}")
+    options.check()
     shard = _Shard.from_environment(options.device)
     # Mistakes in the request, and an output folder that cannot be written, fail before any case is read.
     engine: _Engine = _ServerEngine(args, options) if args.server else _LocalEngine(args, options, shard.device)
-    paths = batch.find_cases(args.inputs)
+    request = {"model": engine.model_name, "modality": engine.modality, "targets": engine.targets,
+               "format": args.format, "frame": args.frame, "series": args.series,
+               **({"server": args.server} if args.server else {})}
+    # What is left out while finding the cases is said as the cases' warnings are (JSON with --progress-json).
+    with notices.attached(notices.Handler(lambda text: _warning_line(text, args.progress_json))):
+        paths = batch.find_cases(args.inputs)
     batch.prepare_out_dir(args.out)
+    writers.check_summary(args.out / shard.summary_name)  # another table called summary.csv: refused now
     writer = writers.FORMATS[args.format]
 
     def file_names(name: str) -> list[str]:
@@ -108,17 +113,20 @@ def run(args: argparse.Namespace) -> int:
         probabilities = [writers.probability_map_name(f"{name}_probabilities", key) for key in engine.targets]
         return names + (probabilities if args.probabilities else [])
 
-    cases = batch.plan(paths, args.out, file_names, overwrite=args.overwrite)[shard.rank::shard.world_size]
-    run_case = _CaseRunner(args, engine, writer, shard,
-                           request={"model": engine.model_name, "modality": engine.modality, "targets": engine.targets,
-                                    "format": args.format, "frame": args.frame, "series": args.series,
-                                    **({"server": args.server} if args.server else {})})
+    cases = batch.plan(paths, args.out, file_names, overwrite=args.overwrite,
+                       request=request)[shard.rank::shard.world_size]
+    run_case = _CaseRunner(args, engine, writer, shard, request=request)
     run_case.log_line(f"{engine.description}: {len(cases)} case(s){shard.of_all(len(paths))}, {engine.modality}, "
                       f"targets: {', '.join(engine.targets)}")
     try:
         return run_case.all(cases)
     finally:
         shard.merge_summaries(args.out)
+
+
+def _warning_line(text: str, as_json: bool) -> None:
+    """A warning that belongs to no case: ``warning: ...`` on stderr, or a JSON line."""
+    _write_line(json.dumps({"warning": text}) if as_json else f"warning: {text}", None if as_json else sys.stderr)
 
 
 def _write_line(text: str, stream: Any = None) -> None:
@@ -332,9 +340,10 @@ class _CaseRunner:
             with batch.case_files(args.out, case, self.request) as staging:
                 rows = self.engine.segment(case, staging, progress, self)
                 self.stage = "writing the outputs"
-            seconds = time.perf_counter() - started
-            writers.write_summary_rows(args.out / self.shard.summary_name, name,
-                                       [{**row, "seconds": round(seconds, 2)} for row in rows])
+                seconds = time.perf_counter() - started
+                # Before the record: a case is done only once its rows are in the summary too.
+                writers.write_summary_rows(args.out / self.shard.summary_name, name,
+                                           [{**row, "seconds": round(seconds, 2)} for row in rows])
             self.log_line(f"{name}: {len(rows)} targets in {seconds:.1f} s -> "
                           f"{args.out / (name + self.writer.suffix)}")
             return True

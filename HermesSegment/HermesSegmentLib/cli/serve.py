@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
 
 from ..errors import HermesError
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         check_forwarded_allow_ips(args.forwarded_allow_ips)
     elif args.forwarded_allow_ips is None and os.environ.get("FORWARDED_ALLOW_IPS"):  # uvicorn's default reads it
         check_forwarded_allow_ips(os.environ["FORWARDED_ALLOW_IPS"], "$FORWARDED_ALLOW_IPS")
-    work_dir = (args.work_dir or user_home() / "server").expanduser().resolve()
+    work_dir = _checked_work_dir(args, user_home() / "server")
     token, token_source = resolve_token(args.token, work_dir)
     settings = ServerSettings(
         work_dir=work_dir, host=args.host, port=args.port, token=token, models=args.models or [DEFAULT_MODEL],
@@ -111,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise HermesError(f"cannot listen on {settings.host}:{settings.port} (in use, or not an address of this "
                           "computer); choose another --port or --host") from None
     port = sock.getsockname()[1]
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    say(f"HermesSegment server on http://{host}:{port} ({', '.join(engine.device_names)}; models: "
+    say(f"HermesSegment server on {_url(settings.host, port)} ({', '.join(engine.device_names)}; models: "
         f"{', '.join(engine.model_names)}); API docs at /docs")
     if token_source == "new":
         say(f"new token (stored in {work_dir / 'token'}; give it to your users):\n    {token}")
@@ -124,8 +124,30 @@ def run(args: argparse.Namespace) -> int:
         say(f"client addresses: from X-Forwarded-For when the request comes from {trusted} (--forwarded-allow-ips)")
     if not settings.loopback:
         say(TLS_ADVICE.format(host=settings.host, port=port, max_mb=int(args.max_upload_mb) + 1))
-    say(f"clients: hermes-segment segment IMAGES --out DIR --modality CT --server http://{host}:{port} "
+    say(f"clients: hermes-segment segment IMAGES --out DIR --modality CT --server {client_url(settings.host, port)} "
         "(token in $HERMES_SEGMENT_TOKEN)")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down on SIGTERM / Ctrl-C, then raises the signal again: a clean stop
+        say("server stopped")
     return 0
 
+
+def _checked_work_dir(args: argparse.Namespace, default: Path) -> Path:
+    """The server's folder, once the port and the folder are known to be usable (before anything is written)."""
+    if not 0 <= args.port <= 65535:
+        raise HermesError(f"--port must be 0..65535 (0: any free port), got {args.port}")
+    work_dir = (args.work_dir or default).expanduser().resolve()
+    if work_dir.exists() and not work_dir.is_dir():
+        raise HermesError(f"--work-dir {work_dir} is a file; give a folder (it is created if needed)")
+    return work_dir
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL clients give to reach a server bound to ``host``: a wildcard address (every interface,
+    0.0.0.0 or ::) is not one a client can connect to, so this computer's name stands in for it."""
+    return _url(socket.getfqdn() if host in ("0.0.0.0", "::") else host, port)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

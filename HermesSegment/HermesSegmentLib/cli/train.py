@@ -15,6 +15,8 @@ import argparse
 import shlex
 import sys
 
+from ..errors import HermesError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Registers the ``train`` subcommand (``func=run``)."""
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import load_config, with_overrides
     from ..training.trainer import Trainer
 
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise HermesError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise HermesError(f"--stop-after must be a step number >= 1, got {args.stop_after}")
     config = load_config(args.config, data_root=args.data_root, output=args.out)
     if args.prepare:
         return _prepare(config, args)

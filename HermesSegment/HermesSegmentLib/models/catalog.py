@@ -45,6 +45,11 @@ class ModelListing:
         return self.path is not None and self.path.is_file()
 
     @property
+    def links_text(self) -> str:
+        """Where the weights are published, on one line (``how_to_get`` speaks of these links)."""
+        return "; ".join(f"{title}: {url}" for title, url in self.weights_links)
+
+    @property
     def size_bytes(self) -> int | None:
         return self.path.stat().st_size if self.path is not None and self.path.is_file() else None
 
@@ -120,8 +125,9 @@ def resolve(model: str | Path) -> Path:
     if not listing.available:
         if listing.url:
             raise HermesError(f"model '{model}' is not downloaded yet; run `hermes-segment models download {model}`")
+        links = f" (links: {listing.links_text})" if listing.links_text else ""
         raise HermesError(f"model '{model}' is not installed; "
-                          f"{listing.how_to_get or 'add its file with `hermes-segment models add FILE`'}")
+                          f"{listing.how_to_get or 'add its file with `hermes-segment models add FILE`'}{links}")
     return listing.path  # type: ignore[return-value]
 
 

@@ -67,9 +67,7 @@ def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
         if index >= rows:
             raise HermesError(f"{source}: invalid manifest: task index {index} >= num_task_priors {rows}")
     keys = [m["key"] for m in manifest["modalities"]]
-    for modality in manifest["modalities"]:
-        if modality["slot"] >= slots:
-            raise HermesError(f"{source}: invalid manifest: modality {modality['key']} slot >= {slots}")
+    _check_modalities(manifest["modalities"], slots, source)
     for modality, targets in manifest["defaults"].items():
         if modality not in keys:
             raise HermesError(f"{source}: invalid manifest: defaults name modality {modality} not in 'modalities'")
@@ -79,6 +77,23 @@ def _check_consistency(manifest: Mapping[str, Any], source: str) -> None:
                 raise HermesError(f"{source}: invalid manifest: defaults[{modality}][{target}] -> {index} is not "
                                   "that target's task")
     _check_queries(manifest, set(tasks), source)
+
+
+def _check_modalities(modalities: list, slots: int, source: str) -> None:
+    """Each modality once, in a slot the network has, with its normalisation ranges going from low to high."""
+    keys = [m["key"] for m in modalities]
+    if len(set(keys)) != len(keys):
+        raise HermesError(f"{source}: invalid manifest: modality {next(k for k in keys if keys.count(k) > 1)} is "
+                          "listed twice")
+    for modality in modalities:
+        if modality["slot"] >= slots:
+            raise HermesError(f"{source}: invalid manifest: modality {modality['key']} slot >= {slots}")
+        normalization = modality.get("normalization", {})
+        for name in ("clip", "percentiles"):  # a reversed range would turn every image into one value
+            low_high = normalization.get(name)
+            if low_high is not None and not low_high[0] < low_high[1]:
+                raise HermesError(f"{source}: invalid manifest: modality {modality['key']} normalization {name} "
+                                  f"{low_high} must go from low to high")
 
 
 def _check_queries(manifest: Mapping[str, Any], task_indices: set[int], source: str) -> None:

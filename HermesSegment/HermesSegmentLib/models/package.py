@@ -111,6 +111,10 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise HermesError(f"{path.name} is not a model package: file too short ({size} bytes); download it again")
         header_len = int.from_bytes(prefix, "little")
         if header_len <= 0 or header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+            if prefix.startswith(b"PK\x03\x04") or (prefix[0] == 0x80 and 2 <= prefix[1] <= 5):  # torch.save's
+                raise HermesError(f"{path.name} is a PyTorch checkpoint, not a HermesSegment model package; convert "
+                                  "upstream's Hermes-R checkpoint with `hermes-segment models import-upstream "
+                                  f"{path}`")
             kind = "truncated or corrupt" if path.suffix == ".safetensors" else "not a .safetensors file"
             raise HermesError(f"{path.name} is not a valid model package ({kind}); download or export it again")
         raw = stream.read(header_len)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
+from ..errors import HermesError
 from ..postprocess.options import PostprocessOptions
 
 if TYPE_CHECKING:
@@ -71,6 +72,23 @@ class SegmentOptions:
     target_windows: bool = field(default=True, metadata={
         "help": "run every window of the body, not only those near the asked targets (same masks; slower for a "
                 "few targets)"})
+
+    def check(self) -> None:
+        """Refuse, with a one-line :class:`HermesError`, values no run can use (before any work)."""
+        if self.overlap is not None and not 0 <= self.overlap < 1:
+            raise HermesError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if not 0 < self.threshold <= 1:
+            raise HermesError(f"--threshold must be in (0, 1] (a probability), got {self.threshold}")
+        if self.batch_size is not None and self.batch_size < 0:
+            raise HermesError(f"--batch-size must be 1 or more (leave it out to choose it from memory), "
+                              f"got {self.batch_size}")
+        island = self.postprocess.min_island_ml
+        if island is not None and not 0 <= island < float("inf"):
+            raise HermesError(f"--min-island-ml must be a volume >= 0 in mL, got {island}")
+        for name in ("blending", "backend"):
+            choices = next(spec.metadata["choices"] for spec in dataclasses.fields(self) if spec.name == name)
+            if getattr(self, name) not in choices:
+                raise HermesError(f"unknown --{name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
 
     @property
     def window_overlap(self) -> float:

@@ -41,6 +41,7 @@ from ..postprocess.components import apply as apply_postprocess
 from ..postprocess.side import keep_to_side
 from ..postprocess.to_input_grid import from_model_space, probabilities_to_mask, reference_geometry
 from ..preprocess import ModelSpaceImage, to_hounsfield, to_model_space
+from ..read import check_image
 from .options import SegmentOptions
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,9 @@ def resolve_targets(model: LoadedModel, modality: str, targets: Union[str, Seque
             close = vocabulary.suggest(name, offered)
             hint = f"did you mean: {', '.join(close)}?" if close else f"this model offers: {', '.join(offered)}"
             raise HermesError(f"unknown target '{name}' for {modality}; {hint}") from None
-        model.task_index(key, modality)  # raises with suggestions when the model lacks it
+        if key not in offered:  # a right name the model does not offer: say what it offers, not near spellings
+            raise HermesError(f"model '{model.name}' has no target '{key}' for {modality}; it offers: "
+                              f"{', '.join(offered) or 'nothing for this modality'}")
         if key not in keys:
             keys.append(key)
     return keys
@@ -243,6 +246,8 @@ def _segment(image: sitk.Image, modality: str, targets: Union[str, Sequence[str]
     """:func:`segment_image`, its warnings aside."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    options.check()
+    check_image(image)  # what reading a file refuses, for an image given in memory
     torch_device = select_device(options.device)
     compute_dtype(torch_device, options.precision)  # a wrong precision fails before any work
     loaded = options.model if isinstance(options.model, LoadedModel) else load(options.model)

@@ -4,13 +4,19 @@ so a CT in other units is silently flattened (raw stored values, air at 0: every
 
 From the pixel type and the value range (a strided sample), :func:`to_hounsfield`:
 
+Padding (one value below -1024 that fills the outside of the scan circle: -2000, -2048, -3024,
+-32768, stored or in HU) is left out of the value range first, so that stored values padded with
+-2000 are not taken for HU because of their padding.
+
 - **passes** a CT with air below -500 (Hounsfield units; padding at -1024, -2048 or -3024 too);
-- **converts**, with a warning, integer values that are all >= 0 with air near 0 and most of the
-  body within 150 of 1024 (water): stored values whose rescale (slope 1, intercept -1024, the
-  common CT encoding) was never applied -- a DICOM converter that dropped (0028,1052);
+- **converts**, with a warning, values with air near 0 and most of the body within 150 of 1024
+  (water): stored values whose rescale (slope 1, intercept -1024, the common CT encoding) was never
+  applied -- a DICOM converter that dropped (0028,1052). Air's noise may dip below 0 (signed
+  storage, an offset of 1000): then water must also fill a fifth of the image;
 - **refuses**, with advice, what cannot be turned back into HU: 8-bit images (uint8, int8, or
-  values that span at most 256 steps: a windowed export, a screenshot, a PNG/JPEG stack), values
-  within [-1, 1] (a normalised image), and integer values >= 0 that do not look like stored CT;
+  integer values that span at most 256 steps: a windowed export, a screenshot, a PNG/JPEG stack),
+  values within [-1, 1] or spanning less than 20 (a normalised or standardised image), and values
+  >= 0 that do not look like stored CT;
 - **warns** when no air is found at all (a crop inside the body, or units we cannot tell).
 """
 
@@ -37,26 +43,32 @@ def to_hounsfield(image: sitk.Image, name: str = "the image") -> sitk.Image:
     step = max(1, int(round((view.size / 2_000_000) ** (1 / 3))))
     sample = np.asarray(view[::step, ::step, ::step], dtype=np.float32)
     lo, hi = float(sample.min()), float(sample.max())
+    if lo < -STORED_OFFSET and np.any(sample > lo):  # padding outside the scan circle: not a value of the scan
+        sample = sample[sample > lo]
+    scan_lo = float(sample.min())
     integer = np.issubdtype(view.dtype, np.integer)
     advice = "export the original DICOM, or a NIfTI/NRRD in Hounsfield units (air -1000, water 0), and retry"
     if view.dtype.itemsize == 1 or (integer and hi - lo <= 255):
         raise HermesError(f"{name}: CT values {lo:g}..{hi:g} ({view.dtype}) look like an 8-bit windowed export "
                           f"(a screenshot, a PNG/JPEG stack): Hounsfield units cannot be recovered from it; {advice}")
-    if -1.0 <= lo and hi <= 1.0:
+    if (-1.0 <= lo and hi <= 1.0) or hi - scan_lo < 20.0:
         raise HermesError(f"{name}: CT values {lo:g}..{hi:g} look normalised (not Hounsfield units); {advice}")
-    if lo < _AIR_HU:
+    if scan_lo < _AIR_HU:
         return image
-    if integer and lo >= 0:
-        body = sample[sample > STORED_OFFSET + _AIR_HU]
-        air = np.mean(sample < STORED_OFFSET + _AIR_HU)
-        tissue = np.mean(np.abs(body - STORED_OFFSET) <= _SOFT_TISSUE_HALF_WIDTH) if body.size else 0.0
-        if air > 0.01 and tissue >= 0.5:
-            log.warning("%s: CT values %g..%g look like stored scanner values whose rescale was never applied (air "
-                        "at 0, water at %d): converted to Hounsfield units by subtracting %d; if the scanner used "
-                        "another rescale intercept, convert the image to Hounsfield units yourself", name, lo, hi,
-                        STORED_OFFSET, STORED_OFFSET)
-            pixel = sitk.sitkInt16 if hi - STORED_OFFSET <= np.iinfo(np.int16).max else sitk.sitkInt32
-            return sitk.Cast(image, pixel) - STORED_OFFSET
+    body = sample[sample > STORED_OFFSET + _AIR_HU]
+    air = np.mean(sample < STORED_OFFSET + _AIR_HU)
+    water = np.abs(body - STORED_OFFSET) <= _SOFT_TISSUE_HALF_WIDTH
+    tissue = np.mean(water) if body.size else 0.0
+    if air > 0.01 and tissue >= 0.5 and (scan_lo >= 0 or np.sum(water) >= 0.2 * sample.size):
+        log.warning("%s: CT values %g..%g look like stored scanner values whose rescale was never applied (air "
+                    "at 0, water at %d): converted to Hounsfield units by subtracting %d; if the scanner used "
+                    "another rescale intercept, convert the image to Hounsfield units yourself", name, lo, hi,
+                    STORED_OFFSET, STORED_OFFSET)
+        if not integer:
+            return image - STORED_OFFSET
+        fits = np.iinfo(np.int16).min <= lo - STORED_OFFSET and hi - STORED_OFFSET <= np.iinfo(np.int16).max
+        return sitk.Cast(image, sitk.sitkInt16 if fits else sitk.sitkInt32) - STORED_OFFSET
+    if scan_lo >= 0:
         raise HermesError(f"{name}: CT values {lo:g}..{hi:g} are all >= 0 and do not look like Hounsfield units "
                           f"(air -1000, water 0) nor like stored scanner values (air 0, water {STORED_OFFSET}); check "
                           f"the modality, or {advice}")

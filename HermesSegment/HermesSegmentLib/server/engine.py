@@ -145,9 +145,7 @@ class Engine:
         loaded = self.model(request.options.model)
         modality = vocabulary.modality(request.modality).key
         compute_dtype(torch.device(self.devices[0]), request.options.precision)
-        overlap = request.options.overlap
-        if overlap is not None and not 0 <= overlap < 1:
-            raise HermesError(f"overlap must be in [0, 1), got {overlap}")
+        dataclass_of(SegmentOptions, request.options, model=request.options.model).check()
         return {"model": loaded.name, "modality": modality,
                 "targets": resolve_targets(loaded, modality, request.targets)}
 

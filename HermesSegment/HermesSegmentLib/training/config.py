@@ -217,6 +217,9 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, data_root: str | Path | 
 
     out = Path(output) if output is not None else base / str(raw.get("output", "runs/" + str(raw.get("name", "model"))))
     out = out if out.is_absolute() else Path.cwd() / out
+    if check_paths and out.exists() and not out.is_dir():
+        raise HermesError(f"{name}: the output {out} is a file; give a folder (--out or 'output'; it is created if "
+                          "needed)")
     cache = raw.get("cache_dir")
     cache_dir = (base / str(cache)) if cache else out / "cache"
     structured = {"datasets", "model", "data_root", "output", "cache_dir", "window", "spacing", "normalization"}
@@ -284,6 +287,13 @@ def _parse_normalization(value: Any, name: str) -> dict[str, dict[str, Any]]:
     value = value or {}
     if not isinstance(value, dict) or not all(isinstance(v, dict) and "method" in v for v in value.values()):
         raise HermesError(f"{name}: 'normalization' must map modalities to {{method: ..., ...}} entries")
+    for modality, entry in value.items():
+        for key in ("clip", "percentiles"):  # reversed, it fails only when the trained model is exported
+            low_high = entry.get(key)
+            if low_high is not None and not (isinstance(low_high, list) and len(low_high) == 2
+                                             and all(isinstance(x, (int, float)) for x in low_high)
+                                             and low_high[0] < low_high[1]):
+                raise HermesError(f"{name}: normalization of {modality}: '{key}' must be [low, high], got {low_high}")
     return {vocabulary.modality(str(k)).key: dict(v) for k, v in value.items()}
 
 

@@ -38,17 +38,26 @@ def prepare(config: Any, root: Path, out: Path, progress: Callable[[str], None] 
     into ``out``, mirroring the paths: ``out/<path relative to root>``. Returns the folders written."""
     from .datasets import find_cases, load_case
 
-    written = []
-    for index, spec in enumerate(config.datasets):
+    if out.exists() and not out.is_dir():
+        raise HermesError(f"--prepare {out} is a file; give a new folder (it is created if needed)")
+    folders = []
+    for spec in config.datasets:
         try:
             relative = spec.path.relative_to(root)
         except ValueError:
             relative = Path(spec.path.name)
+        folder, source = (out / relative).resolve(), spec.path.resolve()
+        if folder == source or source in folder.parents:  # the packed files would land among the dataset's own
+            raise HermesError(f"--prepare {out} would write into the dataset folder {spec.path}; give a new folder "
+                              "outside the data (the datasets are never written to)")
+        folders.append(out / relative)
+    written = []
+    for index, (spec, folder) in enumerate(zip(config.datasets, folders)):
         normalization = config.normalization_for(spec.modality)
         cases = [load_case(files, spec, index, config.spacing, config.cache_dir, normalization)
                  for files in find_cases(spec)]
-        write_dataset(out / relative, cases, config.spacing, spec.modality, normalization, progress)
-        written.append(out / relative)
+        write_dataset(folder, cases, config.spacing, spec.modality, normalization, progress)
+        written.append(folder)
     return written
 
 

@@ -13,7 +13,7 @@ from .base import MARK, SegmentationWriter
 from .nifti import NiftiLabelMapWriter, write_label_map_nifti
 from .probabilities import probability_map_name, write_probability_maps
 from .seg_nrrd import SegNrrdWriter, read_seg_nrrd, write_seg_nrrd
-from .summary_csv import SUMMARY_COLUMNS, write_summary_rows
+from .summary_csv import SUMMARY_COLUMNS, check_summary, write_summary_rows
 
 #: ``--format`` name -> writer.
 FORMATS: dict[str, SegmentationWriter] = {
@@ -22,6 +22,6 @@ FORMATS: dict[str, SegmentationWriter] = {
 }
 
 __all__ = [
-    "FORMATS", "MARK", "SUMMARY_COLUMNS", "SegmentationWriter", "probability_map_name", "read_seg_nrrd",
-    "write_label_map_nifti", "write_probability_maps", "write_seg_nrrd", "write_summary_rows",
+    "FORMATS", "MARK", "SUMMARY_COLUMNS", "SegmentationWriter", "check_summary", "probability_map_name",
+    "read_seg_nrrd", "write_label_map_nifti", "write_probability_maps", "write_seg_nrrd", "write_summary_rows",
 ]
