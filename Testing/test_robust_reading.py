@@ -149,8 +149,9 @@ def test_slices_of_different_pixel_spacings_are_refused(tmp_path):
     one_line(error, "pixel spacing")
 
 
-def test_two_slices_at_one_position_are_refused(tmp_path):
-    positions = [(-94.0, -94.0, 5.0 * k) for k in range(10)] + [(-94.0, -94.0, 20.0)]
+@pytest.mark.parametrize("offset_mm", [0.0, 0.02, 0.4])  # 0.02: was resampled as "unequal spacing"
+def test_two_slices_at_one_position_are_refused(tmp_path, offset_mm):
+    positions = [(-94.0, -94.0, 5.0 * k) for k in range(10)] + [(-94.0, -94.0, 20.0 + offset_mm)]
     write_dicom_series(tmp_path / "ct", ramp, positions=positions)
     with pytest.raises(HermesError) as error:
         read_image(tmp_path / "ct")

@@ -10,8 +10,8 @@ the first two slices, so any other series is silently misplaced: a CT acquired w
 and a series with unequal gaps (missing slices, thin and thick slices) is stretched. Here every
 slice's ImagePositionPatient (0020,0032), ImageOrientationPatient (0020,0037) and PixelSpacing
 (0028,0030) is checked: all pixel spacings equal and all planes parallel (else refused), no two at
-one position (else refused); if the positions do not lie on one line along the planes' normal at
-one spacing (within ``TOLERANCE_MM``, the tolerance of Slicer's DICOMScalarVolumePlugin), the
+one position, i.e. closer than a tenth of the median gap (else refused); if the positions do not
+lie on one line along the planes' normal at one spacing (within ``TOLERANCE_MM``, the tolerance of Slicer's DICOMScalarVolumePlugin), the
 series is resampled onto a regular grid, with a warning, as dcm2niix and Slicer's acquisition
 geometry regularization do: in-plane axes and pixel spacing of the slices, the normal as third
 axis, the median gap as slice spacing, large enough to hold every slice. Each output plane is
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Positions within this distance (mm) of the regular grid count as on it (Slicer: spacingEpsilon).
 TOLERANCE_MM = 0.01
+#: Slices closer than this fraction of the series' median gap count as lying at one position.
+DUPLICATE_FRACTION = 0.1
 #: Largest difference of ImageOrientationPatient components for planes to count as parallel.
 ORIENTATION_TOLERANCE = 1e-4
 _TAGS = {"description": "0008|103e", "number": "0020|0011", "modality": "0008|0060", "frames": "0028|0008"}
@@ -222,10 +224,13 @@ def on_regular_grid(image: sitk.Image, positions: Sequence[Optional[np.ndarray]]
     order = np.argsort(depth, kind="stable")
     points, depth = points[order], depth[order]
     gaps = np.diff(depth)
-    if gaps.min() <= TOLERANCE_MM:
+    # Two slices closer than a tenth of the usual gap are one position measured twice (a repeat whose
+    # table position differs by a rounding), not a thin slice: stacking them would invent anatomy.
+    if gaps.min() <= max(TOLERANCE_MM, DUPLICATE_FRACTION * float(np.median(gaps))):
         k = int(np.argmin(gaps))
-        raise HermesError(f"{name}: two slices lie at the same position ({depth[k]:.2f} mm along the normal): the "
-                          "series holds several volumes (phases, echoes or repeats); export one of them and retry")
+        raise HermesError(f"{name}: two slices lie at the same position ({depth[k]:.2f} mm along the normal, "
+                          f"{gaps[k]:.3g} mm apart): the series holds several volumes (phases, echoes or repeats); "
+                          "export one of them and retry")
     spacing = float(np.median(gaps))
     shift = np.stack([(points - points[0]) @ x_axis, (points - points[0]) @ y_axis], axis=1)  # mm, in plane
     column_spacing, row_spacing = image.GetSpacing()[:2]
