@@ -4,19 +4,19 @@ that do not lie on a regular grid.
 Parsing is a library's: GDCM (through SimpleITK) groups the files into series and reads the
 pixels and the tags; pydicom looks at the files GDCM refused. This module only decides.
 
-Geometry. ITK builds a volume from the first slice's ImageOrientationPatient and the distance of
-the first two slices, so any other series is silently misplaced: a CT acquired with a gantry tilt
-(image planes tilted, the table moving along z) becomes a sheared grid read as a straight one,
-and a series with unequal gaps (missing slices, thin and thick slices) is stretched. Here every
-slice's ImagePositionPatient (0020,0032), ImageOrientationPatient (0020,0037) and PixelSpacing
-(0028,0030) is checked: all pixel spacings equal and all planes parallel (else refused), no two at
-one position, i.e. closer than a tenth of the median gap (else refused); if the positions do not
-lie on one line along the planes' normal at one spacing (within ``TOLERANCE_MM``, the tolerance of Slicer's DICOMScalarVolumePlugin), the
-series is resampled onto a regular grid, with a warning, as dcm2niix and Slicer's acquisition
-geometry regularization do: in-plane axes and pixel spacing of the slices, the normal as third
-axis, the median gap as slice spacing, large enough to hold every slice. Each output plane is
-interpolated linearly between the two acquired planes around it along the normal, each sampled
-at the same physical point (bilinear in plane).
+Geometry. ITK builds a volume from the first slice's ImageOrientationPatient and the distance of the
+first two slices, so any other series is silently misplaced: a CT acquired with a gantry tilt (image
+planes tilted, the table moving along z) becomes a sheared grid read as a straight one, and a series
+with unequal gaps (missing slices, thin and thick slices) is stretched. Here every slice's
+ImagePositionPatient (0020,0032), ImageOrientationPatient (0020,0037) and PixelSpacing (0028,0030)
+is checked: all pixel spacings equal and all planes parallel (else refused), no two at one position,
+i.e. closer than a tenth of the median gap (else refused); if the positions do not lie on one line
+along the planes' normal at one spacing (within ``TOLERANCE_MM``, the tolerance of Slicer's
+DICOMScalarVolumePlugin), the series is resampled onto a regular grid, with a warning, as dcm2niix
+and Slicer's acquisition geometry regularization do: in-plane axes and pixel spacing of the slices,
+the normal as third axis, the median gap as slice spacing, large enough to hold every slice. Each
+output plane is interpolated linearly between the two acquired planes around it along the normal,
+each sampled at the same physical point (bilinear in plane).
 """
 
 from __future__ import annotations
