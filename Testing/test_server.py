@@ -433,6 +433,8 @@ def test_serve_refuses_a_forwarded_allow_ips_that_is_not_an_address(tmp_path, mo
     (["--port", "-1"], "--port must be 0..65535"),
     (["--port", "70000"], "--port must be 0..65535"),
     (["--work-dir", "{file}"], "is a file; give a folder"),
+    (["--max-upload-mb", "-1"], "--max-upload-mb must be more than 0, got -1"),  # was "--max-upload-bytes ... -1048576"
+    (["--keep-results", "0"], "--keep-results must be more than 0 seconds"),  # was "keep_results_s must be positive"
 ])
 def test_serve_refuses_a_port_or_work_dir_it_cannot_use_before_anything_is_written(tmp_path, capsys, extra, expected):
     from HermesSegmentLib.cli import main as cli_main

@@ -90,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.forwarded_allow_ips is None and os.environ.get("FORWARDED_ALLOW_IPS"):  # uvicorn's default reads it
         check_forwarded_allow_ips(os.environ["FORWARDED_ALLOW_IPS"], "$FORWARDED_ALLOW_IPS")
     work_dir = _checked_work_dir(args, user_home() / "server")
-    token, token_source = resolve_token(args.token, work_dir)
-    settings = ServerSettings(
-        work_dir=work_dir, host=args.host, port=args.port, token=token, models=args.models or [DEFAULT_MODEL],
+    settings = ServerSettings(  # checks the limits; the token is found (or made and stored) once they are right
+        work_dir=work_dir, host=args.host, port=args.port, models=args.models or [DEFAULT_MODEL],
         devices=[d.strip() for d in args.device.split(",") if d.strip()], jobs_per_device=args.jobs_per_device,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_voxels=args.max_voxels,
         max_jobs_per_client=args.max_jobs_per_client, max_queued_jobs=args.max_queued_jobs,
         keep_results_s=args.keep_results, job_timeout_s=args.job_timeout, upload_idle_timeout_s=args.upload_timeout,
         forwarded_allow_ips=args.forwarded_allow_ips)
+    settings.token, token_source = resolve_token(args.token, work_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     say = lambda text: print(text, flush=True)  # noqa: E731
     say(f"loading {', '.join(settings.models)} on {', '.join(settings.devices)} ...")
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"HermesSegment server on {_url(settings.host, port)} ({', '.join(engine.device_names)}; models: "
         f"{', '.join(engine.model_names)}); API docs at /docs")
     if token_source == "new":
-        say(f"new token (stored in {work_dir / 'token'}; give it to your users):\n    {token}")
+        say(f"new token (stored in {work_dir / 'token'}; give it to your users):\n    {settings.token}")
     elif token_source == "file":
         say(f"token: the one stored in {work_dir / 'token'}")
     if config.proxy_headers:

@@ -21,6 +21,9 @@ from .protocol import TOKEN_ENV
 MIN_TOKEN_LENGTH = 16
 TOKEN_FILE_NAME = "token"
 MB = 1 << 20
+#: The settings in seconds and the `serve` options that set them.
+_SECONDS_OPTIONS = {"keep_results_s": "--keep-results", "job_timeout_s": "--job-timeout",
+                    "upload_idle_timeout_s": "--upload-timeout"}
 
 
 @dataclass
@@ -52,12 +55,14 @@ class ServerSettings:
     forwarded_allow_ips: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("jobs_per_device", "max_upload_bytes", "max_voxels", "max_jobs_per_client", "max_queued_jobs"):
+        for name in ("jobs_per_device", "max_voxels", "max_jobs_per_client", "max_queued_jobs"):
             if getattr(self, name) < 1:
                 raise HermesError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("keep_results_s", "job_timeout_s", "upload_idle_timeout_s"):
+        if self.max_upload_bytes < 1:
+            raise HermesError(f"--max-upload-mb must be more than 0, got {self.max_upload_bytes / MB:g}")
+        for name, option in _SECONDS_OPTIONS.items():
             if not getattr(self, name) > 0:
-                raise HermesError(f"{name} must be positive, got {getattr(self, name)}")
+                raise HermesError(f"{option} must be more than 0 seconds, got {getattr(self, name):g}")
         if not self.models:
             raise HermesError("no model to serve; give at least one --model")
         if self.forwarded_allow_ips:
