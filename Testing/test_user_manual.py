@@ -103,3 +103,20 @@ def test_the_client_hint_of_a_server_on_every_interface_names_a_reachable_host()
     assert client_url("::", 8000) == f"http://{socket.getfqdn()}:8000"
     assert client_url("10.1.2.3", 8000) == "http://10.1.2.3:8000"
     assert client_url("::1", 8000) == "http://[::1]:8000"
+
+
+@pytest.mark.parametrize("command", [["models", "info", "{folder}"], ["models", "verify", "{folder}"],
+                                     ["models", "add", "{folder}"]])
+def test_a_folder_given_as_a_model_file_says_so(tmp_path, capsys, command):
+    # Before: "model file not found: FOLDER", for a folder that exists.
+    code = cli_main([part.format(folder=tmp_path) for part in command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: {tmp_path} is a folder; give the model's .safetensors file"
+
+
+def test_downloading_an_unknown_model_says_so_without_an_empty_progress_bar(capsys, monkeypatch, tmp_path):
+    # Before: an empty progress bar, then "model 'no-such-model' has no download address and checksum".
+    monkeypatch.setenv("HERMES_SEGMENT_HOME", str(tmp_path))
+    assert cli_main(["models", "download", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown model 'no-such-model'; `hermes-segment models list` shows the catalog"

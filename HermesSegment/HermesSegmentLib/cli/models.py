@@ -179,12 +179,18 @@ def run_download(args: argparse.Namespace) -> int:
 
     from ..models import download
 
-    with tqdm(unit="B", unit_scale=True, desc=args.name) as bar:
-        def progress(done: int, total: int | None) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    bars: list[tqdm] = []  # made at the first bytes: a request refused before them shows no empty bar
 
+    def progress(done: int, total: int | None) -> None:
+        if not bars:
+            bars.append(tqdm(unit="B", unit_scale=True, desc=args.name, total=total))
+        bars[0].update(done - bars[0].n)
+
+    try:
         path = download(args.name, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     print(f"downloaded and verified: {path}")
     return 0
 

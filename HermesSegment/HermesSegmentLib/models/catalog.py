@@ -110,6 +110,8 @@ def resolve(model: str | Path) -> Path:
     """A model name from the catalog or the user folder, or a path to a package file."""
     candidate = Path(model).expanduser()
     if candidate.suffix == ".safetensors" or candidate.is_file() or os.sep in str(model):
+        if candidate.is_dir():
+            raise HermesError(f"{candidate} is a folder; give the model's .safetensors file")
         if not candidate.is_file():
             raise HermesError(f"model file not found: {candidate}")
         return candidate
@@ -139,6 +141,8 @@ def download(
     listing = next((m for m in list_models() if m.name == name), None)
     url = url or (listing.url if listing else None)
     sha256 = (sha256 or (listing.sha256 if listing else None) or "").lower()
+    if listing is None and not url:
+        raise HermesError(f"unknown model '{name}'; `hermes-segment models list` shows the catalog")
     if not url or not sha256:
         raise HermesError(f"model '{name}' has no download address and checksum in the catalog")
     target = user_models_dir() / f"{name}.safetensors"

@@ -102,6 +102,8 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     Raises a one-line HermesError for missing, truncated, corrupt and non-safetensors files.
     """
     path = Path(path)
+    if path.is_dir():
+        raise HermesError(f"{path} is a folder; give the model's .safetensors file")
     if not path.is_file():
         raise HermesError(f"model file not found: {path}")
     size = path.stat().st_size
