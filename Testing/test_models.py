@@ -156,14 +156,13 @@ def test_truncated_corrupt_and_foreign_files_give_one_line_errors(tmp_path, tiny
 def test_package_whose_tensors_do_not_match_its_manifest_is_refused(tmp_path, tiny_manifest):
     from safetensors.torch import save_file
 
-    from HermesSegmentLib.models.manifest import MANIFEST_KEY
     from HermesSegmentLib.network import HermesConfig
 
     other = HermesNetwork(HermesConfig(base_channels=16, blocks_per_stage=(1, 1, 1, 1), fusion_depths=(1, 1, 1, 1, 1),
                                        num_task_priors=6, modality_tokens=4, head_dim=16))
     path = tmp_path / "mismatch.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path),
-              metadata={MANIFEST_KEY: json.dumps(tiny_manifest)})
+              metadata={models.MANIFEST_KEY: json.dumps(tiny_manifest)})
     with pytest.raises(HermesError) as error:
         models.load(path)
     assert "does not match its architecture" in one_line(error)
@@ -294,6 +293,32 @@ def test_add_list_resolve_remove(tiny_package, capsys):
     assert not installed.exists()
     with pytest.raises(HermesError, match="cannot be removed"):
         models.remove("hermes-demo")
+
+
+def test_a_package_named_like_a_bundled_model_is_not_added_where_it_would_never_be_used(
+        tmp_path, tiny_config, tiny_manifest):
+    # Before: it landed in the user folder, and `hermes-demo` still meant the bundled file.
+    from HermesSegmentLib.network import HermesNetwork
+
+    package = models.save(tmp_path / "mine.safetensors", HermesNetwork(tiny_config).state_dict(),
+                          {**tiny_manifest, "name": "hermes-demo"})
+    with pytest.raises(HermesError, match="name of a bundled model"):
+        models.add(package)
+    assert not (models.user_models_dir() / "hermes-demo.safetensors").exists()
+
+
+def test_weights_stored_as_float64_are_refused_by_info_verify_and_load_alike(tmp_path, tiny_config, tiny_manifest):
+    # Before: `models info` refused a float64 package while `verify` and `segment` used it.
+    from safetensors.torch import save_file
+
+    from HermesSegmentLib.network import HermesNetwork
+
+    state = {k: v.double().contiguous() for k, v in HermesNetwork(tiny_config).state_dict().items()}
+    path = tmp_path / "f64.safetensors"
+    save_file(state, str(path), metadata={models.MANIFEST_KEY: json.dumps(tiny_manifest)})
+    for check in (models.weights_dtype, models.load, models.verify):
+        with pytest.raises(HermesError, match="stores its weights as F64"):
+            check(path)
 
 
 def test_bundled_catalog_is_valid():

@@ -172,6 +172,10 @@ def add(path: str | Path) -> Path:
     """Validate a package and copy it into the user folder under its manifest name."""
     source = Path(path)
     manifest = read_manifest(source)
+    bundled = {name for m in list_models() if m.source == "bundled" for name in (m.name, *m.aliases)}
+    if manifest["name"] in bundled:  # the bundled file would still be the one used under that name
+        raise HermesError(f"'{manifest['name']}' is the name of a bundled model, which keeps that name; give your "
+                          "package another `name` (the training config's) or use it by its path")
     target = user_models_dir() / f"{manifest['name']}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_paths([target]) as (temp,):

@@ -195,6 +195,7 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
     header, metadata = read_header(path)
     manifest = _manifest_from_metadata(path, metadata)
     check_tensors({k: v["shape"] for k, v in header.items()}, manifest, path.name)
+    _stored_dtype(header, path.name)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -206,11 +207,16 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
 
 def weights_dtype(path: str | Path) -> str:
     """How the package at ``path`` stores its weights: a key of :data:`WEIGHT_DTYPES` (read from the header)."""
-    header, _ = read_header(path)
+    return _stored_dtype(read_header(path)[0], Path(path).name)
+
+
+def _stored_dtype(header: Mapping[str, Any], source: str) -> str:
+    """The key of :data:`WEIGHT_DTYPES` all tensors in ``header`` are stored as; :class:`HermesError` for any
+    other storage (float64, integers, a mixture), which ``models info``, ``verify`` and loading refuse alike."""
     codes = {entry["dtype"] for entry in header.values() if isinstance(entry, dict) and "dtype" in entry}
     names = [name for name, code in WEIGHT_DTYPES.items() if code in codes]
     if len(names) != 1 or len(codes) != 1:
-        raise HermesError(f"{Path(path).name} stores its weights as {', '.join(sorted(codes)) or 'nothing'}; "
+        raise HermesError(f"{source} stores its weights as {', '.join(sorted(codes)) or 'nothing'}; "
                           f"a package stores them all as one of {', '.join(WEIGHT_DTYPES)}")
     return names[0]
 
