@@ -86,6 +86,18 @@ def test_a_folder_of_outputs_is_not_segmented_again(scans, tmp_path, tiny_packag
     assert snapshot(out) == before and not (tmp_path / "again").exists()
 
 
+def test_the_done_line_names_the_files_written_and_per_target_needs_nifti(scans, tmp_path, tiny_package, capsys):
+    # Before: per_target named ct.nii.gz, which it does not write; with seg-nrrd the policy was ignored silently.
+    out = tmp_path / "out"
+    assert segment([scans], out, tiny_package, "--format", "nifti", "--overlap-policy", "per_target") == 0
+    done = capsys.readouterr()
+    assert f"-> {out / 'ct_liver.nii.gz'} and 2 more file(s)" in done.out + done.err, done
+    assert (out / "ct_liver.nii.gz").is_file() and not (out / "ct.nii.gz").exists()
+    assert segment([scans], tmp_path / "nrrd", tiny_package, "--overlap-policy", "per_target") == 2
+    assert "--overlap-policy per_target is for --format nifti" in capsys.readouterr().err
+    assert not (tmp_path / "nrrd").exists()
+
+
 @pytest.mark.parametrize("fmt,foreign", [("nifti", "ct.json"), ("seg-nrrd", "ct.seg.nrrd")])
 def test_a_file_we_did_not_write_is_never_overwritten(scans, tmp_path, tiny_package, capsys, fmt, foreign):
     out = tmp_path / "out"

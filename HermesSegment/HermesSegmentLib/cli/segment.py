@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = segment_options.from_args(args)
     options.check()
+    writers.check_overlap_policy(args.format, args.overlap_policy)
     shard = _Shard.from_environment(options.device)
     # Mistakes in the request, and an output folder that cannot be written, fail before any case is read.
     engine: _Engine = _ServerEngine(args, options) if args.server else _LocalEngine(args, options, shard.device)
@@ -344,8 +345,9 @@ class _CaseRunner:
                 # Before the record: a case is done only once its rows are in the summary too.
                 writers.write_summary_rows(args.out / self.shard.summary_name, name,
                                            [{**row, "seconds": round(seconds, 2)} for row in rows])
-            self.log_line(f"{name}: {len(rows)} targets in {seconds:.1f} s -> "
-                          f"{args.out / (name + self.writer.suffix)}")
+            made = self.writer.file_names(name, self.engine.targets, overlap_policy=args.overlap_policy)
+            more = f" and {len(made) - 1} more file(s)" if len(made) > 1 else ""
+            self.log_line(f"{name}: {len(rows)} targets in {seconds:.1f} s -> {args.out / made[0]}{more}")
             return True
         except CancelledError:
             raise

@@ -146,6 +146,7 @@ class Engine:
         modality = vocabulary.modality(request.modality).key
         compute_dtype(torch.device(self.devices[0]), request.options.precision)
         dataclass_of(SegmentOptions, request.options, model=request.options.model).check()
+        writers.check_overlap_policy(request.format, request.overlap_policy)
         return {"model": loaded.name, "modality": modality,
                 "targets": resolve_targets(loaded, modality, request.targets)}
 
