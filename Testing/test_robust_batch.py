@@ -86,6 +86,14 @@ def test_a_folder_of_outputs_is_not_segmented_again(scans, tmp_path, tiny_packag
     assert snapshot(out) == before and not (tmp_path / "again").exists()
 
 
+def test_a_mistyped_input_path_fails_the_batch_before_any_case(scans, tmp_path, tiny_package, capsys):
+    # Before: the other cases ran, then "error: nosuchdir: nosuchdir: no such file or folder" and exit 1.
+    assert segment([scans, tmp_path / "nosuchdir"], tmp_path / "out", tiny_package) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'nosuchdir'}: no such file or folder; check the path", err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_done_line_names_the_files_written_and_per_target_needs_nifti(scans, tmp_path, tiny_package, capsys):
     # Before: per_target named ct.nii.gz, which it does not write; with seg-nrrd the policy was ignored silently.
     out = tmp_path / "out"

@@ -58,9 +58,10 @@ def is_ours(path: Path) -> bool:
 def find_cases(inputs: Sequence[str]) -> list[Path]:
     """Files, globs, folders of images, or folders that hold a DICOM series (one case each).
 
-    Files this tool wrote are left out, with a warning; when nothing else is left the batch is a
-    mistake (:class:`HermesError`). A folder that holds image files and DICOM files gives its image
-    files, with a warning that its DICOM files are left out.
+    Files this tool wrote are left out, with a warning; when nothing else is left, or a path does not
+    exist, the batch is a mistake (:class:`HermesError`, before any case is read). A folder that
+    holds image files and DICOM files gives its image files, with a warning that its DICOM files are
+    left out.
     """
     cases: list[Path] = []
     ours: list[Path] = []
@@ -68,6 +69,8 @@ def find_cases(inputs: Sequence[str]) -> list[Path]:
         matches = [Path(p) for p in sorted(glob.glob(item))] if glob.has_magic(item) else [Path(item)]
         if not matches:
             raise HermesError(f"no file matches {item!r}")
+        if not matches[0].exists():  # a mistyped path: the whole batch's mistake, found before any case is read
+            raise HermesError(f"{item}: no such file or folder; check the path")
         for path in matches:
             if path.is_dir():
                 images = [p for p in sorted(path.iterdir())
