@@ -183,19 +183,8 @@ def test_a_truncated_file_is_an_error(tmp_path, kind):
     one_line(error, "truncated or damaged", path.name)
 
 
-def test_a_nifti_damaged_inside_its_compressed_stream_is_an_error(tmp_path):
-    path, _ = _write("nii.gz", tmp_path)
-    data = bytearray(path.read_bytes())
-    for at in range(len(data) // 2, len(data) // 2 + 64):
-        data[at] ^= 0x5A
-    path.write_bytes(bytes(data))
-    with pytest.raises(HermesError) as error:
-        read_image(path)
-    one_line(error, "truncated or damaged")
-
-
-@pytest.mark.parametrize("kind", ["nrrd", "mha", "nhdr-gz"])
-def test_a_compressed_nrrd_or_metaimage_damaged_inside_its_stream_is_an_error(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["nii.gz", "nrrd", "mha", "nhdr-gz"])
+def test_a_file_damaged_inside_its_compressed_stream_is_an_error(tmp_path, kind):
     if kind == "nhdr-gz":  # a detached header and its gzip data file
         sitk.WriteImage(as_image(body_ct()), str(tmp_path / "ct.nhdr"), useCompression=True)
         path, data = tmp_path / "ct.nhdr", next(tmp_path.glob("ct.raw*"))
