@@ -362,3 +362,11 @@ def test_an_image_too_large_for_memory_says_so_with_its_size(tmp_path):
     assert "memory" in line and "1.0 GiB" in line and "please report" not in line, line
     assert "corrupt" not in line and "unsupported" not in line, line
 
+
+
+def test_a_series_asked_of_an_image_file_is_said_to_be_ignored(tmp_path, caplog):
+    # Before: --series with a file input was ignored without a word.
+    path, _ = _write("nrrd", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="HermesSegmentLib"):
+        read_image(path, series="arterial")
+    assert "--series 'arterial' ignored" in caplog.text and path.name in caplog.text

@@ -9,6 +9,7 @@ series whose slices are not a regular grid is resampled onto one, with a warning
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,6 +18,8 @@ import SimpleITK as sitk
 
 from . import vocabulary
 from .errors import HermesError
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
@@ -48,6 +51,9 @@ def read_image(path: PathLike, *, frame: Optional[int] = None, series: Optional[
 
         image = read_series(path, series=series, modality=modality)
     else:
+        if series is not None:  # said, not refused: a batch may mix DICOM folders and image files
+            log.warning("%s: --series %r ignored: it chooses among the series of a DICOM folder, and this is a file",
+                        path, series)
         image = _read_file(path)
     image = _select_frame(image, frame, path)
     _check_scalar_3d(image, path)
