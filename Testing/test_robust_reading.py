@@ -370,3 +370,18 @@ def test_a_series_asked_of_an_image_file_is_said_to_be_ignored(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="HermesSegmentLib"):
         read_image(path, series="arterial")
     assert "--series 'arterial' ignored" in caplog.text and path.name in caplog.text
+
+
+def test_nan_in_another_frame_of_a_4d_nifti_does_not_refuse_the_frame_asked(tmp_path):
+    # Before: a 4D NIfTI with NaN in frame 1 was refused even with --frame 0.
+    volume = body_ct().astype(np.float32)
+    frames = np.stack([volume, volume])
+    frames[1, 3, 4, 5] = np.nan
+    image = sitk.JoinSeries([as_image(frames[0]), as_image(frames[1])])
+    path = tmp_path / "dynamic.nii.gz"
+    sitk.WriteImage(image, str(path))
+    assert np.isfinite(sitk.GetArrayViewFromImage(read_image(path, frame=0))).all()
+    for frame in (1, None):
+        with pytest.raises(HermesError) as error:
+            read_image(path, frame=frame)
+        one_line(error, "NaN")

@@ -33,9 +33,10 @@ def damaged(path: Path, detail: str) -> HermesError:
                        "corrupt (an interrupted copy or download?): copy or export it again")
 
 
-def check_nifti_data(path: Path) -> None:
+def check_nifti_data(path: Path, frame: Optional[int] = None) -> None:
     """Raise :class:`HermesError` when the NIfTI's data block is short or corrupt, or holds NaN or
-    infinite values (which ITK's reader would silently turn into 0)."""
+    infinite values (which ITK's reader would silently turn into 0); of a 4D image (or a vector
+    image, one volume per component) given a ``frame``, only that frame's values count."""
     import nibabel
     from nibabel.openers import ImageOpener
 
@@ -47,6 +48,10 @@ def check_nifti_data(path: Path) -> None:
     expected = int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
     data_file = str(image.file_map["image"].filename)
     floating = dtype.kind in "fc"
+    volume = int(np.prod(image.shape[:3], dtype=np.int64))
+    extra = [n for n in image.shape[3:] if n > 1]
+    # The elements whose values must be finite: the asked frame's volume (x, y, z fastest), else all.
+    first, last = (frame * volume, (frame + 1) * volume) if frame is not None and len(extra) == 1 else (0, None)
     seen = 0
     try:
         with ImageOpener(data_file, "rb") as stream:
@@ -56,7 +61,9 @@ def check_nifti_data(path: Path) -> None:
                 if not block:
                     break
                 if floating:
+                    start = seen // dtype.itemsize
                     values = np.frombuffer(block[: len(block) - len(block) % dtype.itemsize], dtype=dtype)
+                    values = values[max(first - start, 0):None if last is None else max(last - start, 0)]
                     if not np.isfinite(values).all():
                         what = "NaN" if np.isnan(values).any() else "infinite"
                         raise HermesError(f"{path}: image contains {what} values; fix or replace them "

@@ -54,14 +54,14 @@ def read_image(path: PathLike, *, frame: Optional[int] = None, series: Optional[
         if series is not None:  # said, not refused: a batch may mix DICOM folders and image files
             log.warning("%s: --series %r ignored: it chooses among the series of a DICOM folder, and this is a file",
                         path, series)
-        image = _read_file(path)
+        image = _read_file(path, frame)
     image = _select_frame(image, frame, path)
     _check_scalar_3d(image, path)
     _check_finite(image, path)
     return image
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path, frame: Optional[int] = None) -> sitk.Image:
     """One image file; a damaged data block (a compressed one too), a missing data file, NaN in a NIfTI, or a
     single DICOM slice is refused."""
     from .image_files import (
@@ -77,7 +77,7 @@ def _read_file(path: Path) -> sitk.Image:
     except RuntimeError as error:
         raise read_error(path, error) from None
     if path.name.lower().endswith(NIFTI_SUFFIXES):
-        check_nifti_data(path)
+        check_nifti_data(path, frame)
     check_detached_or_compressed_data(path)
     if (image.GetDimension() == 2 or image.GetSize()[2:] == (1,)) and is_dicom_file(path):
         raise HermesError(f"{path}: one DICOM slice (2D); pass the folder that holds the whole series")
