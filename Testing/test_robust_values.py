@@ -65,6 +65,16 @@ def test_a_standardised_ct_is_refused():
     one_line(error, "normalised", "Hounsfield")
 
 
+def test_a_ct_scaled_far_beyond_hounsfield_units_is_refused():
+    # Before: a CT multiplied by 1e30 (a broken scale factor) was accepted without a word.
+    from HermesSegmentLib.preprocess import to_hounsfield
+
+    with pytest.raises(HermesError) as error:
+        to_hounsfield(as_image(body_ct().astype(np.float32) * np.float32(1e30)))
+    one_line(error, "far beyond any Hounsfield unit")
+    to_hounsfield(as_image(np.where(body_ct() > 500, 28000, body_ct()).astype(np.int16)))  # metal: still HU
+
+
 @pytest.mark.parametrize("array,words", [
     (np.clip((body_ct() + 160) * 255 / 400, 0, 255).astype(np.uint8), ("8-bit", "Hounsfield")),
     (np.clip(body_ct() // 16, -128, 127).astype(np.int8), ("8-bit", "Hounsfield")),

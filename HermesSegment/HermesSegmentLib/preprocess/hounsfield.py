@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: The common CT rescale intercept (DICOM (0028,1052)) with slope 1.
 STORED_OFFSET = 1024
 _AIR_HU = -500.0
+#: Beyond this no CT value is a Hounsfield unit (extended-scale metal reaches about 30000): a scaled image.
+MAX_ABS_HU = 100_000.0
 _SOFT_TISSUE_HALF_WIDTH = 150.0  # fat (-100 HU) to muscle and organs (+60 HU), with a margin
 
 
@@ -53,6 +55,9 @@ def to_hounsfield(image: sitk.Image, name: str = "the image") -> sitk.Image:
                           f"(a screenshot, a PNG/JPEG stack): Hounsfield units cannot be recovered from it; {advice}")
     if (-1.0 <= lo and hi <= 1.0) or hi - scan_lo < 20.0:
         raise HermesError(f"{name}: CT values {lo:g}..{hi:g} look normalised (not Hounsfield units); {advice}")
+    if max(-scan_lo, hi) > MAX_ABS_HU:
+        raise HermesError(f"{name}: CT values {scan_lo:g}..{hi:g} are far beyond any Hounsfield unit (air -1000, "
+                          f"bone up to about 3000, metal on an extended scale up to about 30000); {advice}")
     if scan_lo < _AIR_HU:
         return image
     body = sample[sample > STORED_OFFSET + _AIR_HU]
