@@ -120,3 +120,9 @@ def test_downloading_an_unknown_model_says_so_without_an_empty_progress_bar(caps
     assert cli_main(["models", "download", "no-such-model"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: unknown model 'no-such-model'; `hermes-segment models list` shows the catalog"
+
+
+def test_verify_with_a_checksum_that_is_not_one_says_so(tmp_path, capsys):
+    # Before: "SHA-256 mismatch (got ..., expected zz)", as if the file were damaged.
+    assert cli_main(["models", "verify", str(DEMO_MODEL), "--sha256", "zz"]) == 2
+    assert "is not a SHA-256 digest" in capsys.readouterr().err

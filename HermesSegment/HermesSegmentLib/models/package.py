@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -255,6 +256,10 @@ def save(path: str | Path, state_dict: Mapping[str, Any], manifest: Mapping[str,
 def verify(path: str | Path, sha256: str | None = None) -> dict[str, Any]:
     """Full check of a package: checksum (if given), manifest, tensor table, and a real load."""
     path = Path(path)
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise HermesError(f"--sha256 {sha256[:80]!r} is not a SHA-256 digest (64 hexadecimal digits, as "
+                          "`sha256sum FILE` prints it)")
+    sha256 = sha256.strip() if sha256 is not None else None
     digest = sha256_file(path) if path.is_file() else None
     if sha256 is not None and digest != sha256.lower():
         raise HermesError(f"{path.name}: SHA-256 mismatch (got {digest}, expected {sha256.lower()}); download it again")
