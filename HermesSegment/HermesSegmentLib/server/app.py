@@ -71,7 +71,7 @@ class ServerInfo(BaseModel):
     devices: list[str]
     jobs_per_device: int
     models: list[ModelInfo]
-    limits: dict[str, float]
+    limits: dict[str, int | float]  # counts and bytes stay integers in the JSON
     queue: dict[str, int]
 
 

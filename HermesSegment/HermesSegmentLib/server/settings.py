@@ -83,7 +83,7 @@ class ServerSettings:
         except ValueError:
             return False
 
-    def public_limits(self) -> dict[str, float]:
+    def public_limits(self) -> dict[str, int | float]:
         """The limits a client must respect, as ``GET /v1/info`` reports them."""
         return {"max_upload_bytes": self.max_upload_bytes, "max_voxels": self.max_voxels,
                 "max_jobs_per_client": self.max_jobs_per_client, "max_queued_jobs": self.max_queued_jobs,
